@@ -1,0 +1,272 @@
+package fsm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+)
+
+// DefaultBucketCount is B, the number of buckets of a new site.
+const DefaultBucketCount = 4096
+
+// Result is the outcome of one operation. Err is nil or a domain *Error.
+type Result struct {
+	Err error
+	// Epoch is the claim epoch, lock fencing token or bucket epoch.
+	Epoch uint64
+	// MemberID is the claim or lock holder (also set on conflicts).
+	MemberID string
+	// Expires and TTL describe a lock lease, in log time (Unix nanoseconds).
+	Expires int64
+	TTL     int64
+}
+
+// Member is a member record (see pb.Member).
+type Member struct {
+	ID, Site, RaftAddr, GRPCAddr string
+	Weight                       uint32
+	State                        pb.MemberState
+	JoinedIndex                  uint64
+}
+
+// Assignment is one bucket's placement.
+type Assignment struct {
+	Primary, LocalBackup, RemoteBackup string
+	Epoch                              uint64
+}
+
+// Claim is an explicit ownership record.
+type Claim struct {
+	MemberID string
+	Epoch    uint64
+}
+
+// Lock is a lease on a key.
+type Lock struct {
+	MemberID string
+	Token    uint64
+	Expires  int64 // log time, Unix nanoseconds
+	TTL      int64 // nanoseconds
+}
+
+// state is everything the FSM holds; Restore replaces it whole.
+type state struct {
+	site        string
+	bucketCount uint32
+	members     map[string]*Member
+	buckets     []Assignment
+	claims      map[Key]Claim
+	locks       map[Key]Lock
+	sessions    map[uint64]*session
+	lastToken   uint64 // last fencing token or claim epoch handed out
+	now         int64  // largest entry time applied (Unix nanoseconds)
+	lastSweep   int64  // log time of the last expiry sweep
+	applied     uint64 // index of the last applied entry
+}
+
+func newState() *state {
+	return &state{
+		members:  map[string]*Member{},
+		claims:   map[Key]Claim{},
+		locks:    map[Key]Lock{},
+		sessions: map[uint64]*session{},
+	}
+}
+
+// FSM is the site state machine. The zero value is not usable; call New.
+type FSM struct {
+	mu sync.RWMutex
+	st *state
+
+	// appliedCh is closed and replaced each time an entry is applied, waking
+	// WaitApplied callers. Guarded by mu.
+	appliedCh chan struct{}
+}
+
+// New returns an empty FSM.
+func New() *FSM {
+	return &FSM{st: newState(), appliedCh: make(chan struct{})}
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// Apply implements raft.FSM. It returns []ProposalResult for command entries.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	var e ipb.Entry
+	if err := proto.Unmarshal(l.Data, &e); err != nil {
+		panic(fmt.Sprintf("fsm: cannot decode log entry %d: %v", l.Index, err))
+	}
+	return f.ApplyEntry(l.Index, &e)
+}
+
+// ProposalResult holds the results of one proposal's operations, in order.
+type ProposalResult []Result
+
+// ApplyEntry applies one decoded log entry at index. It panics on an operation
+// it cannot decode (see the package comment).
+func (f *FSM) ApplyEntry(index uint64, e *ipb.Entry) []ProposalResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.st
+	if e.TimeUnixNano > st.now {
+		st.now = e.TimeUnixNano
+	}
+	out := make([]ProposalResult, len(e.Proposals))
+	for i, p := range e.Proposals {
+		out[i] = st.applyProposal(index, p)
+	}
+	if st.now-st.lastSweep >= int64(sweepInterval) {
+		st.sweep()
+	}
+	st.applied = index
+	close(f.appliedCh)
+	f.appliedCh = make(chan struct{})
+	return out
+}
+
+// sweepInterval is how much log time passes between two sweeps of expired
+// locks and idle sessions.
+const sweepInterval = time.Second
+
+func (st *state) sweep() {
+	st.lastSweep = st.now
+	for k, l := range st.locks {
+		if l.Expires <= st.now {
+			delete(st.locks, k)
+		}
+	}
+	st.expireSessions()
+}
+
+func (st *state) applyProposal(index uint64, p *ipb.Proposal) ProposalResult {
+	if cached, ok := st.sessionLookup(p); ok {
+		return cached
+	}
+	res := make(ProposalResult, len(p.Ops))
+	for i, op := range p.Ops {
+		res[i] = st.applyOp(index, op)
+	}
+	st.sessionStore(p, res)
+	return res
+}
+
+func (st *state) applyOp(index uint64, op *ipb.Op) Result {
+	switch o := op.Op.(type) {
+	case *ipb.Op_InitSite:
+		return st.initSite(o.InitSite)
+	case *ipb.Op_RegisterMember:
+		return st.registerMember(index, o.RegisterMember)
+	case *ipb.Op_SetMemberState:
+		return st.setMemberState(o.SetMemberState)
+	case *ipb.Op_SetAssignments:
+		return st.setAssignments(index, o.SetAssignments)
+	case *ipb.Op_Claim:
+		return st.claim(mustKey(o.Claim.Key), o.Claim.MemberId)
+	case *ipb.Op_Release:
+		return st.release(mustKey(o.Release.Key), o.Release.MemberId, o.Release.Epoch)
+	case *ipb.Op_AcquireLock:
+		return st.acquireLock(mustKey(o.AcquireLock.Key), o.AcquireLock.MemberId, o.AcquireLock.TtlNanos)
+	case *ipb.Op_RenewLock:
+		r := o.RenewLock
+		return st.renewLock(mustKey(r.Key), r.MemberId, r.Token, r.TtlNanos)
+	case *ipb.Op_ReleaseLock:
+		r := o.ReleaseLock
+		return st.releaseLock(mustKey(r.Key), r.MemberId, r.Token)
+	default:
+		panic(fmt.Sprintf("fsm: unknown operation %T at index %d", op.Op, index))
+	}
+}
+
+func mustKey(b []byte) Key {
+	k, err := KeyFromBytes(b)
+	if err != nil {
+		panic(fmt.Sprintf("fsm: %v: %x", err, b))
+	}
+	return k
+}
+
+func (st *state) nextToken() uint64 {
+	st.lastToken++
+	return st.lastToken
+}
+
+// AppliedIndex returns the index of the last applied entry.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.applied
+}
+
+// WaitApplied blocks until an entry at index or later has been applied, or
+// ctx ends.
+func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
+	for {
+		f.mu.RLock()
+		done, ch := f.st.applied >= index, f.appliedCh
+		f.mu.RUnlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Stats is a summary of the state for status reports.
+type Stats struct {
+	Site        string
+	BucketCount uint32
+	Members     int
+	Claims      int
+	Locks       int
+	Sessions    int
+	Applied     uint64
+	Now         int64
+}
+
+// Stats returns a summary of the state.
+func (f *FSM) Stats() Stats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	st := f.st
+	return Stats{st.site, st.bucketCount, len(st.members), len(st.claims), len(st.locks),
+		len(st.sessions), st.applied, st.now}
+}
+
+// Snapshot implements raft.FSM: it copies the state so Persist can run while
+// later entries are applied.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &snapshot{st: f.st.clone()}, nil
+}
+
+// Restore implements raft.FSM: it builds a fresh state from the snapshot and
+// swaps it in whole.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.st = st
+	close(f.appliedCh)
+	f.appliedCh = make(chan struct{})
+	f.mu.Unlock()
+	return nil
+}
