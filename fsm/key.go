@@ -124,7 +124,17 @@ func KeyFromBytes(b []byte) (Key, error) {
 		return "", errBadKey
 	}
 	k := Key(b)
-	if makeKey(k.Zone(), k.Protocol(), k.addr(0), k.port(0), k.addr(1), k.port(1)) != k {
+	a0, a1 := k.addr(0), k.addr(1)
+	// ParseKey stores IPv4-mapped IPv6 addresses as IPv4 and never accepts a
+	// zero port for the protocols that need one: such encodings are not
+	// canonical (the first would be a second Key for the same flow).
+	if a0.Is4In6() || a1.Is4In6() {
+		return "", errBadKey
+	}
+	if _, ok := portsRequired[uint32(k.Protocol())]; ok && (k.port(0) == 0 || k.port(1) == 0) {
+		return "", errBadKey
+	}
+	if makeKey(k.Zone(), k.Protocol(), a0, k.port(0), a1, k.port(1)) != k {
 		return "", errBadKey
 	}
 	return k, nil

@@ -1,0 +1,167 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+)
+
+// An empty member ID in the calls below means "the member that receives the
+// request": the firewall on a member talks to its own connsyncd.
+
+// Claim records that member owns the connection.
+func (c *Client) Claim(ctx context.Context, key *pb.ConnKey, member string) (claim *pb.Claim, err error) {
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewOwnershipServiceClient(cc).Claim(ctx, &pb.ClaimRequest{Header: h, Key: key, MemberId: member}, o...)
+		claim = r.GetClaim()
+		return err
+	})
+	return claim, err
+}
+
+// ClaimBatch claims many connections for member in one Raft entry.
+func (c *Client) ClaimBatch(ctx context.Context, keys []*pb.ConnKey, member string) (res []*pb.ClaimResult, err error) {
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewOwnershipServiceClient(cc).ClaimBatch(ctx, &pb.ClaimBatchRequest{Header: h, Keys: keys, MemberId: member}, o...)
+		res = r.GetResults()
+		return err
+	})
+	return res, err
+}
+
+// Release removes member's claim; epoch 0 releases whatever epoch it has.
+func (c *Client) Release(ctx context.Context, key *pb.ConnKey, member string, epoch uint64) error {
+	return c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		_, err := pb.NewOwnershipServiceClient(cc).Release(ctx, &pb.ReleaseRequest{Header: h, Key: key, MemberId: member, Epoch: epoch}, o...)
+		return err
+	})
+}
+
+// ReleaseBatch releases many of member's claims in one Raft entry.
+func (c *Client) ReleaseBatch(ctx context.Context, keys []*pb.ConnKey, member string) (res []*pb.ItemStatus, err error) {
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewOwnershipServiceClient(cc).ReleaseBatch(ctx, &pb.ReleaseBatchRequest{Header: h, Keys: keys, MemberId: member}, o...)
+		res = r.GetResults()
+		return err
+	})
+	return res, err
+}
+
+// Lookup answers a connection's claim and bucket assignment.
+func (c *Client) Lookup(ctx context.Context, key *pb.ConnKey, consistency pb.ReadConsistency) (own *pb.Ownership, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOwnershipServiceClient(cc).Lookup(ctx, &pb.LookupRequest{Key: key, Consistency: consistency}, o...)
+		own = r.GetOwnership()
+		return err
+	})
+	return own, err
+}
+
+// LookupBatch is Lookup for many keys.
+func (c *Client) LookupBatch(ctx context.Context, keys []*pb.ConnKey, consistency pb.ReadConsistency) (own []*pb.Ownership, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOwnershipServiceClient(cc).LookupBatch(ctx, &pb.LookupBatchRequest{Keys: keys, Consistency: consistency}, o...)
+		own = r.GetOwnerships()
+		return err
+	})
+	return own, err
+}
+
+// AcquireLock takes a lease on key for member; the lock's token fences it.
+func (c *Client) AcquireLock(ctx context.Context, key *pb.ConnKey, member string, ttl time.Duration) (lock *pb.Lock, err error) {
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewLockServiceClient(cc).AcquireLock(ctx, &pb.AcquireLockRequest{Header: h, Key: key, MemberId: member, Ttl: durationpb.New(ttl)}, o...)
+		lock = r.GetLock()
+		return err
+	})
+	return lock, err
+}
+
+// RenewLock extends a held lock to now + ttl.
+func (c *Client) RenewLock(ctx context.Context, key *pb.ConnKey, member string, token uint64, ttl time.Duration) (lock *pb.Lock, err error) {
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewLockServiceClient(cc).RenewLock(ctx, &pb.RenewLockRequest{Header: h, Key: key, MemberId: member, Token: token, Ttl: durationpb.New(ttl)}, o...)
+		lock = r.GetLock()
+		return err
+	})
+	return lock, err
+}
+
+// ReleaseLock frees a held lock.
+func (c *Client) ReleaseLock(ctx context.Context, key *pb.ConnKey, member string, token uint64) error {
+	return c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		_, err := pb.NewLockServiceClient(cc).ReleaseLock(ctx, &pb.ReleaseLockRequest{Header: h, Key: key, MemberId: member, Token: token}, o...)
+		return err
+	})
+}
+
+// GetLock reads the lock on key; NOT_FOUND if free.
+func (c *Client) GetLock(ctx context.Context, key *pb.ConnKey, consistency pb.ReadConsistency) (lock *pb.Lock, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewLockServiceClient(cc).GetLock(ctx, &pb.GetLockRequest{Key: key, Consistency: consistency}, o...)
+		lock = r.GetLock()
+		return err
+	})
+	return lock, err
+}
+
+// Status reports the view of the member the client currently talks to.
+func (c *Client) Status(ctx context.Context) (st *pb.StatusResponse, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		st, err = pb.NewOperatorServiceClient(cc).Status(ctx, &pb.StatusRequest{}, o...)
+		return err
+	})
+	return st, err
+}
+
+// Members lists the site's members.
+func (c *Client) Members(ctx context.Context, consistency pb.ReadConsistency) (ms []*pb.Member, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOperatorServiceClient(cc).ListMembers(ctx, &pb.ListMembersRequest{Consistency: consistency}, o...)
+		ms = r.GetMembers()
+		return err
+	})
+	return ms, err
+}
+
+// Join adds a member to the site.
+func (c *Client) Join(ctx context.Context, req *pb.JoinRequest) (m *pb.Member, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOperatorServiceClient(cc).Join(ctx, req, o...)
+		m = r.GetMember()
+		return err
+	})
+	return m, err
+}
+
+// RemoveMember removes a member from the site.
+func (c *Client) RemoveMember(ctx context.Context, id string) error {
+	return c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		_, err := pb.NewOperatorServiceClient(cc).RemoveMember(ctx, &pb.RemoveMemberRequest{MemberId: id}, o...)
+		return err
+	})
+}
+
+// RaftPeers lists the Raft configuration.
+func (c *Client) RaftPeers(ctx context.Context) (peers []*pb.RaftPeer, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOperatorServiceClient(cc).ListRaftPeers(ctx, &pb.ListRaftPeersRequest{}, o...)
+		peers = r.GetPeers()
+		return err
+	})
+	return peers, err
+}
+
+// TransferLeadership moves leadership to member, or to the best voter if "".
+func (c *Client) TransferLeadership(ctx context.Context, member string) (leader string, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOperatorServiceClient(cc).TransferLeadership(ctx, &pb.TransferLeadershipRequest{MemberId: member}, o...)
+		leader = r.GetLeaderId()
+		return err
+	})
+	return leader, err
+}

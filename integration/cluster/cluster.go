@@ -1,0 +1,327 @@
+// Package cluster starts in-process connsync sites for tests: real Raft over
+// real loopback TCP (through faultnet, so links can be cut) with real
+// raft-boltdb stores in temporary directories.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/integration/faultnet"
+	"github.com/connsync/connsync/server"
+)
+
+// Member is one member of a test cluster. Server is nil while it is stopped.
+type Member struct {
+	ID     string
+	Config server.Config
+	Server *server.Server
+}
+
+// Addr returns the member's gRPC address.
+func (m *Member) Addr() string { return m.Config.GRPCAdvertise }
+
+// Cluster is a running test site.
+type Cluster struct {
+	t       testing.TB
+	Hub     *faultnet.Hub
+	Members []*Member
+}
+
+// Options tune a test cluster.
+type Options struct {
+	// Site name; default "site1".
+	Site string
+	// Tweak, if set, adjusts each member's config before it starts.
+	Tweak func(*server.Config)
+}
+
+// New starts an n-member site: the first member bootstraps, the others join
+// it, and New returns once every member is in the Raft configuration and has
+// applied the registration of all members. The cluster shuts down when the
+// test ends.
+func New(t testing.TB, n int, opts Options) *Cluster {
+	t.Helper()
+	if opts.Site == "" {
+		opts.Site = "site1"
+	}
+	c := &Cluster{t: t, Hub: faultnet.NewHub()}
+	logs := &testWriter{t: t}
+	t.Cleanup(logs.stop) // registered first, so it runs last: after shutdown
+	t.Cleanup(c.shutdown)
+	dir := t.TempDir()
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("m%d", i)
+		cfg := server.DefaultConfig()
+		cfg.MemberID, cfg.Site = id, opts.Site
+		cfg.DataDir = filepath.Join(dir, id)
+		cfg.GRPCBind = c.reserve(id)
+		cfg.GRPCAdvertise = cfg.GRPCBind
+		cfg.RaftBind = c.reserve(id)
+		cfg.RaftAdvertise = cfg.RaftBind
+		cfg.Network = c.Hub.Node(id)
+		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: logs})
+		if i == 0 {
+			cfg.Bootstrap = true
+		} else {
+			cfg.Join = []string{c.Members[0].Config.GRPCAdvertise}
+		}
+		if opts.Tweak != nil {
+			opts.Tweak(&cfg)
+		}
+		c.Members = append(c.Members, &Member{ID: id, Config: cfg})
+	}
+	for i, m := range c.Members {
+		c.Start(m)
+		if i == 0 {
+			c.WaitForLeader(10 * time.Second)
+		}
+	}
+	CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		l := c.Leader()
+		if l == nil {
+			return fmt.Errorf("no leader")
+		}
+		if got := len(l.Server.FSM().Members()); got != n {
+			return fmt.Errorf("leader knows %d of %d members", got, n)
+		}
+		return c.converged()
+	})
+	return c
+}
+
+func (c *Cluster) reserve(id string) string {
+	addr, err := c.Hub.Reserve(id)
+	if err != nil {
+		c.t.Fatalf("reserve address: %v", err)
+	}
+	return addr
+}
+
+// Start starts a stopped member from its data directory.
+func (c *Cluster) Start(m *Member) {
+	c.t.Helper()
+	if m.Server != nil {
+		c.t.Fatalf("member %s is already running", m.ID)
+	}
+	s, err := server.New(m.Config)
+	if err != nil {
+		c.t.Fatalf("start %s: %v", m.ID, err)
+	}
+	m.Server = s
+}
+
+// Stop shuts a member down; its data directory stays for Start.
+func (c *Cluster) Stop(m *Member) {
+	c.t.Helper()
+	if m.Server == nil {
+		return
+	}
+	if err := m.Server.Shutdown(); err != nil {
+		c.t.Logf("shutdown %s: %v", m.ID, err)
+	}
+	m.Server = nil
+}
+
+func (c *Cluster) shutdown() {
+	for _, m := range c.Members {
+		if m.Server != nil {
+			m.Server.Shutdown()
+			m.Server = nil
+		}
+	}
+	c.Hub.Close()
+}
+
+// Running returns the members that are running.
+func (c *Cluster) Running() []*Member {
+	var out []*Member
+	for _, m := range c.Members {
+		if m.Server != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Leader returns the running member that is leader and ready to serve, or nil.
+func (c *Cluster) Leader() *Member {
+	for _, m := range c.Running() {
+		if m.Server.IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+// Followers returns the running members that are not the leader.
+func (c *Cluster) Followers() []*Member {
+	var out []*Member
+	for _, m := range c.Running() {
+		if !m.Server.IsLeader() {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitForLeader waits until some member is a ready leader.
+func (c *Cluster) WaitForLeader(timeout time.Duration) *Member {
+	c.t.Helper()
+	var l *Member
+	CheckFor(c.t, timeout, 10*time.Millisecond, func() error {
+		if l = c.Leader(); l == nil {
+			return fmt.Errorf("no ready leader among %d running members", len(c.Running()))
+		}
+		return nil
+	})
+	return l
+}
+
+// WaitForNewLeader waits until a member other than old is a ready leader.
+func (c *Cluster) WaitForNewLeader(old *Member, timeout time.Duration) *Member {
+	c.t.Helper()
+	var l *Member
+	CheckFor(c.t, timeout, 10*time.Millisecond, func() error {
+		l = c.Leader()
+		switch {
+		case l == nil:
+			return fmt.Errorf("no ready leader")
+		case l == old:
+			return fmt.Errorf("%s still leads", old.ID)
+		}
+		return nil
+	})
+	return l
+}
+
+// Addrs returns every member's gRPC address.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Members))
+	for i, m := range c.Members {
+		out[i] = m.Addr()
+	}
+	return out
+}
+
+// Client returns a client of the whole site, closed when the test ends.
+func (c *Cluster) Client() *client.Client {
+	cl, err := client.New(client.Config{Addrs: c.Addrs(), Timeout: 20 * time.Second})
+	if err != nil {
+		c.t.Fatalf("client: %v", err)
+	}
+	c.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// IDs returns the IDs of members.
+func IDs(ms ...*Member) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// Isolate cuts m off from every other member.
+func (c *Cluster) Isolate(m *Member) {
+	var others []string
+	for _, o := range c.Members {
+		if o != m {
+			others = append(others, o.ID)
+		}
+	}
+	c.Hub.Isolate(m.ID, others)
+}
+
+// HealAll removes every cut.
+func (c *Cluster) HealAll() { c.Hub.HealAll() }
+
+// WaitConverged waits until every running member has applied the leader's
+// last index and all their FSMs are byte-for-byte identical.
+func (c *Cluster) WaitConverged(timeout time.Duration) {
+	c.t.Helper()
+	CheckFor(c.t, timeout, 20*time.Millisecond, c.converged)
+}
+
+func (c *Cluster) converged() error {
+	run := c.Running()
+	if len(run) == 0 {
+		return fmt.Errorf("no running members")
+	}
+	var want []byte
+	var wantID string
+	for _, m := range run {
+		if m.Server.Raft().State() == raft.Candidate {
+			return fmt.Errorf("%s is a candidate", m.ID)
+		}
+		var buf bytes.Buffer
+		if err := m.Server.FSM().WriteSnapshot(&buf); err != nil {
+			return err
+		}
+		if want == nil {
+			want, wantID = buf.Bytes(), m.ID
+			continue
+		}
+		if !bytes.Equal(want, buf.Bytes()) {
+			return fmt.Errorf("FSM of %s (applied %d) differs from %s's", m.ID, m.Server.FSM().AppliedIndex(), wantID)
+		}
+	}
+	return nil
+}
+
+// CheckFor polls fn every interval until it returns nil, failing the test
+// with fn's last error after timeout.
+func CheckFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", timeout, err)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// Context returns a context for one test step.
+func Context(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// testWriter sends logs to the test log until stop; goroutines that log
+// after the test ended must not call t.Logf (the testing package panics).
+type testWriter struct {
+	t       testing.TB
+	mu      sync.Mutex
+	stopped bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		w.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.mu.Unlock()
+}

@@ -1,0 +1,261 @@
+package integration
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/integration/cluster"
+)
+
+var linear = pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE
+
+func key(i int) *pb.ConnKey {
+	return &pb.ConnKey{Protocol: 6, SrcIp: fmt.Sprintf("10.0.%d.%d", i/250, i%250+1), SrcPort: uint32(1024 + i%60000),
+		DstIp: "192.0.2.1", DstPort: 443}
+}
+
+// TestCluster_ClaimLockAndLeaderKill elects a leader, claims and locks through
+// the client, stops the leader while writers keep going, and checks that no
+// acknowledged claim is lost and every member converges.
+func TestCluster_ClaimLockAndLeaderKill(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	cl := c.Client()
+	ctx := cluster.Context(t, 60*time.Second)
+	leader := c.WaitForLeader(10 * time.Second)
+
+	claim, err := cl.Claim(ctx, key(0), "m1")
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	if claim.MemberId != "m1" || claim.Epoch == 0 {
+		t.Fatalf("claim = %v, want member m1 and an epoch", claim)
+	}
+	lock, err := cl.AcquireLock(ctx, key(0), "m2", 30*time.Second)
+	if err != nil {
+		t.Fatalf("acquire: %v", err)
+	}
+	if lock.Token <= claim.Epoch {
+		t.Fatalf("lock token %d not above earlier claim epoch %d: tokens must only grow", lock.Token, claim.Epoch)
+	}
+	if _, err := cl.AcquireLock(ctx, key(0), "m1", time.Second); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("acquire of held lock: got %v, want FailedPrecondition", err)
+	}
+
+	// Writers claim distinct keys while the leader is stopped under them.
+	var (
+		mu    sync.Mutex
+		acked = map[int]uint64{}
+		wg    sync.WaitGroup
+		stop  = make(chan struct{})
+	)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 1 + w; ; i += 4 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cl, err := cl.Claim(ctx, key(i), "m1")
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					t.Errorf("claim %d: %v", i, err)
+					return
+				}
+				mu.Lock()
+				acked[i] = cl.Epoch
+				mu.Unlock()
+			}
+		}(w)
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := count(); n < 100 {
+			return fmt.Errorf("%d claims acknowledged", n)
+		}
+		return nil
+	})
+	c.Stop(leader)
+	newLeader := c.WaitForNewLeader(leader, 20*time.Second)
+	before := count()
+	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		if n := count(); n < before+100 {
+			return fmt.Errorf("%d claims acknowledged since the new leader %s took over", n-before, newLeader.ID)
+		}
+		return nil
+	})
+	close(stop)
+	wg.Wait()
+
+	// Every acknowledged claim is there, at its epoch, in a linearizable read.
+	mu.Lock()
+	defer mu.Unlock()
+	keys := make([]*pb.ConnKey, 0, len(acked))
+	idx := make([]int, 0, len(acked))
+	for i := range acked {
+		keys = append(keys, key(i))
+		idx = append(idx, i)
+	}
+	own, err := cl.LookupBatch(ctx, keys, linear)
+	if err != nil {
+		t.Fatalf("lookup: %v", err)
+	}
+	for j, o := range own {
+		if o.Claim == nil || o.Claim.MemberId != "m1" || o.Claim.Epoch != acked[idx[j]] {
+			t.Errorf("acknowledged claim %d (epoch %d) lost: lookup says %v", idx[j], acked[idx[j]], o.Claim)
+		}
+	}
+	t.Logf("%d acknowledged claims checked across a leader change", len(acked))
+
+	// The old leader comes back from its data directory and catches up.
+	c.Start(leader)
+	c.WaitConverged(30 * time.Second)
+	if l, ok := leader.Server.FSM().GetLock(mustKey(t, key(0))); !ok || l.Token != lock.Token {
+		t.Errorf("restarted member's lock = %v, %v; want token %d", l, ok, lock.Token)
+	}
+}
+
+// TestCluster_RestartCatchesUp stops a follower, writes, restarts it from its
+// data directory and checks it has every write.
+func TestCluster_RestartCatchesUp(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	cl := c.Client()
+	ctx := cluster.Context(t, 60*time.Second)
+	c.WaitForLeader(10 * time.Second)
+	f := c.Followers()[0]
+	c.Stop(f)
+	keys := make([]*pb.ConnKey, 500)
+	for i := range keys {
+		keys[i] = key(i)
+	}
+	res, err := cl.ClaimBatch(ctx, keys, "m0")
+	if err != nil {
+		t.Fatalf("claim batch: %v", err)
+	}
+	for i, r := range res {
+		if r.Status.Code != 0 {
+			t.Fatalf("item %d: %v", i, r.Status)
+		}
+	}
+	c.Start(f)
+	c.WaitConverged(30 * time.Second)
+	if n := f.Server.FSM().Stats().Claims; n != len(keys) {
+		t.Fatalf("restarted follower has %d claims, want %d", n, len(keys))
+	}
+}
+
+// TestCluster_FollowerForwardsWrites sends writes to a follower only: they
+// are forwarded to the leader, and an empty member ID means the follower.
+func TestCluster_FollowerForwardsWrites(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	c.WaitForLeader(10 * time.Second)
+	f := c.Followers()[0]
+	cl, err := client.New(client.Config{Addrs: []string{f.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := cluster.Context(t, 30*time.Second)
+	claim, err := cl.Claim(ctx, key(7), "")
+	if err != nil {
+		t.Fatalf("claim via follower: %v", err)
+	}
+	if claim.MemberId != f.ID {
+		t.Fatalf("claim with empty member_id sent to %s was recorded for %q", f.ID, claim.MemberId)
+	}
+	// A linearizable read through the follower sees it at once.
+	own, err := cl.Lookup(ctx, key(7), linear)
+	if err != nil {
+		t.Fatalf("lookup: %v", err)
+	}
+	if own.Owner != f.ID || own.Claim.GetEpoch() != claim.Epoch {
+		t.Fatalf("lookup = %v, want owner %s epoch %d", own, f.ID, claim.Epoch)
+	}
+	// The reverse direction of the flow is the same connection.
+	k := key(7)
+	rev := &pb.ConnKey{Protocol: 6, SrcIp: k.DstIp, SrcPort: k.DstPort, DstIp: k.SrcIp, DstPort: k.SrcPort}
+	own, err = cl.Lookup(ctx, rev, linear)
+	if err != nil || own.Owner != f.ID {
+		t.Fatalf("lookup of reverse tuple = %v, %v; want owner %s", own, err, f.ID)
+	}
+}
+
+// TestCluster_NoQuorumIsUnavailable stops two of three members: writes fail
+// with UNAVAILABLE (or time out) and nothing is half-applied.
+func TestCluster_NoQuorumIsUnavailable(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	l := c.WaitForLeader(10 * time.Second)
+	for _, f := range c.Followers() {
+		c.Stop(f)
+	}
+	cl, err := client.New(client.Config{Addrs: []string{l.Addr()}, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	keys := []*pb.ConnKey{key(1), key(2), key(3)}
+	_, err = cl.ClaimBatch(cluster.Context(t, 3*time.Second), keys, "m0")
+	if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+		t.Fatalf("write without quorum: got %v, want Unavailable", err)
+	}
+	// Bring the site back: the batch is either wholly applied or not at all.
+	for _, m := range c.Members {
+		if m.Server == nil {
+			c.Start(m)
+		}
+	}
+	c.WaitForLeader(20 * time.Second)
+	c.WaitConverged(30 * time.Second)
+	own, err := c.Client().LookupBatch(cluster.Context(t, 10*time.Second), keys, linear)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := 0
+	for _, o := range own {
+		if o.Claim != nil {
+			claimed++
+		}
+	}
+	if claimed != 0 && claimed != len(keys) {
+		t.Fatalf("%d of %d claims of one batch applied: half-applied write", claimed, len(keys))
+	}
+}
+
+// TestCluster_RetriedWriteAppliedOnce replays a request header: the site
+// answers the first outcome instead of applying again.
+func TestCluster_RetriedWriteAppliedOnce(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	l := c.WaitForLeader(10 * time.Second)
+	ctx := cluster.Context(t, 20*time.Second)
+	conn := dial(t, l.Addr())
+	locks := pb.NewLockServiceClient(conn)
+	req := &pb.AcquireLockRequest{Header: &pb.RequestHeader{ClientId: 42, Seq: 1, AckedSeq: 1},
+		Key: key(3), MemberId: "m1", Ttl: durationpb.New(time.Minute)}
+	first, err := locks.AcquireLock(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := locks.AcquireLock(ctx, req) // the "retry" after an unknown outcome
+	if err != nil {
+		t.Fatalf("retried acquire: %v (a retry must get the first outcome, not ErrLockHeld)", err)
+	}
+	if again.Lock.Token != first.Lock.Token {
+		t.Fatalf("retry got token %d, first got %d: applied twice", again.Lock.Token, first.Lock.Token)
+	}
+	req.Header.Seq = 2
+	if _, err := locks.AcquireLock(ctx, req); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a new request for a held lock: got %v, want FailedPrecondition", err)
+	}
+}

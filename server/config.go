@@ -1,0 +1,161 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/connsync/connsync/fsm"
+)
+
+// Config configures one member. Start from DefaultConfig and set the
+// identity, addresses and data directory.
+type Config struct {
+	// MemberID names this member in its site: 1-64 characters of [A-Za-z0-9._-].
+	MemberID string
+	// Site is the site this member belongs to; every member of a Raft group
+	// has the same site.
+	Site string
+	// DataDir holds raft.db (log and stable store) and snapshots/.
+	DataDir string
+
+	// GRPCBind is the address the gRPC server listens on; GRPCAdvertise is
+	// the address other members and clients use to reach it ("" = GRPCBind,
+	// which must then not be an unspecified address like 0.0.0.0).
+	GRPCBind, GRPCAdvertise string
+	// RaftBind and RaftAdvertise are the same for Raft traffic.
+	RaftBind, RaftAdvertise string
+
+	// Bootstrap makes this member found a new site as its only voter when its
+	// data directory holds no Raft state. Ignored on restart.
+	Bootstrap bool
+	// Join lists gRPC addresses of existing members. A member with no Raft
+	// state asks them, in turn, to add it to the site, until one succeeds.
+	Join []string
+	// Voter says whether a joining member asks to be a voter.
+	Voter bool
+
+	// BucketCount is B for a site founded by this member: a power of two.
+	BucketCount uint32
+	// Weight is this member's relative share of buckets (1 if 0).
+	Weight uint32
+
+	// Raft timing. See hashicorp/raft's Config for their meaning.
+	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+	// SnapshotThreshold is how many log entries pass between snapshots.
+	SnapshotThreshold uint64
+	// SnapshotInterval is how often Raft checks whether to snapshot.
+	SnapshotInterval time.Duration
+	// TrailingLogs is how many entries are kept after a snapshot, so slow
+	// followers can catch up without a snapshot install.
+	TrailingLogs uint64
+
+	// ApplyTimeout bounds how long a write waits to be accepted by Raft.
+	ApplyTimeout time.Duration
+	// MaxBatchOps is the most operations group commit packs into one entry.
+	MaxBatchOps int
+	// MaxInflightEntries is how many group-commit entries may be in flight at
+	// once; while they are, new requests gather into the next entry.
+	MaxInflightEntries int
+
+	// Network is the transport for Raft and member-to-member gRPC (nil = TCP).
+	Network Network
+	// Logger receives the member's logs, Raft's included (nil = stderr, info).
+	Logger hclog.Logger
+}
+
+// DefaultConfig returns a Config with every tunable set; identity, addresses
+// and DataDir are left to the caller.
+func DefaultConfig() Config {
+	return Config{
+		BucketCount:        fsm.DefaultBucketCount,
+		Weight:             1,
+		Voter:              true,
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      10 * time.Millisecond,
+		SnapshotThreshold:  8192,
+		SnapshotInterval:   30 * time.Second,
+		TrailingLogs:       10240,
+		ApplyTimeout:       5 * time.Second,
+		MaxBatchOps:        4096,
+		MaxInflightEntries: 4,
+	}
+}
+
+// Validate checks every field and the fields against each other.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !fsm.ValidID(c.MemberID) {
+		bad("member-id %q: must be 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit", c.MemberID)
+	}
+	if !fsm.ValidID(c.Site) {
+		bad("site %q: must be 1-64 characters of [A-Za-z0-9._-], starting with a letter or digit", c.Site)
+	}
+	if c.DataDir == "" {
+		bad("data-dir: is required")
+	}
+	checkAddrs := func(name, bind, adv string) {
+		if _, _, err := net.SplitHostPort(bind); err != nil {
+			bad("%s-bind %q: %v", name, bind, err)
+			return
+		}
+		if adv == "" {
+			adv = bind
+		}
+		host, port, err := net.SplitHostPort(adv)
+		if err != nil {
+			bad("%s-advertise %q: %v", name, adv, err)
+			return
+		}
+		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) || port == "0" {
+			bad("%s-advertise %q: must be a reachable host:port; set it explicitly when %s-bind is %q", name, adv, name, bind)
+		}
+	}
+	checkAddrs("grpc", c.GRPCBind, c.GRPCAdvertise)
+	checkAddrs("raft", c.RaftBind, c.RaftAdvertise)
+	if c.Bootstrap && len(c.Join) > 0 {
+		bad("bootstrap and join %v: a member either founds a site or joins one, not both", c.Join)
+	}
+	if err := fsm.ValidBucketCount(c.BucketCount); err != nil {
+		bad("buckets: %v", err)
+	}
+	if c.HeartbeatTimeout < 5*time.Millisecond || c.ElectionTimeout < c.HeartbeatTimeout {
+		bad("raft-election-timeout %v must be >= raft-heartbeat-timeout %v (>= 5ms)", c.ElectionTimeout, c.HeartbeatTimeout)
+	}
+	if c.LeaderLeaseTimeout <= 0 || c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		bad("raft-leader-lease-timeout %v must be > 0 and <= raft-heartbeat-timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	if c.CommitTimeout <= 0 {
+		bad("raft-commit-timeout %v must be > 0", c.CommitTimeout)
+	}
+	if c.SnapshotThreshold == 0 || c.SnapshotInterval <= 0 {
+		bad("snapshot-threshold %d and snapshot-interval %v must be > 0", c.SnapshotThreshold, c.SnapshotInterval)
+	}
+	if c.ApplyTimeout <= 0 {
+		bad("apply-timeout %v must be > 0", c.ApplyTimeout)
+	}
+	if c.MaxBatchOps < 1 || c.MaxInflightEntries < 1 {
+		bad("max-batch-ops %d and max-inflight-entries %d must be >= 1", c.MaxBatchOps, c.MaxInflightEntries)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) grpcAdvertise() string {
+	if c.GRPCAdvertise != "" {
+		return c.GRPCAdvertise
+	}
+	return c.GRPCBind
+}
+
+func (c *Config) raftAdvertise() string {
+	if c.RaftAdvertise != "" {
+		return c.RaftAdvertise
+	}
+	return c.RaftBind
+}

@@ -1,0 +1,103 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// proposalNoOps is an empty proposal: the entry only advances log time.
+var proposalNoOps = ipb.Proposal{}
+
+func initSiteOp(site string, buckets uint32) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: site, BucketCount: buckets}}}
+}
+
+func registerMemberOp(m *pb.Member) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{Member: m}}}
+}
+
+func setMemberStateOp(id string, st pb.MemberState) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_SetMemberState{SetMemberState: &ipb.SetMemberStateOp{MemberId: id, State: st}}}
+}
+
+func claimOp(k fsm.Key, member string) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_Claim{Claim: &ipb.ClaimOp{Key: []byte(k), MemberId: member}}}
+}
+
+func releaseOp(k fsm.Key, member string, epoch uint64) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_Release{Release: &ipb.ReleaseOp{Key: []byte(k), MemberId: member, Epoch: epoch}}}
+}
+
+func acquireLockOp(k fsm.Key, member string, ttl time.Duration) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_AcquireLock{AcquireLock: &ipb.AcquireLockOp{Key: []byte(k), MemberId: member, TtlNanos: int64(ttl)}}}
+}
+
+func renewLockOp(k fsm.Key, member string, token uint64, ttl time.Duration) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_RenewLock{RenewLock: &ipb.RenewLockOp{Key: []byte(k), MemberId: member, Token: token, TtlNanos: int64(ttl)}}}
+}
+
+func releaseLockOp(k fsm.Key, member string, token uint64) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_ReleaseLock{ReleaseLock: &ipb.ReleaseLockOp{Key: []byte(k), MemberId: member, Token: token}}}
+}
+
+// write proposes ops as one request on behalf of a client: it waits for this
+// member to be a ready leader, then goes through group commit. The returned
+// error is a Raft or context error; domain errors are in the results.
+func (s *Server) write(ctx context.Context, h *pb.RequestHeader, ops ...*ipb.Op) (fsm.ProposalResult, error) {
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	p := &ipb.Proposal{Ops: ops}
+	if h != nil {
+		p.ClientId, p.Seq, p.AckedSeq = h.ClientId, h.Seq, h.AckedSeq
+	}
+	return s.proposer.propose(ctx, p)
+}
+
+// write1 is write for a single operation, returning its domain error as the
+// error.
+func (s *Server) write1(ctx context.Context, h *pb.RequestHeader, op *ipb.Op) (fsm.Result, error) {
+	res, err := s.write(ctx, h, op)
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	return res[0], res[0].Err
+}
+
+// applyDirect proposes ops without waiting for readiness: for leaderSetup.
+func (s *Server) applyDirect(ops ...*ipb.Op) (fsm.ProposalResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+	defer cancel()
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: ops})
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range res {
+		if r.Err != nil {
+			return res, r.Err
+		}
+	}
+	return res, nil
+}
+
+// read prepares a read at the requested consistency. LOCAL reads return at
+// once. LINEARIZABLE reads reach here only on the leader (the interceptor
+// forwards them otherwise): note the commit index, confirm leadership with a
+// quorum, and wait until the FSM has applied that index.
+func (s *Server) read(ctx context.Context, c pb.ReadConsistency) error {
+	if c != pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE {
+		return nil
+	}
+	if err := s.waitReady(ctx); err != nil {
+		return err
+	}
+	index := s.raft.CommitIndex()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return err
+	}
+	return s.fsm.WaitApplied(ctx, index)
+}

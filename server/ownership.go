@@ -1,0 +1,192 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// MaxBatchKeys is the most keys one batch call may carry.
+const MaxBatchKeys = 10000
+
+type ownershipService struct {
+	pb.UnimplementedOwnershipServiceServer
+	s *Server
+}
+
+// checkMemberID validates a member ID field.
+func checkMemberID(field, id string) error {
+	if !fsm.ValidID(id) {
+		return invalid(field, "%q is not a valid member ID (1-64 characters of [A-Za-z0-9._-])", id)
+	}
+	return nil
+}
+
+// parseKeys validates a batch of keys as a whole.
+func parseKeys(keys []*pb.ConnKey) ([]fsm.Key, error) {
+	if len(keys) == 0 {
+		return nil, invalid("keys", "at least one key is required")
+	}
+	if len(keys) > MaxBatchKeys {
+		return nil, invalid("keys", "%d keys, at most %d per call", len(keys), MaxBatchKeys)
+	}
+	out := make([]fsm.Key, len(keys))
+	for i, k := range keys {
+		var err error
+		if out[i], err = fsm.ParseKey(k, fmt.Sprintf("keys[%d]", i)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func ownershipProto(o fsm.Ownership) *pb.Ownership {
+	out := &pb.Ownership{
+		Key:    o.Key.Proto(),
+		Bucket: o.Bucket,
+		Assignment: &pb.Assignment{Bucket: o.Bucket, Primary: o.Assignment.Primary,
+			LocalBackup: o.Assignment.LocalBackup, RemoteBackup: o.Assignment.RemoteBackup, Epoch: o.Assignment.Epoch},
+		Owner:        o.Owner(),
+		AppliedIndex: o.Applied,
+	}
+	if o.Claimed {
+		out.Claim = &pb.Claim{Key: out.Key, MemberId: o.Claim.MemberID, Epoch: o.Claim.Epoch}
+	}
+	return out
+}
+
+func (o *ownershipService) Lookup(ctx context.Context, req *pb.LookupRequest) (*pb.LookupResponse, error) {
+	k, err := fsm.ParseKey(req.Key, "key")
+	if err != nil {
+		return nil, err
+	}
+	if err := o.s.read(ctx, req.Consistency); err != nil {
+		return nil, err
+	}
+	return &pb.LookupResponse{Ownership: ownershipProto(o.s.fsm.Lookup(k)[0])}, nil
+}
+
+func (o *ownershipService) LookupBatch(ctx context.Context, req *pb.LookupBatchRequest) (*pb.LookupBatchResponse, error) {
+	keys, err := parseKeys(req.Keys)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.s.read(ctx, req.Consistency); err != nil {
+		return nil, err
+	}
+	os := o.s.fsm.Lookup(keys...)
+	out := &pb.LookupBatchResponse{Ownerships: make([]*pb.Ownership, len(os))}
+	for i, ow := range os {
+		out.Ownerships[i] = ownershipProto(ow)
+	}
+	return out, nil
+}
+
+func (o *ownershipService) Claim(ctx context.Context, req *pb.ClaimRequest) (*pb.ClaimResponse, error) {
+	k, err := fsm.ParseKey(req.Key, "key")
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	r, err := o.s.write1(ctx, req.Header, claimOp(k, req.MemberId))
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ClaimResponse{Claim: &pb.Claim{Key: k.Proto(), MemberId: r.MemberID, Epoch: r.Epoch}}, nil
+}
+
+func (o *ownershipService) ClaimBatch(ctx context.Context, req *pb.ClaimBatchRequest) (*pb.ClaimBatchResponse, error) {
+	keys, err := parseKeys(req.Keys)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	ops := make([]*ipb.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = claimOp(k, req.MemberId)
+	}
+	res, err := o.s.write(ctx, req.Header, ops...)
+	if err != nil {
+		return nil, err
+	}
+	if err := unknownMember(res); err != nil {
+		return nil, err
+	}
+	out := &pb.ClaimBatchResponse{Results: make([]*pb.ClaimResult, len(res))}
+	for i, r := range res {
+		out.Results[i] = &pb.ClaimResult{Status: itemStatus(r.Err)}
+		if r.MemberID != "" {
+			out.Results[i].Claim = &pb.Claim{Key: keys[i].Proto(), MemberId: r.MemberID, Epoch: r.Epoch}
+		}
+	}
+	return out, nil
+}
+
+func (o *ownershipService) Release(ctx context.Context, req *pb.ReleaseRequest) (*pb.ReleaseResponse, error) {
+	k, err := fsm.ParseKey(req.Key, "key")
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	if _, err := o.s.write1(ctx, req.Header, releaseOp(k, req.MemberId, req.Epoch)); err != nil {
+		return nil, err
+	}
+	return &pb.ReleaseResponse{}, nil
+}
+
+func (o *ownershipService) ReleaseBatch(ctx context.Context, req *pb.ReleaseBatchRequest) (*pb.ReleaseBatchResponse, error) {
+	keys, err := parseKeys(req.Keys)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	ops := make([]*ipb.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = releaseOp(k, req.MemberId, 0)
+	}
+	res, err := o.s.write(ctx, req.Header, ops...)
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.ReleaseBatchResponse{Results: make([]*pb.ItemStatus, len(res))}
+	for i, r := range res {
+		out.Results[i] = itemStatus(r.Err)
+	}
+	return out, nil
+}
+
+// unknownMember turns a batch whose member is unknown into one
+// INVALID_ARGUMENT: every item failed the same way and nothing was written.
+func unknownMember(res fsm.ProposalResult) error {
+	if len(res) > 0 && res[0].Err != nil && (isCode(res[0].Err, fsm.ErrUnknownMember) || isCode(res[0].Err, fsm.ErrMemberNotAlive)) {
+		return res[0].Err
+	}
+	return nil
+}
+
+func isCode(err error, target *fsm.Error) bool {
+	de, ok := err.(*fsm.Error)
+	return ok && de.Code == target.Code
+}
+
+func itemStatus(err error) *pb.ItemStatus {
+	if err == nil {
+		return &pb.ItemStatus{Code: int32(codes.OK)}
+	}
+	st := toStatus(err)
+	return &pb.ItemStatus{Code: int32(status.Code(st)), Message: err.Error()}
+}

@@ -1,0 +1,390 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"google.golang.org/grpc"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// Version is reported by Status.
+var Version = "0.1.0-dev"
+
+// Server is one running member. Create it with New; stop it with Shutdown.
+type Server struct {
+	cfg     Config
+	logger  hclog.Logger
+	network Network
+
+	fsm       *fsm.FSM
+	raft      *raft.Raft
+	store     *raftboltdb.BoltStore
+	transport *raft.NetworkTransport
+	proposer  *proposer
+
+	grpcServer *grpc.Server
+	grpcLn     net.Listener
+	peers      *peerConns
+
+	// ready is closed once this member, as leader, has applied a barrier in
+	// its current term; replaced on every leadership change. Guarded by mu.
+	mu    sync.Mutex
+	ready chan struct{}
+
+	lastProposeNanos atomic.Int64
+	shutdownOnce     sync.Once
+	stop             chan struct{}
+	wg               sync.WaitGroup
+}
+
+// New validates cfg, opens the member's stores, starts Raft and the gRPC
+// server, and returns once both listen. A member whose data directory holds
+// Raft state resumes from it; otherwise it bootstraps (cfg.Bootstrap) or joins
+// (cfg.Join) in the background.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("server: invalid config: %w", err)
+	}
+	s := &Server{cfg: cfg, network: cfg.Network, logger: cfg.Logger, fsm: fsm.New(),
+		ready: make(chan struct{}), stop: make(chan struct{})}
+	if s.network == nil {
+		s.network = TCPNetwork{}
+	}
+	if s.logger == nil {
+		s.logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Info})
+	}
+	s.logger = s.logger.With("member", cfg.MemberID)
+	s.peers = newPeerConns(s.network)
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeAll()
+		}
+	}()
+	if err := s.startRaft(); err != nil {
+		return nil, err
+	}
+	if err := s.startGRPC(); err != nil {
+		return nil, err
+	}
+	s.wg.Add(1)
+	go s.tickLoop()
+	ok = true
+	return s, nil
+}
+
+func (s *Server) startRaft() error {
+	if err := os.MkdirAll(s.cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("server: data dir: %w", err)
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(s.cfg.DataDir, "raft.db")})
+	if err != nil {
+		return fmt.Errorf("server: open raft.db: %w", err)
+	}
+	s.store = store
+	logs, err := raft.NewLogCache(1024, store)
+	if err != nil {
+		return err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 2, s.logger.Named("snapshot"))
+	if err != nil {
+		return fmt.Errorf("server: snapshot store: %w", err)
+	}
+	ln, err := s.network.Listen(s.cfg.RaftBind)
+	if err != nil {
+		return fmt.Errorf("server: raft listen %s: %w", s.cfg.RaftBind, err)
+	}
+	adv, err := net.ResolveTCPAddr("tcp", s.cfg.raftAdvertise())
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("server: raft-advertise: %w", err)
+	}
+	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  &streamLayer{Listener: ln, advertise: adv, network: s.network},
+		MaxPool: 3, Timeout: 2 * time.Second, Logger: s.logger.Named("transport"),
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(s.cfg.MemberID)
+	rc.HeartbeatTimeout = s.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = s.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = s.cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = s.cfg.CommitTimeout
+	rc.SnapshotThreshold = s.cfg.SnapshotThreshold
+	rc.SnapshotInterval = s.cfg.SnapshotInterval
+	rc.TrailingLogs = s.cfg.TrailingLogs
+	rc.BatchApplyCh = true
+	rc.Logger = s.logger.Named("raft")
+	notify := make(chan bool, 16)
+	rc.NotifyCh = notify
+
+	existing, err := raft.HasExistingState(logs, store, snaps)
+	if err != nil {
+		return fmt.Errorf("server: read raft state: %w", err)
+	}
+	s.raft, err = raft.NewRaft(rc, s.fsm, logs, store, snaps, s.transport)
+	if err != nil {
+		return fmt.Errorf("server: start raft: %w", err)
+	}
+	s.proposer = newProposer(s.raft, &s.cfg, s.logger, func(t time.Time) { s.lastProposeNanos.Store(t.UnixNano()) })
+	s.wg.Add(1)
+	go s.leadershipLoop(notify)
+
+	switch {
+	case existing:
+		s.logger.Info("resuming from existing raft state", "data_dir", s.cfg.DataDir)
+	case s.cfg.Bootstrap:
+		err := s.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+			ID: rc.LocalID, Address: s.transport.LocalAddr(), Suffrage: raft.Voter}}}).Error()
+		if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			return fmt.Errorf("server: bootstrap: %w", err)
+		}
+		s.logger.Info("bootstrapped new site", "site", s.cfg.Site)
+	case len(s.cfg.Join) > 0:
+		s.wg.Add(1)
+		go s.joinLoop()
+	default:
+		s.logger.Warn("no raft state, not bootstrapping and nothing to join: waiting to be added by an operator")
+	}
+	return nil
+}
+
+// joinLoop asks the configured members to add this one until one succeeds.
+func (s *Server) joinLoop() {
+	defer s.wg.Done()
+	req := &pb.JoinRequest{MemberId: s.cfg.MemberID, Site: s.cfg.Site, RaftAddr: s.cfg.raftAdvertise(),
+		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight, Nonvoter: !s.cfg.Voter}
+	backoff := 100 * time.Millisecond
+	for {
+		for _, addr := range s.cfg.Join {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			conn, err := s.peers.get(addr)
+			if err == nil {
+				_, err = pb.NewOperatorServiceClient(conn).Join(ctx, req)
+			}
+			cancel()
+			if err == nil {
+				s.logger.Info("joined site", "via", addr)
+				return
+			}
+			s.logger.Warn("join failed, will retry", "via", addr, "error", err)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// leadershipLoop drains Raft's NotifyCh (Raft blocks if it is not drained)
+// and runs leaderSetup for each term this member leads.
+func (s *Server) leadershipLoop(notify <-chan bool) {
+	defer s.wg.Done()
+	stopLeader := func() {}
+	defer func() { stopLeader() }()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case isLeader := <-notify:
+			stopLeader()
+			stopLeader = func() {}
+			s.mu.Lock()
+			s.ready = make(chan struct{})
+			ready := s.ready
+			s.mu.Unlock()
+			if isLeader {
+				ctx, cancel := context.WithCancel(context.Background())
+				stopLeader = cancel
+				s.wg.Add(1)
+				go s.leaderSetup(ctx, ready)
+			}
+		}
+	}
+}
+
+// leaderSetup runs when this member gains leadership: a barrier so the FSM
+// holds every committed entry, then the site and this member are recorded,
+// then writes are served.
+func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
+	defer s.wg.Done()
+	for attempt := 0; ; attempt++ {
+		if ctx.Err() != nil {
+			return
+		}
+		err := s.raft.Barrier(s.cfg.ApplyTimeout).Error()
+		if err == nil {
+			break
+		}
+		s.logger.Warn("barrier failed", "error", err)
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
+			return
+		}
+	}
+	st := s.fsm.Stats()
+	var ops []*ipb.Op
+	if st.Site == "" {
+		ops = append(ops, initSiteOp(s.cfg.Site, s.cfg.BucketCount))
+	} else if st.Site != s.cfg.Site {
+		s.logger.Error("configured site differs from the site in the raft state", "configured", s.cfg.Site, "state", st.Site)
+	}
+	if m, ok := s.fsm.Member(s.cfg.MemberID); !ok || m.GRPCAddr != s.cfg.grpcAdvertise() ||
+		m.RaftAddr != s.cfg.raftAdvertise() || m.State != pb.MemberState_MEMBER_STATE_ALIVE {
+		ops = append(ops, registerMemberOp(s.selfMember()))
+	}
+	if len(ops) > 0 {
+		for ctx.Err() == nil {
+			_, err := s.applyDirect(ops...)
+			if err == nil {
+				break
+			}
+			s.logger.Warn("leader setup write failed", "error", err)
+			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if ctx.Err() == nil {
+		s.logger.Info("leader ready", "term", s.raft.Stats()["term"])
+		close(ready)
+	}
+}
+
+func (s *Server) selfMember() *pb.Member {
+	return &pb.Member{Id: s.cfg.MemberID, Site: s.cfg.Site, RaftAddr: s.cfg.raftAdvertise(),
+		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight}
+}
+
+// tickLoop appends an empty entry when the leader has been idle for a second,
+// so the FSM's log time advances and expired leases show as expired in reads.
+func (s *Server) tickLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			if !s.isReady() || now.UnixNano()-s.lastProposeNanos.Load() < int64(time.Second) {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
+			_, _ = s.proposer.propose(ctx, &proposalNoOps)
+			cancel()
+		}
+	}
+}
+
+// isReady reports whether this member is the leader and has applied its
+// barrier for the term.
+func (s *Server) isReady() bool {
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	select {
+	case <-ready:
+		return s.raft.State() == raft.Leader
+	default:
+		return false
+	}
+}
+
+// waitReady waits until this member is a ready leader. It fails at once with
+// raft.ErrNotLeader if the member is not the leader.
+func (s *Server) waitReady(ctx context.Context) error {
+	for {
+		if s.raft.State() != raft.Leader {
+			return raft.ErrNotLeader
+		}
+		s.mu.Lock()
+		ready := s.ready
+		s.mu.Unlock()
+		select {
+		case <-ready:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrNotReady, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+			// Re-check: leadership may have moved while we waited.
+		}
+	}
+}
+
+// Addr returns the gRPC listen address (useful with port 0).
+func (s *Server) Addr() string { return s.grpcLn.Addr().String() }
+
+// ID returns the member ID.
+func (s *Server) ID() string { return s.cfg.MemberID }
+
+// Raft exposes the Raft node to tests and operators' tooling in this module.
+func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// FSM exposes the state machine (read-only use).
+func (s *Server) FSM() *fsm.FSM { return s.fsm }
+
+// IsLeader reports whether this member is the leader and ready to serve.
+func (s *Server) IsLeader() bool { return s.isReady() }
+
+// Shutdown stops the gRPC server (letting RPCs in flight finish for up to a
+// few seconds), Raft, and closes the stores. Safe to call more than once.
+func (s *Server) Shutdown() error {
+	var err error
+	s.shutdownOnce.Do(func() {
+		if s.grpcServer != nil {
+			done := make(chan struct{})
+			go func() { s.grpcServer.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(3 * time.Second):
+				s.grpcServer.Stop()
+			}
+		}
+		err = s.closeAll()
+	})
+	return err
+}
+
+func (s *Server) closeAll() error {
+	var errs []error
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	if s.grpcServer != nil {
+		s.grpcServer.Stop()
+	}
+	if s.proposer != nil {
+		s.proposer.close()
+	}
+	if s.raft != nil {
+		errs = append(errs, s.raft.Shutdown().Error())
+	}
+	if s.transport != nil {
+		errs = append(errs, s.transport.Close())
+	}
+	s.wg.Wait()
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	s.peers.close()
+	return errors.Join(errs...)
+}
