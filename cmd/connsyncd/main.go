@@ -1,0 +1,221 @@
+// Command connsyncd runs one connsync member: the site's Raft node and FSM
+// and the gRPC API. Run `connsyncd -dev` for a throwaway single-member site on
+// 127.0.0.1, or see the README for a real site.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics/compat"
+	promsink "github.com/hashicorp/go-metrics/compat/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/connsync/connsync/server"
+)
+
+// Defaults for addresses: -dev listens here and connsyncctl looks here.
+const (
+	defaultGRPC = "127.0.0.1:7420"
+	defaultRaft = "127.0.0.1:7421"
+)
+
+type options struct {
+	cfg         server.Config
+	dev         bool
+	join        string
+	nonvoter    bool
+	logLevel    string
+	metricsAddr string
+	configFile  string
+}
+
+// newFlagSet declares every flag. Config-file keys are the flag names.
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("connsyncd", flag.ContinueOnError)
+	c := &o.cfg
+	*c = server.DefaultConfig()
+	c.GRPCBind, c.RaftBind = defaultGRPC, defaultRaft
+	fs.StringVar(&o.configFile, "config", "", "YAML config file; its keys are these flag names (flags given on the command line win)")
+	fs.BoolVar(&o.dev, "dev", false, "run a single-member site on 127.0.0.1 with a temporary data dir")
+	fs.StringVar(&c.MemberID, "member-id", "", "this member's ID, unique in its site (required)")
+	fs.StringVar(&c.Site, "site", "", "the site this member belongs to (required)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required)")
+	fs.StringVar(&c.GRPCBind, "grpc-bind", c.GRPCBind, "address the gRPC API listens on")
+	fs.StringVar(&c.GRPCAdvertise, "grpc-advertise", "", "gRPC address other members and clients use (default: grpc-bind)")
+	fs.StringVar(&c.RaftBind, "raft-bind", c.RaftBind, "address Raft listens on")
+	fs.StringVar(&c.RaftAdvertise, "raft-advertise", "", "Raft address other members use (default: raft-bind)")
+	fs.BoolVar(&c.Bootstrap, "bootstrap", false, "found a new site with this member as its only voter (ignored once the data dir holds state)")
+	fs.StringVar(&o.join, "join", "", "comma-separated gRPC addresses of existing members to join through")
+	fs.BoolVar(&o.nonvoter, "nonvoter", false, "join as a Raft non-voter")
+	fs.Func("buckets", fmt.Sprintf("bucket count of a new site, a power of two (default %d)", c.BucketCount), func(s string) error {
+		var n uint32
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			return fmt.Errorf("want a number: %v", err)
+		}
+		c.BucketCount = n
+		return nil
+	})
+	fs.Func("weight", "relative share of buckets (default 1)", func(s string) error {
+		_, err := fmt.Sscan(s, &c.Weight)
+		return err
+	})
+	fs.DurationVar(&c.HeartbeatTimeout, "raft-heartbeat-timeout", c.HeartbeatTimeout, "Raft heartbeat timeout")
+	fs.DurationVar(&c.ElectionTimeout, "raft-election-timeout", c.ElectionTimeout, "Raft election timeout")
+	fs.DurationVar(&c.LeaderLeaseTimeout, "raft-leader-lease-timeout", c.LeaderLeaseTimeout, "Raft leader lease timeout")
+	fs.DurationVar(&c.CommitTimeout, "raft-commit-timeout", c.CommitTimeout, "Raft commit timeout")
+	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", c.SnapshotThreshold, "log entries between snapshots")
+	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", c.SnapshotInterval, "how often to check whether to snapshot")
+	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", c.TrailingLogs, "log entries kept after a snapshot")
+	fs.DurationVar(&c.ApplyTimeout, "apply-timeout", c.ApplyTimeout, "how long a write may wait to enter the Raft log")
+	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
+	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (Raft, raft-boltdb, connsync) on this address at /metrics")
+	return fs
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "connsyncd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	var o options
+	fs := newFlagSet(&o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (all settings are -flags)", fs.Args())
+	}
+	if o.configFile != "" {
+		if err := applyConfigFile(fs, o.configFile); err != nil {
+			return err
+		}
+	}
+	level := hclog.LevelFromString(o.logLevel)
+	if level == hclog.NoLevel {
+		return fmt.Errorf("log-level %q: want trace, debug, info, warn or error", o.logLevel)
+	}
+	o.cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: level})
+	if o.join != "" {
+		for _, a := range strings.Split(o.join, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				o.cfg.Join = append(o.cfg.Join, a)
+			}
+		}
+	}
+	o.cfg.Voter = !o.nonvoter
+	if o.dev {
+		cleanup, err := devDefaults(fs, &o.cfg)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+	}
+	if o.metricsAddr != "" {
+		if err := serveMetrics(o.metricsAddr); err != nil {
+			return err
+		}
+	}
+	s, err := server.New(o.cfg)
+	if err != nil {
+		return err
+	}
+	if o.dev {
+		printDevBanner(s, &o.cfg)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-sigs
+	o.cfg.Logger.Info("shutting down", "signal", sig.String())
+	if err := s.Shutdown(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// devDefaults fills what -dev implies for every flag not given explicitly.
+func devDefaults(fs *flag.FlagSet, c *server.Config) (cleanup func(), err error) {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["join"] {
+		return nil, errors.New("-dev runs a site of its own; it cannot be combined with -join")
+	}
+	if !set["member-id"] {
+		c.MemberID = "dev"
+	}
+	if !set["site"] {
+		c.Site = "dev"
+	}
+	c.Bootstrap = true
+	cleanup = func() {}
+	if !set["data-dir"] {
+		dir, err := os.MkdirTemp("", "connsyncd-dev-")
+		if err != nil {
+			return nil, err
+		}
+		c.DataDir = dir
+		cleanup = func() { os.RemoveAll(dir) }
+	}
+	return cleanup, nil
+}
+
+func printDevBanner(s *server.Server, c *server.Config) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for ctx.Err() == nil && !s.IsLeader() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Printf(`
+connsync dev member %q of site %q is ready (data in %s, removed on exit).
+  gRPC API:  %s   (connsyncctl's default address)
+  Raft:      %s
+Try, in another shell:
+  go run ./cmd/connsyncctl status
+  go run ./cmd/connsyncctl claim tcp 10.0.0.1:1234 192.0.2.1:80
+  go run ./cmd/connsyncctl lookup tcp 192.0.2.1:80 10.0.0.1:1234
+  grpcurl -plaintext %s list
+Stop with Ctrl-C.
+
+`, c.MemberID, c.Site, c.DataDir, s.Addr(), c.RaftBind, s.Addr())
+}
+
+// serveMetrics sends go-metrics (which Raft and raft-boltdb emit) to a
+// Prometheus sink and serves it. Without a sink those metrics vanish.
+func serveMetrics(addr string) error {
+	sink, err := promsink.NewPrometheusSink()
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mc := metrics.DefaultConfig("connsync")
+	mc.EnableHostname = false
+	if _, err := metrics.NewGlobal(mc, sink); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.Handler())
+	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics-addr %s: %w", addr, err)
+	}
+	go srv.Serve(ln)
+	return nil
+}

@@ -1,0 +1,115 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/integration/cluster"
+)
+
+// BenchmarkClaims measures claims per second on a 3-voter site over real
+// loopback TCP with fsync on, from 64 concurrent clients, each with its own
+// connection to the leader. batch is the number of claims per RPC: 1 is one
+// Claim RPC per claim (comparable to single-operation systems), larger values
+// use ClaimBatch. Reports claims/s and the p50/p99 latency of one RPC.
+//
+//	go test ./server -run XXX -bench Claims -benchtime 200000x
+func BenchmarkClaims(b *testing.B) {
+	for _, batch := range []int{1, 16} {
+		for _, clients := range []int{1, 64} {
+			b.Run(fmt.Sprintf("clients=%d/batch=%d", clients, batch), func(b *testing.B) {
+				benchClaims(b, clients, batch)
+			})
+		}
+	}
+}
+
+func benchClaims(b *testing.B, clients, batch int) {
+	c := cluster.New(b, 3, cluster.Options{})
+	leader := c.WaitForLeader(10 * time.Second)
+	cls := make([]*client.Client, clients)
+	for i := range cls {
+		cl, err := client.New(client.Config{Addrs: []string{leader.Addr()}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cl.Close()
+		cls[i] = cl
+		// Connect before the clock starts.
+		if _, err := cl.Status(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rpcs := (b.N + batch - 1) / batch
+	var next atomic.Int64
+	lat := make([][]time.Duration, clients)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := 0; w < clients; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			ctx := context.Background()
+			cl := cls[w]
+			keys := make([]*pb.ConnKey, batch)
+			for {
+				n := int(next.Add(1)) - 1
+				if n >= rpcs {
+					return
+				}
+				for j := range keys {
+					keys[j] = benchKey(n*batch + j)
+				}
+				t0 := time.Now()
+				var err error
+				if batch == 1 {
+					_, err = cl.Claim(ctx, keys[0], "m1")
+				} else {
+					var res []*pb.ClaimResult
+					res, err = cl.ClaimBatch(ctx, keys, "m1")
+					for _, r := range res {
+						if r.Status.Code != 0 && err == nil {
+							err = fmt.Errorf("item: %v", r.Status)
+						}
+					}
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) float64 {
+		if len(all) == 0 {
+			return 0
+		}
+		return float64(all[int(p*float64(len(all)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(rpcs*batch)/elapsed.Seconds(), "claims/s")
+	b.ReportMetric(pct(0.50), "p50_ms")
+	b.ReportMetric(pct(0.99), "p99_ms")
+	b.ReportMetric(0, "ns/op")
+}
+
+func benchKey(i int) *pb.ConnKey {
+	return &pb.ConnKey{Protocol: 6, SrcIp: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255),
+		SrcPort: uint32(1024 + i%50000), DstIp: "198.51.100.7", DstPort: 443}
+}
