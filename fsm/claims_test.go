@@ -7,17 +7,6 @@ import (
 	pb "github.com/connsync/connsync/api/connsync/v1"
 )
 
-// expectUnchanged applies op to f at index/now and an empty entry at the same
-// index/now to a twin built by build, and fails unless both end up in the
-// same state: the failed operation wrote nothing (not even a token).
-func expectUnchanged(t *testing.T, build func() *FSM, index uint64, now int64, op *ipb.Op, want *Error) {
-	t.Helper()
-	f, twin := build(), build()
-	expectErr(t, apply1(t, f, index, now, op), want)
-	twin.ApplyEntry(index, &ipb.Entry{TimeUnixNano: now})
-	sameState(t, "after failed op", f, twin)
-}
-
 func TestFSM_ClaimUnknownMember(t *testing.T) {
 	k := tcpKey(t, 1000)
 	build := func() *FSM { f, _ := newSite(t, "m1"); return f }

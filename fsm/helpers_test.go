@@ -82,6 +82,11 @@ func newSite(t testing.TB, members ...string) (*FSM, uint64) {
 	return f, idx
 }
 
+// prop is a proposal of session client (0: none) with ops.
+func prop(client, seq, acked uint64, ops ...*ipb.Op) *ipb.Proposal {
+	return &ipb.Proposal{ClientId: client, Seq: seq, AckedSeq: acked, Ops: ops}
+}
+
 // Op constructors.
 
 func initSiteOp(site string, buckets uint32) *ipb.Op {
@@ -145,6 +150,17 @@ func expectErr(t testing.TB, r Result, want *Error) {
 	if !errors.As(r.Err, &e) {
 		t.Fatalf("error %T is not a domain *Error", r.Err)
 	}
+}
+
+// expectUnchanged applies op to f at index/now and an empty entry at the same
+// index/now to a twin built by build, and fails unless both end up in the
+// same state: the failed operation wrote nothing (not even a token).
+func expectUnchanged(t *testing.T, build func() *FSM, index uint64, now int64, op *ipb.Op, want *Error) {
+	t.Helper()
+	f, twin := build(), build()
+	expectErr(t, apply1(t, f, index, now, op), want)
+	twin.ApplyEntry(index, &ipb.Entry{TimeUnixNano: now})
+	sameState(t, "after failed op", f, twin)
 }
 
 // snapshotBytes returns f's state in snapshot form.

@@ -8,10 +8,6 @@ import (
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 )
 
-func prop(client, seq, acked uint64, ops ...*ipb.Op) *ipb.Proposal {
-	return &ipb.Proposal{ClientId: client, Seq: seq, AckedSeq: acked, Ops: ops}
-}
-
 func TestFSM_SessionRetryReturnsCachedResult(t *testing.T) {
 	f, idx := newSite(t, "m1", "m2")
 	k, k2 := tcpKey(t, 1000), tcpKey(t, 2000)
