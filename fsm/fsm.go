@@ -153,12 +153,40 @@ func (st *state) applyProposal(index uint64, p *ipb.Proposal) ProposalResult {
 	if cached, ok := st.sessionLookup(p); ok {
 		return cached
 	}
-	res := make(ProposalResult, len(p.Ops))
-	for i, op := range p.Ops {
-		res[i] = st.applyOp(index, op)
+	res := make(ProposalResult, 0, resultCount(p))
+	for _, op := range p.Ops {
+		switch o := op.Op.(type) {
+		case *ipb.Op_ClaimBatch:
+			for _, kb := range o.ClaimBatch.Keys {
+				res = append(res, st.claim(mustKey(kb), o.ClaimBatch.MemberId))
+			}
+		case *ipb.Op_ReleaseBatch:
+			for _, kb := range o.ReleaseBatch.Keys {
+				res = append(res, st.release(mustKey(kb), o.ReleaseBatch.MemberId, 0))
+			}
+		default:
+			res = append(res, st.applyOp(index, op))
+		}
 	}
 	st.sessionStore(p, res)
 	return res
+}
+
+// resultCount is the number of results a proposal yields: one per operation,
+// one per key for batch operations.
+func resultCount(p *ipb.Proposal) int {
+	n := 0
+	for _, op := range p.Ops {
+		switch o := op.Op.(type) {
+		case *ipb.Op_ClaimBatch:
+			n += len(o.ClaimBatch.Keys)
+		case *ipb.Op_ReleaseBatch:
+			n += len(o.ReleaseBatch.Keys)
+		default:
+			n++
+		}
+	}
+	return n
 }
 
 func (st *state) applyOp(index uint64, op *ipb.Op) Result {

@@ -52,7 +52,7 @@ func (st *state) sessionLookup(p *ipb.Proposal) (ProposalResult, bool) {
 		return r, true
 	}
 	if p.Seq < s.acked {
-		res := make(ProposalResult, len(p.Ops))
+		res := make(ProposalResult, resultCount(p))
 		for i := range res {
 			res[i].Err = ErrStaleRequest
 		}

@@ -28,6 +28,22 @@ func claimOp(k fsm.Key, member string) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_Claim{Claim: &ipb.ClaimOp{Key: []byte(k), MemberId: member}}}
 }
 
+func claimBatchOp(keys []fsm.Key, member string) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_ClaimBatch{ClaimBatch: &ipb.ClaimBatchOp{MemberId: member, Keys: keyBytes(keys)}}}
+}
+
+func releaseBatchOp(keys []fsm.Key, member string) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_ReleaseBatch{ReleaseBatch: &ipb.ReleaseBatchOp{MemberId: member, Keys: keyBytes(keys)}}}
+}
+
+func keyBytes(keys []fsm.Key) [][]byte {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		out[i] = []byte(k)
+	}
+	return out
+}
+
 func releaseOp(k fsm.Key, member string, epoch uint64) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_Release{Release: &ipb.ReleaseOp{Key: []byte(k), MemberId: member, Epoch: epoch}}}
 }

@@ -7,7 +7,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 )
@@ -111,11 +110,7 @@ func (o *ownershipService) ClaimBatch(ctx context.Context, req *pb.ClaimBatchReq
 	if err := checkMemberID("member_id", req.MemberId); err != nil {
 		return nil, err
 	}
-	ops := make([]*ipb.Op, len(keys))
-	for i, k := range keys {
-		ops[i] = claimOp(k, req.MemberId)
-	}
-	res, err := o.s.write(ctx, req.Header, ops...)
+	res, err := o.s.write(ctx, req.Header, claimBatchOp(keys, req.MemberId))
 	if err != nil {
 		return nil, err
 	}
@@ -154,11 +149,7 @@ func (o *ownershipService) ReleaseBatch(ctx context.Context, req *pb.ReleaseBatc
 	if err := checkMemberID("member_id", req.MemberId); err != nil {
 		return nil, err
 	}
-	ops := make([]*ipb.Op, len(keys))
-	for i, k := range keys {
-		ops[i] = releaseOp(k, req.MemberId, 0)
-	}
-	res, err := o.s.write(ctx, req.Header, ops...)
+	res, err := o.s.write(ctx, req.Header, releaseBatchOp(keys, req.MemberId))
 	if err != nil {
 		return nil, err
 	}

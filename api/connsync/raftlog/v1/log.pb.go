@@ -84,7 +84,7 @@ func (x *Entry) GetProposals() []*Proposal {
 }
 
 // Proposal is one client request: a list of operations applied together, in
-// order, with the outcome of each.
+// order, with the outcome of each (batch operations give one outcome per key).
 type Proposal struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Idempotency session (see connsync.v1.RequestHeader); zero = none.
@@ -167,6 +167,8 @@ type Op struct {
 	//	*Op_RegisterMember
 	//	*Op_SetMemberState
 	//	*Op_SetAssignments
+	//	*Op_ClaimBatch
+	//	*Op_ReleaseBatch
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -290,6 +292,24 @@ func (x *Op) GetSetAssignments() *SetAssignmentsOp {
 	return nil
 }
 
+func (x *Op) GetClaimBatch() *ClaimBatchOp {
+	if x != nil {
+		if x, ok := x.Op.(*Op_ClaimBatch); ok {
+			return x.ClaimBatch
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetReleaseBatch() *ReleaseBatchOp {
+	if x != nil {
+		if x, ok := x.Op.(*Op_ReleaseBatch); ok {
+			return x.ReleaseBatch
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -330,6 +350,14 @@ type Op_SetAssignments struct {
 	SetAssignments *SetAssignmentsOp `protobuf:"bytes,9,opt,name=set_assignments,json=setAssignments,proto3,oneof"`
 }
 
+type Op_ClaimBatch struct {
+	ClaimBatch *ClaimBatchOp `protobuf:"bytes,10,opt,name=claim_batch,json=claimBatch,proto3,oneof"`
+}
+
+type Op_ReleaseBatch struct {
+	ReleaseBatch *ReleaseBatchOp `protobuf:"bytes,11,opt,name=release_batch,json=releaseBatch,proto3,oneof"`
+}
+
 func (*Op_Claim) isOp_Op() {}
 
 func (*Op_Release) isOp_Op() {}
@@ -347,6 +375,10 @@ func (*Op_RegisterMember) isOp_Op() {}
 func (*Op_SetMemberState) isOp_Op() {}
 
 func (*Op_SetAssignments) isOp_Op() {}
+
+func (*Op_ClaimBatch) isOp_Op() {}
+
+func (*Op_ReleaseBatch) isOp_Op() {}
 
 // Keys are the canonical binary encoding of fsm.Key.
 type ClaimOp struct {
@@ -401,6 +433,114 @@ func (x *ClaimOp) GetMemberId() string {
 	return ""
 }
 
+// ClaimBatchOp is many ClaimOps of one member, written compactly: the log's
+// bytes per claim are what an fsync'd, replicated entry costs. It yields one
+// result per key, in order.
+type ClaimBatchOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Keys          [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimBatchOp) Reset() {
+	*x = ClaimBatchOp{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimBatchOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimBatchOp) ProtoMessage() {}
+
+func (x *ClaimBatchOp) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimBatchOp.ProtoReflect.Descriptor instead.
+func (*ClaimBatchOp) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClaimBatchOp) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *ClaimBatchOp) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// ReleaseBatchOp is many ReleaseOps (epoch 0) of one member; one result per key.
+type ReleaseBatchOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Keys          [][]byte               `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseBatchOp) Reset() {
+	*x = ReleaseBatchOp{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseBatchOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseBatchOp) ProtoMessage() {}
+
+func (x *ReleaseBatchOp) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseBatchOp.ProtoReflect.Descriptor instead.
+func (*ReleaseBatchOp) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReleaseBatchOp) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *ReleaseBatchOp) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 type ReleaseOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -412,7 +552,7 @@ type ReleaseOp struct {
 
 func (x *ReleaseOp) Reset() {
 	*x = ReleaseOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[4]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +564,7 @@ func (x *ReleaseOp) String() string {
 func (*ReleaseOp) ProtoMessage() {}
 
 func (x *ReleaseOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[4]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +577,7 @@ func (x *ReleaseOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseOp.ProtoReflect.Descriptor instead.
 func (*ReleaseOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{4}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReleaseOp) GetKey() []byte {
@@ -472,7 +612,7 @@ type AcquireLockOp struct {
 
 func (x *AcquireLockOp) Reset() {
 	*x = AcquireLockOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[5]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +624,7 @@ func (x *AcquireLockOp) String() string {
 func (*AcquireLockOp) ProtoMessage() {}
 
 func (x *AcquireLockOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[5]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +637,7 @@ func (x *AcquireLockOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcquireLockOp.ProtoReflect.Descriptor instead.
 func (*AcquireLockOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{5}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AcquireLockOp) GetKey() []byte {
@@ -533,7 +673,7 @@ type RenewLockOp struct {
 
 func (x *RenewLockOp) Reset() {
 	*x = RenewLockOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[6]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +685,7 @@ func (x *RenewLockOp) String() string {
 func (*RenewLockOp) ProtoMessage() {}
 
 func (x *RenewLockOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[6]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +698,7 @@ func (x *RenewLockOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewLockOp.ProtoReflect.Descriptor instead.
 func (*RenewLockOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{6}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RenewLockOp) GetKey() []byte {
@@ -600,7 +740,7 @@ type ReleaseLockOp struct {
 
 func (x *ReleaseLockOp) Reset() {
 	*x = ReleaseLockOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[7]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +752,7 @@ func (x *ReleaseLockOp) String() string {
 func (*ReleaseLockOp) ProtoMessage() {}
 
 func (x *ReleaseLockOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[7]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +765,7 @@ func (x *ReleaseLockOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseLockOp.ProtoReflect.Descriptor instead.
 func (*ReleaseLockOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{7}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReleaseLockOp) GetKey() []byte {
@@ -661,7 +801,7 @@ type InitSiteOp struct {
 
 func (x *InitSiteOp) Reset() {
 	*x = InitSiteOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[8]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +813,7 @@ func (x *InitSiteOp) String() string {
 func (*InitSiteOp) ProtoMessage() {}
 
 func (x *InitSiteOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[8]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +826,7 @@ func (x *InitSiteOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitSiteOp.ProtoReflect.Descriptor instead.
 func (*InitSiteOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{8}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InitSiteOp) GetSite() string {
@@ -712,7 +852,7 @@ type RegisterMemberOp struct {
 
 func (x *RegisterMemberOp) Reset() {
 	*x = RegisterMemberOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[9]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +864,7 @@ func (x *RegisterMemberOp) String() string {
 func (*RegisterMemberOp) ProtoMessage() {}
 
 func (x *RegisterMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[9]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +877,7 @@ func (x *RegisterMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterMemberOp.ProtoReflect.Descriptor instead.
 func (*RegisterMemberOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{9}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterMemberOp) GetMember() *v1.Member {
@@ -757,7 +897,7 @@ type SetMemberStateOp struct {
 
 func (x *SetMemberStateOp) Reset() {
 	*x = SetMemberStateOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[10]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +909,7 @@ func (x *SetMemberStateOp) String() string {
 func (*SetMemberStateOp) ProtoMessage() {}
 
 func (x *SetMemberStateOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[10]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +922,7 @@ func (x *SetMemberStateOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberStateOp.ProtoReflect.Descriptor instead.
 func (*SetMemberStateOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{10}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SetMemberStateOp) GetMemberId() string {
@@ -808,7 +948,7 @@ type SetAssignmentsOp struct {
 
 func (x *SetAssignmentsOp) Reset() {
 	*x = SetAssignmentsOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +960,7 @@ func (x *SetAssignmentsOp) String() string {
 func (*SetAssignmentsOp) ProtoMessage() {}
 
 func (x *SetAssignmentsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +973,7 @@ func (x *SetAssignmentsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAssignmentsOp.ProtoReflect.Descriptor instead.
 func (*SetAssignmentsOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{11}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetAssignmentsOp) GetBuckets() []*BucketRecord {
@@ -859,7 +999,7 @@ type OpResult struct {
 
 func (x *OpResult) Reset() {
 	*x = OpResult{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1011,7 @@ func (x *OpResult) String() string {
 func (*OpResult) ProtoMessage() {}
 
 func (x *OpResult) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1024,7 @@ func (x *OpResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpResult.ProtoReflect.Descriptor instead.
 func (*OpResult) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{12}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OpResult) GetCode() uint32 {
@@ -948,7 +1088,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1100,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1113,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{13}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1094,7 +1234,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1246,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1259,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1184,7 +1324,7 @@ type BucketRecord struct {
 
 func (x *BucketRecord) Reset() {
 	*x = BucketRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1336,7 @@ func (x *BucketRecord) String() string {
 func (*BucketRecord) ProtoMessage() {}
 
 func (x *BucketRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1349,7 @@ func (x *BucketRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketRecord.ProtoReflect.Descriptor instead.
 func (*BucketRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BucketRecord) GetBucket() uint32 {
@@ -1258,7 +1398,7 @@ type ClaimRecord struct {
 
 func (x *ClaimRecord) Reset() {
 	*x = ClaimRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1410,7 @@ func (x *ClaimRecord) String() string {
 func (*ClaimRecord) ProtoMessage() {}
 
 func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1423,7 @@ func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimRecord.ProtoReflect.Descriptor instead.
 func (*ClaimRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClaimRecord) GetKey() []byte {
@@ -1320,7 +1460,7 @@ type LockRecord struct {
 
 func (x *LockRecord) Reset() {
 	*x = LockRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1472,7 @@ func (x *LockRecord) String() string {
 func (*LockRecord) ProtoMessage() {}
 
 func (x *LockRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1485,7 @@ func (x *LockRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockRecord.ProtoReflect.Descriptor instead.
 func (*LockRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LockRecord) GetKey() []byte {
@@ -1395,7 +1535,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1547,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1560,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SessionRecord) GetClientId() uint64 {
@@ -1461,7 +1601,7 @@ type SessionResponse struct {
 
 func (x *SessionResponse) Reset() {
 	*x = SessionResponse{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1613,7 @@ func (x *SessionResponse) String() string {
 func (*SessionResponse) ProtoMessage() {}
 
 func (x *SessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1626,7 @@ func (x *SessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
 func (*SessionResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SessionResponse) GetSeq() uint64 {
@@ -1515,7 +1655,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tacked_seq\x18\x03 \x01(\x04R\backedSeq\x12)\n" +
-	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\x88\x05\n" +
+	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\x9a\x06\n" +
 	"\x02Op\x124\n" +
 	"\x05claim\x18\x01 \x01(\v2\x1c.connsync.raftlog.v1.ClaimOpH\x00R\x05claim\x12:\n" +
 	"\arelease\x18\x02 \x01(\v2\x1e.connsync.raftlog.v1.ReleaseOpH\x00R\arelease\x12G\n" +
@@ -1526,11 +1666,21 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\tinit_site\x18\x06 \x01(\v2\x1f.connsync.raftlog.v1.InitSiteOpH\x00R\binitSite\x12P\n" +
 	"\x0fregister_member\x18\a \x01(\v2%.connsync.raftlog.v1.RegisterMemberOpH\x00R\x0eregisterMember\x12Q\n" +
 	"\x10set_member_state\x18\b \x01(\v2%.connsync.raftlog.v1.SetMemberStateOpH\x00R\x0esetMemberState\x12P\n" +
-	"\x0fset_assignments\x18\t \x01(\v2%.connsync.raftlog.v1.SetAssignmentsOpH\x00R\x0esetAssignmentsB\x04\n" +
+	"\x0fset_assignments\x18\t \x01(\v2%.connsync.raftlog.v1.SetAssignmentsOpH\x00R\x0esetAssignments\x12D\n" +
+	"\vclaim_batch\x18\n" +
+	" \x01(\v2!.connsync.raftlog.v1.ClaimBatchOpH\x00R\n" +
+	"claimBatch\x12J\n" +
+	"\rrelease_batch\x18\v \x01(\v2#.connsync.raftlog.v1.ReleaseBatchOpH\x00R\freleaseBatchB\x04\n" +
 	"\x02op\"8\n" +
 	"\aClaimOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
-	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"P\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"?\n" +
+	"\fClaimBatchOp\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\fR\x04keys\"A\n" +
+	"\x0eReleaseBatchOp\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\fR\x04keys\"P\n" +
 	"\tReleaseOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
@@ -1621,59 +1771,63 @@ func file_connsync_raftlog_v1_log_proto_rawDescGZIP() []byte {
 	return file_connsync_raftlog_v1_log_proto_rawDescData
 }
 
-var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_connsync_raftlog_v1_log_proto_goTypes = []any{
 	(*Entry)(nil),            // 0: connsync.raftlog.v1.Entry
 	(*Proposal)(nil),         // 1: connsync.raftlog.v1.Proposal
 	(*Op)(nil),               // 2: connsync.raftlog.v1.Op
 	(*ClaimOp)(nil),          // 3: connsync.raftlog.v1.ClaimOp
-	(*ReleaseOp)(nil),        // 4: connsync.raftlog.v1.ReleaseOp
-	(*AcquireLockOp)(nil),    // 5: connsync.raftlog.v1.AcquireLockOp
-	(*RenewLockOp)(nil),      // 6: connsync.raftlog.v1.RenewLockOp
-	(*ReleaseLockOp)(nil),    // 7: connsync.raftlog.v1.ReleaseLockOp
-	(*InitSiteOp)(nil),       // 8: connsync.raftlog.v1.InitSiteOp
-	(*RegisterMemberOp)(nil), // 9: connsync.raftlog.v1.RegisterMemberOp
-	(*SetMemberStateOp)(nil), // 10: connsync.raftlog.v1.SetMemberStateOp
-	(*SetAssignmentsOp)(nil), // 11: connsync.raftlog.v1.SetAssignmentsOp
-	(*OpResult)(nil),         // 12: connsync.raftlog.v1.OpResult
-	(*SnapshotRecord)(nil),   // 13: connsync.raftlog.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),   // 14: connsync.raftlog.v1.SnapshotHeader
-	(*BucketRecord)(nil),     // 15: connsync.raftlog.v1.BucketRecord
-	(*ClaimRecord)(nil),      // 16: connsync.raftlog.v1.ClaimRecord
-	(*LockRecord)(nil),       // 17: connsync.raftlog.v1.LockRecord
-	(*SessionRecord)(nil),    // 18: connsync.raftlog.v1.SessionRecord
-	(*SessionResponse)(nil),  // 19: connsync.raftlog.v1.SessionResponse
-	(*v1.Member)(nil),        // 20: connsync.v1.Member
-	(v1.MemberState)(0),      // 21: connsync.v1.MemberState
+	(*ClaimBatchOp)(nil),     // 4: connsync.raftlog.v1.ClaimBatchOp
+	(*ReleaseBatchOp)(nil),   // 5: connsync.raftlog.v1.ReleaseBatchOp
+	(*ReleaseOp)(nil),        // 6: connsync.raftlog.v1.ReleaseOp
+	(*AcquireLockOp)(nil),    // 7: connsync.raftlog.v1.AcquireLockOp
+	(*RenewLockOp)(nil),      // 8: connsync.raftlog.v1.RenewLockOp
+	(*ReleaseLockOp)(nil),    // 9: connsync.raftlog.v1.ReleaseLockOp
+	(*InitSiteOp)(nil),       // 10: connsync.raftlog.v1.InitSiteOp
+	(*RegisterMemberOp)(nil), // 11: connsync.raftlog.v1.RegisterMemberOp
+	(*SetMemberStateOp)(nil), // 12: connsync.raftlog.v1.SetMemberStateOp
+	(*SetAssignmentsOp)(nil), // 13: connsync.raftlog.v1.SetAssignmentsOp
+	(*OpResult)(nil),         // 14: connsync.raftlog.v1.OpResult
+	(*SnapshotRecord)(nil),   // 15: connsync.raftlog.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),   // 16: connsync.raftlog.v1.SnapshotHeader
+	(*BucketRecord)(nil),     // 17: connsync.raftlog.v1.BucketRecord
+	(*ClaimRecord)(nil),      // 18: connsync.raftlog.v1.ClaimRecord
+	(*LockRecord)(nil),       // 19: connsync.raftlog.v1.LockRecord
+	(*SessionRecord)(nil),    // 20: connsync.raftlog.v1.SessionRecord
+	(*SessionResponse)(nil),  // 21: connsync.raftlog.v1.SessionResponse
+	(*v1.Member)(nil),        // 22: connsync.v1.Member
+	(v1.MemberState)(0),      // 23: connsync.v1.MemberState
 }
 var file_connsync_raftlog_v1_log_proto_depIdxs = []int32{
 	1,  // 0: connsync.raftlog.v1.Entry.proposals:type_name -> connsync.raftlog.v1.Proposal
 	2,  // 1: connsync.raftlog.v1.Proposal.ops:type_name -> connsync.raftlog.v1.Op
 	3,  // 2: connsync.raftlog.v1.Op.claim:type_name -> connsync.raftlog.v1.ClaimOp
-	4,  // 3: connsync.raftlog.v1.Op.release:type_name -> connsync.raftlog.v1.ReleaseOp
-	5,  // 4: connsync.raftlog.v1.Op.acquire_lock:type_name -> connsync.raftlog.v1.AcquireLockOp
-	6,  // 5: connsync.raftlog.v1.Op.renew_lock:type_name -> connsync.raftlog.v1.RenewLockOp
-	7,  // 6: connsync.raftlog.v1.Op.release_lock:type_name -> connsync.raftlog.v1.ReleaseLockOp
-	8,  // 7: connsync.raftlog.v1.Op.init_site:type_name -> connsync.raftlog.v1.InitSiteOp
-	9,  // 8: connsync.raftlog.v1.Op.register_member:type_name -> connsync.raftlog.v1.RegisterMemberOp
-	10, // 9: connsync.raftlog.v1.Op.set_member_state:type_name -> connsync.raftlog.v1.SetMemberStateOp
-	11, // 10: connsync.raftlog.v1.Op.set_assignments:type_name -> connsync.raftlog.v1.SetAssignmentsOp
-	20, // 11: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
-	21, // 12: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
-	15, // 13: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
-	14, // 14: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
-	20, // 15: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
-	15, // 16: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
-	16, // 17: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
-	17, // 18: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
-	18, // 19: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
-	19, // 20: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
-	12, // 21: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	6,  // 3: connsync.raftlog.v1.Op.release:type_name -> connsync.raftlog.v1.ReleaseOp
+	7,  // 4: connsync.raftlog.v1.Op.acquire_lock:type_name -> connsync.raftlog.v1.AcquireLockOp
+	8,  // 5: connsync.raftlog.v1.Op.renew_lock:type_name -> connsync.raftlog.v1.RenewLockOp
+	9,  // 6: connsync.raftlog.v1.Op.release_lock:type_name -> connsync.raftlog.v1.ReleaseLockOp
+	10, // 7: connsync.raftlog.v1.Op.init_site:type_name -> connsync.raftlog.v1.InitSiteOp
+	11, // 8: connsync.raftlog.v1.Op.register_member:type_name -> connsync.raftlog.v1.RegisterMemberOp
+	12, // 9: connsync.raftlog.v1.Op.set_member_state:type_name -> connsync.raftlog.v1.SetMemberStateOp
+	13, // 10: connsync.raftlog.v1.Op.set_assignments:type_name -> connsync.raftlog.v1.SetAssignmentsOp
+	4,  // 11: connsync.raftlog.v1.Op.claim_batch:type_name -> connsync.raftlog.v1.ClaimBatchOp
+	5,  // 12: connsync.raftlog.v1.Op.release_batch:type_name -> connsync.raftlog.v1.ReleaseBatchOp
+	22, // 13: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
+	23, // 14: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
+	17, // 15: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
+	16, // 16: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
+	22, // 17: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
+	17, // 18: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
+	18, // 19: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
+	19, // 20: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
+	20, // 21: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
+	21, // 22: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
+	14, // 23: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_connsync_raftlog_v1_log_proto_init() }
@@ -1691,8 +1845,10 @@ func file_connsync_raftlog_v1_log_proto_init() {
 		(*Op_RegisterMember)(nil),
 		(*Op_SetMemberState)(nil),
 		(*Op_SetAssignments)(nil),
+		(*Op_ClaimBatch)(nil),
+		(*Op_ReleaseBatch)(nil),
 	}
-	file_connsync_raftlog_v1_log_proto_msgTypes[13].OneofWrappers = []any{
+	file_connsync_raftlog_v1_log_proto_msgTypes[15].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Member)(nil),
 		(*SnapshotRecord_Bucket)(nil),
@@ -1706,7 +1862,7 @@ func file_connsync_raftlog_v1_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_raftlog_v1_log_proto_rawDesc), len(file_connsync_raftlog_v1_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
