@@ -157,8 +157,9 @@ func (c *Client) RaftPeers(ctx context.Context) (peers []*pb.RaftPeer, err error
 }
 
 // TransferLeadership moves leadership to member, or to the best voter if "".
+// It is not retried: a repeat could move leadership twice.
 func (c *Client) TransferLeadership(ctx context.Context, member string) (leader string, err error) {
-	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+	err = c.callOnce(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
 		r, err := pb.NewOperatorServiceClient(cc).TransferLeadership(ctx, &pb.TransferLeadershipRequest{MemberId: member}, o...)
 		leader = r.GetLeaderId()
 		return err

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -166,16 +167,40 @@ func retryable(err error) bool {
 	return status.Code(err) == codes.Unavailable
 }
 
+// connError reports whether err is a failure to reach the member at all
+// (refused, reset), as opposed to an answer from it.
+func connError(err error) bool {
+	s, ok := status.FromError(err)
+	return ok && s.Code() == codes.Unavailable && strings.Contains(s.Message(), "connection error")
+}
+
+// unreachableRounds is how many times in a row every configured address must
+// fail to connect before a call gives up early: the site is down or the
+// addresses are wrong, and waiting for the deadline would only hide that.
+const unreachableRounds = 2
+
 // call runs one RPC with retries until it succeeds, fails for good, or ctx
 // (given a deadline of cfg.Timeout if it had none) ends.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error) error {
+	return c.callN(ctx, 0, fn)
+}
+
+// callOnce runs one RPC without retries: for operations that must not be
+// repeated when their outcome is unknown.
+func (c *Client) callOnce(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error) error {
+	return c.callN(ctx, 1, fn)
+}
+
+// callN is call with at most attempts tries (0: until ctx ends).
+func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
 		defer cancel()
 	}
 	backoff := 5 * time.Millisecond
-	for {
+	unreachable := 0
+	for attempt := 1; ; attempt++ {
 		addr := c.pick()
 		cc, err := c.conn(addr)
 		if err != nil {
@@ -183,8 +208,16 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context, cc *grpc
 		}
 		var hdr metadata.MD
 		err = fn(ctx, cc, grpc.Header(&hdr))
-		if err == nil || !retryable(err) {
+		if err == nil || !retryable(err) || attempt == attempts {
 			return err
+		}
+		if connError(err) {
+			unreachable++
+			if unreachable >= unreachableRounds*len(c.cfg.Addrs) {
+				return err
+			}
+		} else {
+			unreachable = 0
 		}
 		c.moveOn(addr, hdr)
 		select {

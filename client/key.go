@@ -3,6 +3,7 @@ package client
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -25,8 +26,9 @@ func ParseProtocol(s string) (uint32, error) {
 }
 
 // Key builds a connection key from a protocol and two endpoints written as
-// host:port ("10.0.0.1:1234", "[2001:db8::1]:443"). The server canonicalises
-// it; validation of the values is the server's.
+// host:port ("10.0.0.1:1234", "[2001:db8::1]:443"), or as a bare address
+// (port 0) for protocols without ports such as ICMP or GRE. The server
+// canonicalises it; validation of the values is the server's.
 func Key(zone, protocol, src, dst string) (*pb.ConnKey, error) {
 	p, err := ParseProtocol(protocol)
 	if err != nil {
@@ -40,7 +42,10 @@ func Key(zone, protocol, src, dst string) (*pb.ConnKey, error) {
 	}{{"source", src, &k.SrcIp, &k.SrcPort}, {"destination", dst, &k.DstIp, &k.DstPort}} {
 		host, port, err := net.SplitHostPort(e.v)
 		if err != nil {
-			return nil, fmt.Errorf("%s %q: want IP:PORT (IPv6 as [IP]:PORT)", e.name, e.v)
+			if _, perr := netip.ParseAddr(e.v); perr != nil {
+				return nil, fmt.Errorf("%s %q: want IP:PORT (IPv6 as [IP]:PORT), or a bare IP for protocols without ports", e.name, e.v)
+			}
+			host, port = e.v, "0"
 		}
 		n, err := strconv.ParseUint(port, 10, 16)
 		if err != nil {

@@ -85,9 +85,13 @@ func TestParseKey(t *testing.T) {
 	if k, err := parseKey("", []string{"132", "10.0.0.1:1", "10.0.0.2:2"}); err != nil || k.Protocol != 132 {
 		t.Errorf("numeric protocol: %v, %v", k, err)
 	}
+	// A bare address means port 0, for protocols without ports.
+	if k, err := parseKey("", []string{"icmp", "10.0.0.1", "10.0.0.2"}); err != nil || k.SrcPort != 0 || k.DstIp != "10.0.0.2" {
+		t.Errorf("bare addresses: %v, %v", k, err)
+	}
 	for _, args := range [][]string{
 		{"bogus", "10.0.0.1:1", "10.0.0.2:2"},
-		{"tcp", "10.0.0.1", "10.0.0.2:2"},
+		{"tcp", "host-name", "10.0.0.2:2"},
 		{"tcp", "10.0.0.1:1", "10.0.0.2:99999"},
 		{"tcp", "10.0.0.1:1"},
 	} {
@@ -140,7 +144,7 @@ func TestFlagValidation(t *testing.T) {
 		{[]string{"lock", "tcp", "10.0.0.1:1", "10.0.0.2:2", "--ttl", "-5s"}, "must be > 0"},
 		{[]string{"unlock", "tcp", "10.0.0.1:1", "10.0.0.2:2"}, `required flag(s) "token" not set`},
 		{[]string{"join", "m3", "--site", "s"}, `required flag(s) "grpc-addr", "raft-addr" not set`},
-		{[]string{"claim", "tcp", "10.0.0.1", "10.0.0.2:2"}, `source "10.0.0.1": want IP:PORT`},
+		{[]string{"claim", "tcp", "host-name", "10.0.0.2:2"}, `source "host-name": want IP:PORT`},
 		{[]string{"claim", "carrier-pigeon", "10.0.0.1:1", "10.0.0.2:2"}, `protocol "carrier-pigeon"`},
 		{[]string{"status", "--bogus"}, "unknown flag: --bogus\nRun 'connsyncctl status --help' for usage."},
 	} {

@@ -42,7 +42,8 @@ type OperatorServiceClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// RemoveMember removes a member from the Raft group and marks it left.
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
-	// ListRaftPeers lists the Raft configuration as the leader knows it.
+	// ListRaftPeers lists the Raft configuration as the answering member knows
+	// it (a follower's view may briefly lag a configuration change).
 	ListRaftPeers(ctx context.Context, in *ListRaftPeersRequest, opts ...grpc.CallOption) (*ListRaftPeersResponse, error)
 	// TransferLeadership hands leadership to member_id, or to the most
 	// up-to-date voter if member_id is "".
@@ -132,7 +133,8 @@ type OperatorServiceServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// RemoveMember removes a member from the Raft group and marks it left.
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
-	// ListRaftPeers lists the Raft configuration as the leader knows it.
+	// ListRaftPeers lists the Raft configuration as the answering member knows
+	// it (a follower's view may briefly lag a configuration change).
 	ListRaftPeers(context.Context, *ListRaftPeersRequest) (*ListRaftPeersResponse, error)
 	// TransferLeadership hands leadership to member_id, or to the most
 	// up-to-date voter if member_id is "".
