@@ -171,7 +171,8 @@ func retryable(err error) bool {
 // (refused, reset), as opposed to an answer from it.
 func connError(err error) bool {
 	s, ok := status.FromError(err)
-	return ok && s.Code() == codes.Unavailable && strings.Contains(s.Message(), "connection error")
+	// grpc-go's own transport errors start so; a member's answers never do.
+	return ok && s.Code() == codes.Unavailable && strings.HasPrefix(s.Message(), "connection error")
 }
 
 // unreachableRounds is how many times in a row every configured address must

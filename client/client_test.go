@@ -103,3 +103,14 @@ func TestKey(t *testing.T) {
 		}
 	}
 }
+
+// TestConnError: only the client's own failure to connect counts as
+// unreachable; a member's answer that it cannot reach the leader does not,
+// or a client would give up during every leader failover.
+func TestConnError(t *testing.T) {
+	local := status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: connection refused"`)
+	relayed := status.Error(codes.Unavailable, `server: m1 cannot reach leader at 127.0.0.1:1: connection error: desc = "refused"`)
+	if !connError(local) || connError(relayed) || connError(status.Error(codes.Unavailable, "no leader")) {
+		t.Fatalf("connError: local %v, relayed %v", connError(local), connError(relayed))
+	}
+}

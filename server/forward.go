@@ -87,7 +87,11 @@ func (s *Server) forwardInterceptor(ctx context.Context, req any, info *grpc.Una
 	fctx := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, s.cfg.MemberID)
 	if err := conn.Invoke(fctx, info.FullMethod, msg, out); err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
-			return nil, s.withLeaderHint(ctx, err)
+			// Say it in this member's words: the client reached us, we could
+			// not reach the leader (it may have just died; an election follows).
+			// No leader hint: the hint would name the member we failed to reach.
+			return nil, status.Errorf(codes.Unavailable, "server: %s cannot reach leader at %s: %s",
+				s.cfg.MemberID, leaderAddr, st.Message())
 		}
 		return nil, err
 	}

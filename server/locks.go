@@ -47,11 +47,11 @@ func (l *lockService) AcquireLock(ctx context.Context, req *pb.AcquireLockReques
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMemberID("member_id", req.MemberId); err != nil {
-		return nil, err
-	}
 	ttl, err := checkTTL("ttl", req.Ttl)
 	if err != nil {
+		return nil, err
+	}
+	if err := l.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
 		return nil, err
 	}
 	r, err := l.s.write1(ctx, req.Header, acquireLockOp(k, req.MemberId, ttl))

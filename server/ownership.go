@@ -19,10 +19,30 @@ type ownershipService struct {
 	s *Server
 }
 
-// checkMemberID validates a member ID field.
+// checkMemberID validates a member ID field's syntax.
 func checkMemberID(field, id string) error {
 	if !fsm.ValidID(id) {
 		return invalid(field, "%q is not a valid member ID (1-64 characters of [A-Za-z0-9._-])", id)
+	}
+	return nil
+}
+
+// checkMember validates a member ID field that must name an alive member.
+// Writes run on the leader once it has applied its barrier, so its FSM knows
+// every committed member; the FSM checks again when the entry is applied.
+func (s *Server) checkMember(ctx context.Context, field, id string) error {
+	if err := checkMemberID(field, id); err != nil {
+		return err
+	}
+	if err := s.waitReady(ctx); err != nil {
+		return err
+	}
+	m, ok := s.fsm.Member(id)
+	switch {
+	case !ok:
+		return invalid(field, "unknown member %q (connsyncctl members lists them)", id)
+	case m.State != pb.MemberState_MEMBER_STATE_ALIVE:
+		return status.Errorf(codes.FailedPrecondition, "%s: member %q is %s", field, id, m.State)
 	}
 	return nil
 }
@@ -92,7 +112,7 @@ func (o *ownershipService) Claim(ctx context.Context, req *pb.ClaimRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMemberID("member_id", req.MemberId); err != nil {
+	if err := o.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
 		return nil, err
 	}
 	r, err := o.s.write1(ctx, req.Header, claimOp(k, req.MemberId))
@@ -107,7 +127,7 @@ func (o *ownershipService) ClaimBatch(ctx context.Context, req *pb.ClaimBatchReq
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMemberID("member_id", req.MemberId); err != nil {
+	if err := o.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
 		return nil, err
 	}
 	res, err := o.s.write(ctx, req.Header, claimBatchOp(keys, req.MemberId))
