@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/integration/cluster"
+	"github.com/connsync/connsync/server"
+)
+
+// TestCluster_IsolatedLeaderCannotCommit cuts the leader off from the other
+// members (a client can still reach it). The majority elects a new leader and
+// keeps accepting writes; a write sent to the isolated old leader is never
+// acknowledged and, after the heal, is not in anyone's state.
+func TestCluster_IsolatedLeaderCannotCommit(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	old := c.WaitForLeader(10 * time.Second)
+	c.Isolate(old)
+
+	isolated, err := client.New(client.Config{Addrs: []string{old.Addr()}, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer isolated.Close()
+	_, err = isolated.Claim(cluster.Context(t, 3*time.Second), key(500), "m0")
+	if code := status.Code(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+		t.Fatalf("claim through the isolated leader: %v, want Unavailable or DeadlineExceeded", err)
+	}
+
+	newLeader := c.WaitForNewLeader(old, 20*time.Second)
+	majority, err := client.New(client.Config{Addrs: []string{newLeader.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer majority.Close()
+	ctx := cluster.Context(t, 30*time.Second)
+	claim, err := majority.Claim(ctx, key(501), "m1")
+	if err != nil {
+		t.Fatalf("claim on the majority side: %v", err)
+	}
+
+	c.HealAll()
+	c.WaitConverged(30 * time.Second)
+	own, err := majority.LookupBatch(ctx, []*pb.ConnKey{key(500), key(501)}, linear)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own[0].Claim != nil {
+		t.Errorf("write sent to the isolated leader is present after heal: %v", own[0].Claim)
+	}
+	if own[1].Claim.GetEpoch() != claim.Epoch {
+		t.Errorf("majority-side claim = %v, want epoch %d", own[1].Claim, claim.Epoch)
+	}
+}
+
+// TestCluster_FollowerCatchesUpBySnapshot stops a follower, writes enough that
+// the leader snapshots and compacts its log past the follower's position, and
+// restarts the follower: it must install the snapshot and end identical.
+func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{Tweak: func(cfg *server.Config) {
+		cfg.SnapshotThreshold = 64
+		cfg.TrailingLogs = 8
+	}})
+	leader := c.WaitForLeader(10 * time.Second)
+	f := c.Followers()[0]
+	c.Stop(f)
+	cl := c.Client()
+	ctx := cluster.Context(t, 60*time.Second)
+	const n = 300
+	lock, err := cl.AcquireLock(ctx, key(0), "m0", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= n; i++ { // one entry each, so the log outgrows the threshold
+		if _, err := cl.Claim(ctx, key(i), "m0"); err != nil {
+			t.Fatalf("claim %d: %v", i, err)
+		}
+	}
+	if err := leader.Server.Raft().Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	c.Start(f)
+	c.WaitConverged(30 * time.Second)
+	stats := f.Server.Raft().Stats()
+	if idx, _ := strconv.ParseUint(stats["last_snapshot_index"], 10, 64); idx == 0 {
+		t.Fatalf("follower caught up without a snapshot (stats %v): the test did not exercise InstallSnapshot", stats)
+	}
+	if got := f.Server.FSM().Stats().Claims; got != n {
+		t.Fatalf("follower has %d claims after snapshot install, want %d", got, n)
+	}
+	if l, ok := f.Server.FSM().GetLock(mustKey(t, key(0))); !ok || l.Token != lock.Token {
+		t.Fatalf("follower's lock after snapshot install = %+v %v, want token %d", l, ok, lock.Token)
+	}
+	// The whole site restarts from snapshots plus logs and still agrees.
+	for _, m := range c.Members {
+		c.Stop(m)
+	}
+	for _, m := range c.Members {
+		c.Start(m)
+	}
+	c.WaitForLeader(20 * time.Second)
+	c.WaitConverged(30 * time.Second)
+	if got := c.Members[0].Server.FSM().Stats().Claims; got != n {
+		t.Fatalf("after a full restart: %d claims, want %d", got, n)
+	}
+}
