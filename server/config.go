@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -104,20 +105,15 @@ func (c *Config) Validate() error {
 		bad("data-dir: is required")
 	}
 	checkAddrs := func(name, bind, adv string) {
-		if _, _, err := net.SplitHostPort(bind); err != nil {
+		if _, _, err := splitPort(bind, 0); err != nil {
 			bad("%s-bind %q: %v", name, bind, err)
 			return
 		}
 		if adv == "" {
 			adv = bind
 		}
-		host, port, err := net.SplitHostPort(adv)
-		if err != nil {
-			bad("%s-advertise %q: %v", name, adv, err)
-			return
-		}
-		if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) || port == "0" {
-			bad("%s-advertise %q: must be a reachable host:port; set it explicitly when %s-bind is %q", name, adv, name, bind)
+		if err := checkDialable(adv); err != nil {
+			bad("%s-advertise %q: %v; set it explicitly when %s-bind is %q", name, adv, err, name, bind)
 		}
 	}
 	checkAddrs("grpc", c.GRPCBind, c.GRPCAdvertise)
@@ -131,14 +127,16 @@ func (c *Config) Validate() error {
 	if c.HeartbeatTimeout < 5*time.Millisecond || c.ElectionTimeout < c.HeartbeatTimeout {
 		bad("raft-election-timeout %v must be >= raft-heartbeat-timeout %v (>= 5ms)", c.ElectionTimeout, c.HeartbeatTimeout)
 	}
-	if c.LeaderLeaseTimeout <= 0 || c.LeaderLeaseTimeout > c.HeartbeatTimeout {
-		bad("raft-leader-lease-timeout %v must be > 0 and <= raft-heartbeat-timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	// The minimums are hashicorp/raft's own; checked here so the error names
+	// the flag and comes before any store is opened.
+	if c.LeaderLeaseTimeout < 5*time.Millisecond || c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		bad("raft-leader-lease-timeout %v must be >= 5ms and <= raft-heartbeat-timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	}
-	if c.CommitTimeout <= 0 {
-		bad("raft-commit-timeout %v must be > 0", c.CommitTimeout)
+	if c.CommitTimeout < time.Millisecond {
+		bad("raft-commit-timeout %v must be >= 1ms", c.CommitTimeout)
 	}
-	if c.SnapshotThreshold == 0 || c.SnapshotInterval <= 0 {
-		bad("snapshot-threshold %d and snapshot-interval %v must be > 0", c.SnapshotThreshold, c.SnapshotInterval)
+	if c.SnapshotThreshold == 0 || c.SnapshotInterval < 5*time.Millisecond {
+		bad("snapshot-threshold %d must be > 0 and snapshot-interval %v >= 5ms", c.SnapshotThreshold, c.SnapshotInterval)
 	}
 	if c.ApplyTimeout <= 0 {
 		bad("apply-timeout %v must be > 0", c.ApplyTimeout)
@@ -161,4 +159,32 @@ func (c *Config) raftAdvertise() string {
 		return c.RaftAdvertise
 	}
 	return c.RaftBind
+}
+
+// splitPort splits host:port and checks the port is a number in
+// [minPort, 65535].
+func splitPort(addr string, minPort int) (host string, port int, err error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("not host:port")
+	}
+	port, err = strconv.Atoi(ps)
+	if err != nil || port < minPort || port > 65535 {
+		return "", 0, fmt.Errorf("port must be a number from %d to 65535", minPort)
+	}
+	return host, port, nil
+}
+
+// checkDialable checks an address other members will dial: host:port with a
+// port 1-65535 and a host that is not empty or unspecified (0.0.0.0, ::).
+// The same rule applies to a member's own config and to Join requests.
+func checkDialable(addr string) error {
+	host, _, err := splitPort(addr, 1)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		return fmt.Errorf("host must be an address other members can reach")
+	}
+	return nil
 }

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"net"
 	"strconv"
 	"time"
 
@@ -53,18 +52,10 @@ func (o *operatorService) ListMembers(ctx context.Context, req *pb.ListMembersRe
 	return out, nil
 }
 
-// checkHostPort validates an address other members will dial.
+// checkHostPort validates an address field other members will dial.
 func checkHostPort(field, addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return invalid(field, "%q is not host:port", addr)
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p <= 0 || p > 65535 {
-		return invalid(field, "%q: port must be 1-65535", addr)
-	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		return invalid(field, "%q: host must be an address other members can reach", addr)
+	if err := checkDialable(addr); err != nil {
+		return invalid(field, "%q: %v", addr, err)
 	}
 	return nil
 }

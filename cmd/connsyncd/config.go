@@ -46,6 +46,8 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 			v = strings.Join(parts, ",")
 		case nil:
 			continue
+		case map[string]any:
+			return fmt.Errorf("config %s: %s: want a single value or a list, not a mapping", path, k)
 		default:
 			v = fmt.Sprint(x)
 		}
