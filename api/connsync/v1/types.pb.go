@@ -129,6 +129,74 @@ func (MemberState) EnumDescriptor() ([]byte, []int) {
 	return file_connsync_v1_types_proto_rawDescGZIP(), []int{1}
 }
 
+// TcpState is the TCP state of a connection as the firewall tracks it.
+type TcpState int32
+
+const (
+	TcpState_TCP_STATE_UNSPECIFIED  TcpState = 0
+	TcpState_TCP_STATE_SYN_SENT     TcpState = 1
+	TcpState_TCP_STATE_SYN_RECEIVED TcpState = 2
+	TcpState_TCP_STATE_ESTABLISHED  TcpState = 3
+	TcpState_TCP_STATE_FIN_WAIT     TcpState = 4
+	TcpState_TCP_STATE_CLOSE_WAIT   TcpState = 5
+	TcpState_TCP_STATE_LAST_ACK     TcpState = 6
+	TcpState_TCP_STATE_TIME_WAIT    TcpState = 7
+	TcpState_TCP_STATE_CLOSE        TcpState = 8
+)
+
+// Enum value maps for TcpState.
+var (
+	TcpState_name = map[int32]string{
+		0: "TCP_STATE_UNSPECIFIED",
+		1: "TCP_STATE_SYN_SENT",
+		2: "TCP_STATE_SYN_RECEIVED",
+		3: "TCP_STATE_ESTABLISHED",
+		4: "TCP_STATE_FIN_WAIT",
+		5: "TCP_STATE_CLOSE_WAIT",
+		6: "TCP_STATE_LAST_ACK",
+		7: "TCP_STATE_TIME_WAIT",
+		8: "TCP_STATE_CLOSE",
+	}
+	TcpState_value = map[string]int32{
+		"TCP_STATE_UNSPECIFIED":  0,
+		"TCP_STATE_SYN_SENT":     1,
+		"TCP_STATE_SYN_RECEIVED": 2,
+		"TCP_STATE_ESTABLISHED":  3,
+		"TCP_STATE_FIN_WAIT":     4,
+		"TCP_STATE_CLOSE_WAIT":   5,
+		"TCP_STATE_LAST_ACK":     6,
+		"TCP_STATE_TIME_WAIT":    7,
+		"TCP_STATE_CLOSE":        8,
+	}
+)
+
+func (x TcpState) Enum() *TcpState {
+	p := new(TcpState)
+	*p = x
+	return p
+}
+
+func (x TcpState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TcpState) Descriptor() protoreflect.EnumDescriptor {
+	return file_connsync_v1_types_proto_enumTypes[2].Descriptor()
+}
+
+func (TcpState) Type() protoreflect.EnumType {
+	return &file_connsync_v1_types_proto_enumTypes[2]
+}
+
+func (x TcpState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TcpState.Descriptor instead.
+func (TcpState) EnumDescriptor() ([]byte, []int) {
+	return file_connsync_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
 // ConnKey identifies one connection. The server canonicalises it so that both
 // directions of a flow (src and dst swapped) give the same key; responses carry
 // the canonical form.
@@ -521,6 +589,242 @@ func (x *Member) GetJoinedIndex() uint64 {
 	return 0
 }
 
+// TcpWindow is one direction's TCP sequence tracking.
+type TcpWindow struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	End           uint32                 `protobuf:"varint,1,opt,name=end,proto3" json:"end,omitempty"`
+	MaxEnd        uint32                 `protobuf:"varint,2,opt,name=max_end,json=maxEnd,proto3" json:"max_end,omitempty"`
+	MaxWin        uint32                 `protobuf:"varint,3,opt,name=max_win,json=maxWin,proto3" json:"max_win,omitempty"`
+	WindowScale   uint32                 `protobuf:"varint,4,opt,name=window_scale,json=windowScale,proto3" json:"window_scale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TcpWindow) Reset() {
+	*x = TcpWindow{}
+	mi := &file_connsync_v1_types_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TcpWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TcpWindow) ProtoMessage() {}
+
+func (x *TcpWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_types_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TcpWindow.ProtoReflect.Descriptor instead.
+func (*TcpWindow) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_types_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TcpWindow) GetEnd() uint32 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *TcpWindow) GetMaxEnd() uint32 {
+	if x != nil {
+		return x.MaxEnd
+	}
+	return 0
+}
+
+func (x *TcpWindow) GetMaxWin() uint32 {
+	if x != nil {
+		return x.MaxWin
+	}
+	return 0
+}
+
+func (x *TcpWindow) GetWindowScale() uint32 {
+	if x != nil {
+		return x.WindowScale
+	}
+	return 0
+}
+
+// NatBinding is the translated endpoints of a connection, if any.
+type NatBinding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SrcIp         string                 `protobuf:"bytes,1,opt,name=src_ip,json=srcIp,proto3" json:"src_ip,omitempty"`
+	SrcPort       uint32                 `protobuf:"varint,2,opt,name=src_port,json=srcPort,proto3" json:"src_port,omitempty"`
+	DstIp         string                 `protobuf:"bytes,3,opt,name=dst_ip,json=dstIp,proto3" json:"dst_ip,omitempty"`
+	DstPort       uint32                 `protobuf:"varint,4,opt,name=dst_port,json=dstPort,proto3" json:"dst_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NatBinding) Reset() {
+	*x = NatBinding{}
+	mi := &file_connsync_v1_types_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NatBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NatBinding) ProtoMessage() {}
+
+func (x *NatBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_types_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NatBinding.ProtoReflect.Descriptor instead.
+func (*NatBinding) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_types_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NatBinding) GetSrcIp() string {
+	if x != nil {
+		return x.SrcIp
+	}
+	return ""
+}
+
+func (x *NatBinding) GetSrcPort() uint32 {
+	if x != nil {
+		return x.SrcPort
+	}
+	return 0
+}
+
+func (x *NatBinding) GetDstIp() string {
+	if x != nil {
+		return x.DstIp
+	}
+	return ""
+}
+
+func (x *NatBinding) GetDstPort() uint32 {
+	if x != nil {
+		return x.DstPort
+	}
+	return 0
+}
+
+// ConnState is what a firewall needs to keep one connection going after a
+// failover. The primary sets version; it grows with every change, so a
+// backup applies a state only if it is newer than the one it holds.
+type ConnState struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Key      *ConnKey               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Version  uint64                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	TcpState TcpState               `protobuf:"varint,3,opt,name=tcp_state,json=tcpState,proto3,enum=connsync.v1.TcpState" json:"tcp_state,omitempty"`
+	// Original direction (index 0) and reply direction (index 1).
+	TcpWindows []*TcpWindow `protobuf:"bytes,4,rep,name=tcp_windows,json=tcpWindows,proto3" json:"tcp_windows,omitempty"`
+	Nat        *NatBinding  `protobuf:"bytes,5,opt,name=nat,proto3" json:"nat,omitempty"`
+	// Idle timeout remaining when the state was taken, in milliseconds.
+	TimeoutMs uint32 `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Firewall-specific state, opaque to connsync; at most 1024 bytes.
+	Blob          []byte `protobuf:"bytes,7,opt,name=blob,proto3" json:"blob,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnState) Reset() {
+	*x = ConnState{}
+	mi := &file_connsync_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnState) ProtoMessage() {}
+
+func (x *ConnState) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnState.ProtoReflect.Descriptor instead.
+func (*ConnState) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ConnState) GetKey() *ConnKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ConnState) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ConnState) GetTcpState() TcpState {
+	if x != nil {
+		return x.TcpState
+	}
+	return TcpState_TCP_STATE_UNSPECIFIED
+}
+
+func (x *ConnState) GetTcpWindows() []*TcpWindow {
+	if x != nil {
+		return x.TcpWindows
+	}
+	return nil
+}
+
+func (x *ConnState) GetNat() *NatBinding {
+	if x != nil {
+		return x.Nat
+	}
+	return nil
+}
+
+func (x *ConnState) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *ConnState) GetBlob() []byte {
+	if x != nil {
+		return x.Blob
+	}
+	return nil
+}
+
 var File_connsync_v1_types_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_types_proto_rawDesc = "" +
@@ -555,7 +859,28 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x04 \x01(\tR\bgrpcAddr\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12.\n" +
 	"\x05state\x18\x06 \x01(\x0e2\x18.connsync.v1.MemberStateR\x05state\x12!\n" +
-	"\fjoined_index\x18\a \x01(\x04R\vjoinedIndex*r\n" +
+	"\fjoined_index\x18\a \x01(\x04R\vjoinedIndex\"r\n" +
+	"\tTcpWindow\x12\x10\n" +
+	"\x03end\x18\x01 \x01(\rR\x03end\x12\x17\n" +
+	"\amax_end\x18\x02 \x01(\rR\x06maxEnd\x12\x17\n" +
+	"\amax_win\x18\x03 \x01(\rR\x06maxWin\x12!\n" +
+	"\fwindow_scale\x18\x04 \x01(\rR\vwindowScale\"p\n" +
+	"\n" +
+	"NatBinding\x12\x15\n" +
+	"\x06src_ip\x18\x01 \x01(\tR\x05srcIp\x12\x19\n" +
+	"\bsrc_port\x18\x02 \x01(\rR\asrcPort\x12\x15\n" +
+	"\x06dst_ip\x18\x03 \x01(\tR\x05dstIp\x12\x19\n" +
+	"\bdst_port\x18\x04 \x01(\rR\adstPort\"\x98\x02\n" +
+	"\tConnState\x12&\n" +
+	"\x03key\x18\x01 \x01(\v2\x14.connsync.v1.ConnKeyR\x03key\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x04R\aversion\x122\n" +
+	"\ttcp_state\x18\x03 \x01(\x0e2\x15.connsync.v1.TcpStateR\btcpState\x127\n" +
+	"\vtcp_windows\x18\x04 \x03(\v2\x16.connsync.v1.TcpWindowR\n" +
+	"tcpWindows\x12)\n" +
+	"\x03nat\x18\x05 \x01(\v2\x17.connsync.v1.NatBindingR\x03nat\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x06 \x01(\rR\ttimeoutMs\x12\x12\n" +
+	"\x04blob\x18\a \x01(\fR\x04blob*r\n" +
 	"\x0fReadConsistency\x12 \n" +
 	"\x1cREAD_CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_CONSISTENCY_LOCAL\x10\x01\x12!\n" +
@@ -564,7 +889,17 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MEMBER_STATE_ALIVE\x10\x01\x12\x15\n" +
 	"\x11MEMBER_STATE_LEFT\x10\x02\x12\x17\n" +
-	"\x13MEMBER_STATE_FAILED\x10\x03B9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\x13MEMBER_STATE_FAILED\x10\x03*\xec\x01\n" +
+	"\bTcpState\x12\x19\n" +
+	"\x15TCP_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12TCP_STATE_SYN_SENT\x10\x01\x12\x1a\n" +
+	"\x16TCP_STATE_SYN_RECEIVED\x10\x02\x12\x19\n" +
+	"\x15TCP_STATE_ESTABLISHED\x10\x03\x12\x16\n" +
+	"\x12TCP_STATE_FIN_WAIT\x10\x04\x12\x18\n" +
+	"\x14TCP_STATE_CLOSE_WAIT\x10\x05\x12\x16\n" +
+	"\x12TCP_STATE_LAST_ACK\x10\x06\x12\x17\n" +
+	"\x13TCP_STATE_TIME_WAIT\x10\a\x12\x13\n" +
+	"\x0fTCP_STATE_CLOSE\x10\bB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_types_proto_rawDescOnce sync.Once
@@ -578,24 +913,32 @@ func file_connsync_v1_types_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_types_proto_rawDescData
 }
 
-var file_connsync_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_connsync_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_connsync_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_connsync_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_connsync_v1_types_proto_goTypes = []any{
 	(ReadConsistency)(0),  // 0: connsync.v1.ReadConsistency
 	(MemberState)(0),      // 1: connsync.v1.MemberState
-	(*ConnKey)(nil),       // 2: connsync.v1.ConnKey
-	(*RequestHeader)(nil), // 3: connsync.v1.RequestHeader
-	(*ItemStatus)(nil),    // 4: connsync.v1.ItemStatus
-	(*Assignment)(nil),    // 5: connsync.v1.Assignment
-	(*Member)(nil),        // 6: connsync.v1.Member
+	(TcpState)(0),         // 2: connsync.v1.TcpState
+	(*ConnKey)(nil),       // 3: connsync.v1.ConnKey
+	(*RequestHeader)(nil), // 4: connsync.v1.RequestHeader
+	(*ItemStatus)(nil),    // 5: connsync.v1.ItemStatus
+	(*Assignment)(nil),    // 6: connsync.v1.Assignment
+	(*Member)(nil),        // 7: connsync.v1.Member
+	(*TcpWindow)(nil),     // 8: connsync.v1.TcpWindow
+	(*NatBinding)(nil),    // 9: connsync.v1.NatBinding
+	(*ConnState)(nil),     // 10: connsync.v1.ConnState
 }
 var file_connsync_v1_types_proto_depIdxs = []int32{
 	1, // 0: connsync.v1.Member.state:type_name -> connsync.v1.MemberState
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 1: connsync.v1.ConnState.key:type_name -> connsync.v1.ConnKey
+	2, // 2: connsync.v1.ConnState.tcp_state:type_name -> connsync.v1.TcpState
+	8, // 3: connsync.v1.ConnState.tcp_windows:type_name -> connsync.v1.TcpWindow
+	9, // 4: connsync.v1.ConnState.nat:type_name -> connsync.v1.NatBinding
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_types_proto_init() }
@@ -608,8 +951,8 @@ func file_connsync_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_types_proto_rawDesc), len(file_connsync_v1_types_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   5,
+			NumEnums:      3,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
