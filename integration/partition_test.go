@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -87,10 +88,15 @@ func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 	c.Start(f)
 	c.WaitConverged(30 * time.Second)
-	stats := f.Server.Raft().Stats()
-	if idx, _ := strconv.ParseUint(stats["last_snapshot_index"], 10, 64); idx == 0 {
-		t.Fatalf("follower caught up without a snapshot (stats %v): the test did not exercise InstallSnapshot", stats)
-	}
+	// Raft restores the FSM before it records the installed snapshot in its
+	// stats, so the FSMs can already be equal here: poll for the record.
+	cluster.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		stats := f.Server.Raft().Stats()
+		if idx, _ := strconv.ParseUint(stats["last_snapshot_index"], 10, 64); idx == 0 {
+			return fmt.Errorf("follower has no snapshot (stats %v): InstallSnapshot was not exercised", stats)
+		}
+		return nil
+	})
 	if got := f.Server.FSM().Stats().Claims; got != n {
 		t.Fatalf("follower has %d claims after snapshot install, want %d", got, n)
 	}
