@@ -175,9 +175,11 @@ func connError(err error) bool {
 	return ok && s.Code() == codes.Unavailable && strings.HasPrefix(s.Message(), "connection error")
 }
 
-// unreachableRounds is how many times in a row every configured address must
-// fail to connect before a call gives up early: the site is down or the
-// addresses are wrong, and waiting for the deadline would only hide that.
+// unreachableRounds is how many times each configured address must have
+// refused the connection before a call gives up early: the site is down or
+// the addresses are wrong, and waiting for the deadline would only hide that.
+// A member that answers at all (even "no leader") never counts, so a call
+// keeps retrying through a failover as long as one member is up.
 const unreachableRounds = 2
 
 // call runs one RPC with retries until it succeeds, fails for good, or ctx
@@ -200,7 +202,7 @@ func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Co
 		defer cancel()
 	}
 	backoff := 5 * time.Millisecond
-	unreachable := 0
+	refused := map[string]int{}
 	for attempt := 1; ; attempt++ {
 		addr := c.pick()
 		cc, err := c.conn(addr)
@@ -213,12 +215,10 @@ func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Co
 			return err
 		}
 		if connError(err) {
-			unreachable++
-			if unreachable >= unreachableRounds*len(c.cfg.Addrs) {
+			refused[addr]++
+			if c.allRefused(refused) {
 				return err
 			}
-		} else {
-			unreachable = 0
 		}
 		c.moveOn(addr, hdr)
 		select {
@@ -228,6 +228,17 @@ func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Co
 		}
 		backoff = min(2*backoff, c.cfg.MaxBackoff)
 	}
+}
+
+// allRefused reports whether every configured address has refused at least
+// unreachableRounds times.
+func (c *Client) allRefused(refused map[string]int) bool {
+	for _, a := range c.cfg.Addrs {
+		if refused[a] < unreachableRounds {
+			return false
+		}
+	}
+	return true
 }
 
 // write is call for writes: one header for all attempts.

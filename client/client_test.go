@@ -114,3 +114,18 @@ func TestConnError(t *testing.T) {
 		t.Fatalf("connError: local %v, relayed %v", connError(local), connError(relayed))
 	}
 }
+
+// TestClient_AllRefused: giving up early needs every address to have refused
+// repeatedly; one member that keeps answering keeps the call going.
+func TestClient_AllRefused(t *testing.T) {
+	c, err := New(Config{Addrs: []string{"a:1", "b:1", "c:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.allRefused(map[string]int{"a:1": 9, "b:1": 9}) {
+		t.Fatal("gave up although c:1 never refused")
+	}
+	if !c.allRefused(map[string]int{"a:1": 2, "b:1": 2, "c:1": 2}) {
+		t.Fatal("did not give up although every address refused twice")
+	}
+}

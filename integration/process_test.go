@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/integration/cluster"
 )
@@ -135,44 +134,8 @@ func TestProcess_LeaderSIGKILL(t *testing.T) {
 		return nil
 	})
 
-	var (
-		mu    sync.Mutex
-		acked = map[int]uint64{}
-		wg    sync.WaitGroup
-		stop  = make(chan struct{})
-	)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := w; ; i += 4 {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c, err := cl.Claim(ctx, key(i), "p1")
-				if err != nil {
-					t.Errorf("claim %d: %v", i, err)
-					return
-				}
-				mu.Lock()
-				acked[i] = c.Epoch
-				mu.Unlock()
-			}
-		}(w)
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	waitMore := func(n int) {
-		start := count()
-		cluster.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
-			if got := count() - start; got < n {
-				return fmt.Errorf("%d claims acknowledged, want %d more", got, n)
-			}
-			return nil
-		})
-	}
-	waitMore(200)
+	w := startClaimWriters(t, ctx, cl, "p1", 0, 4)
+	w.waitMore(t, 200, 30*time.Second)
 
 	st, err := cl.Status(ctx)
 	if err != nil {
@@ -188,27 +151,10 @@ func TestProcess_LeaderSIGKILL(t *testing.T) {
 		t.Fatalf("leader %q is not one of the processes", st.LeaderId)
 	}
 	victim.kill()
-	t.Logf("SIGKILLed leader %s after %d acknowledged claims", victim.id, count())
-	waitMore(200)
-	close(stop)
-	wg.Wait()
-
-	mu.Lock()
-	keys, idx := make([]*pb.ConnKey, 0, len(acked)), make([]int, 0, len(acked))
-	for i := range acked {
-		keys, idx = append(keys, key(i)), append(idx, i)
-	}
-	mu.Unlock()
-	own, err := cl.LookupBatch(ctx, keys, linear)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for j, o := range own {
-		if o.Claim == nil || o.Claim.Epoch != acked[idx[j]] {
-			t.Errorf("acknowledged claim %d (epoch %d) lost after SIGKILL of the leader: %v", idx[j], acked[idx[j]], o.Claim)
-		}
-	}
-	t.Logf("%d acknowledged claims all present after SIGKILL of the leader", len(acked))
+	t.Logf("SIGKILLed leader %s after %d acknowledged claims", victim.id, w.count())
+	w.waitMore(t, 200, 30*time.Second)
+	w.halt()
+	w.verify(t, ctx, cl)
 
 	// The killed member restarts from its data directory and catches up.
 	victim.args = nil
@@ -223,8 +169,8 @@ func TestProcess_LeaderSIGKILL(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if st.ClaimCount != uint64(len(acked)) {
-			return fmt.Errorf("restarted %s has %d claims, want %d", victim.id, st.ClaimCount, len(acked))
+		if st.ClaimCount != uint64(w.count()) {
+			return fmt.Errorf("restarted %s has %d claims, want %d", victim.id, st.ClaimCount, w.count())
 		}
 		return nil
 	})

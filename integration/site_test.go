@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,74 +49,13 @@ func TestCluster_ClaimLockAndLeaderKill(t *testing.T) {
 	}
 
 	// Writers claim distinct keys while the leader is stopped under them.
-	var (
-		mu    sync.Mutex
-		acked = map[int]uint64{}
-		wg    sync.WaitGroup
-		stop  = make(chan struct{})
-	)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 1 + w; ; i += 4 {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cl, err := cl.Claim(ctx, key(i), "m1")
-				if err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					t.Errorf("claim %d: %v", i, err)
-					return
-				}
-				mu.Lock()
-				acked[i] = cl.Epoch
-				mu.Unlock()
-			}
-		}(w)
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
-	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
-		if n := count(); n < 100 {
-			return fmt.Errorf("%d claims acknowledged", n)
-		}
-		return nil
-	})
+	w := startClaimWriters(t, ctx, cl, "m1", 1, 4)
+	w.waitMore(t, 100, 20*time.Second)
 	c.Stop(leader)
-	newLeader := c.WaitForNewLeader(leader, 20*time.Second)
-	before := count()
-	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
-		if n := count(); n < before+100 {
-			return fmt.Errorf("%d claims acknowledged since the new leader %s took over", n-before, newLeader.ID)
-		}
-		return nil
-	})
-	close(stop)
-	wg.Wait()
-
-	// Every acknowledged claim is there, at its epoch, in a linearizable read.
-	mu.Lock()
-	defer mu.Unlock()
-	keys := make([]*pb.ConnKey, 0, len(acked))
-	idx := make([]int, 0, len(acked))
-	for i := range acked {
-		keys = append(keys, key(i))
-		idx = append(idx, i)
-	}
-	own, err := cl.LookupBatch(ctx, keys, linear)
-	if err != nil {
-		t.Fatalf("lookup: %v", err)
-	}
-	for j, o := range own {
-		if o.Claim == nil || o.Claim.MemberId != "m1" || o.Claim.Epoch != acked[idx[j]] {
-			t.Errorf("acknowledged claim %d (epoch %d) lost: lookup says %v", idx[j], acked[idx[j]], o.Claim)
-		}
-	}
-	t.Logf("%d acknowledged claims checked across a leader change", len(acked))
+	c.WaitForNewLeader(leader, 20*time.Second)
+	w.waitMore(t, 100, 20*time.Second)
+	w.halt()
+	w.verify(t, ctx, cl)
 
 	// The old leader comes back from its data directory and catches up.
 	c.Start(leader)

@@ -103,7 +103,9 @@ func (s *Server) withLeaderHint(ctx context.Context, err error) error {
 	if status.Code(err) != codes.Unavailable {
 		return err
 	}
-	if addr, lerr := s.leaderGRPCAddr(); lerr == nil {
+	// Never hint this member itself: the client is already talking to it,
+	// and a member that is shutting down may still believe it leads.
+	if addr, lerr := s.leaderGRPCAddr(); lerr == nil && addr != s.cfg.grpcAdvertise() {
 		_ = grpc.SetHeader(ctx, metadata.Pairs(MDLeaderAddr, addr))
 	}
 	return err

@@ -37,6 +37,18 @@ func checkToken(token uint64) error {
 	return nil
 }
 
+// heldLock validates the fields that name a held lock: key, member, token.
+func heldLock(key *pb.ConnKey, member string, token uint64) (fsm.Key, error) {
+	k, err := fsm.ParseKey(key, "key")
+	if err != nil {
+		return "", err
+	}
+	if err := checkMemberID("member_id", member); err != nil {
+		return "", err
+	}
+	return k, checkToken(token)
+}
+
 func lockProto(k fsm.Key, r fsm.Result) *pb.Lock {
 	return &pb.Lock{Key: k.Proto(), MemberId: r.MemberID, Token: r.Epoch,
 		ExpiresAt: timestamppb.New(time.Unix(0, r.Expires)), Ttl: durationpb.New(time.Duration(r.TTL))}
@@ -62,14 +74,8 @@ func (l *lockService) AcquireLock(ctx context.Context, req *pb.AcquireLockReques
 }
 
 func (l *lockService) RenewLock(ctx context.Context, req *pb.RenewLockRequest) (*pb.RenewLockResponse, error) {
-	k, err := fsm.ParseKey(req.Key, "key")
+	k, err := heldLock(req.Key, req.MemberId, req.Token)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkMemberID("member_id", req.MemberId); err != nil {
-		return nil, err
-	}
-	if err := checkToken(req.Token); err != nil {
 		return nil, err
 	}
 	ttl, err := checkTTL("ttl", req.Ttl)
@@ -84,14 +90,8 @@ func (l *lockService) RenewLock(ctx context.Context, req *pb.RenewLockRequest) (
 }
 
 func (l *lockService) ReleaseLock(ctx context.Context, req *pb.ReleaseLockRequest) (*pb.ReleaseLockResponse, error) {
-	k, err := fsm.ParseKey(req.Key, "key")
+	k, err := heldLock(req.Key, req.MemberId, req.Token)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkMemberID("member_id", req.MemberId); err != nil {
-		return nil, err
-	}
-	if err := checkToken(req.Token); err != nil {
 		return nil, err
 	}
 	if _, err := l.s.write1(ctx, req.Header, releaseLockOp(k, req.MemberId, req.Token)); err != nil {

@@ -60,6 +60,19 @@ func checkHostPort(field, addr string) error {
 	return nil
 }
 
+// raftServers returns the Raft configuration once this member is a ready
+// leader: the view that configuration changes must start from.
+func (s *Server) raftServers(ctx context.Context) ([]raft.Server, error) {
+	if err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	return cf.Configuration().Servers, nil
+}
+
 func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.JoinResponse, error) {
 	s := o.s
 	if err := checkMemberID("member_id", req.MemberId); err != nil {
@@ -74,16 +87,13 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	if err := checkHostPort("grpc_addr", req.GrpcAddr); err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	cf := s.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
+	servers, err := s.raftServers(ctx)
+	if err != nil {
 		return nil, err
 	}
 	id, addr := raft.ServerID(req.MemberId), raft.ServerAddress(req.RaftAddr)
 	present := false
-	for _, srv := range cf.Configuration().Servers {
+	for _, srv := range servers {
 		switch {
 		case srv.ID == id && srv.Address == addr:
 			present = true
@@ -121,15 +131,12 @@ func (o *operatorService) RemoveMember(ctx context.Context, req *pb.RemoveMember
 	if err := checkMemberID("member_id", req.MemberId); err != nil {
 		return nil, err
 	}
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	cf := s.raft.GetConfiguration()
-	if err := cf.Error(); err != nil {
+	servers, err := s.raftServers(ctx)
+	if err != nil {
 		return nil, err
 	}
 	inRaft := false
-	for _, srv := range cf.Configuration().Servers {
+	for _, srv := range servers {
 		inRaft = inRaft || srv.ID == raft.ServerID(req.MemberId)
 	}
 	_, inFSM := s.fsm.Member(req.MemberId)
@@ -173,12 +180,12 @@ func (o *operatorService) TransferLeadership(ctx context.Context, req *pb.Transf
 		if err := checkMemberID("member_id", req.MemberId); err != nil {
 			return nil, err
 		}
-		cf := s.raft.GetConfiguration()
-		if err := cf.Error(); err != nil {
+		servers, err := s.raftServers(ctx)
+		if err != nil {
 			return nil, err
 		}
 		var target *raft.Server
-		for _, srv := range cf.Configuration().Servers {
+		for _, srv := range servers {
 			if srv.ID == raft.ServerID(req.MemberId) {
 				target = &srv
 			}
