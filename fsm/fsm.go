@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"sync"
@@ -85,15 +84,11 @@ func newState() *state {
 type FSM struct {
 	mu sync.RWMutex
 	st *state
-
-	// appliedCh is closed and replaced each time an entry is applied, waking
-	// WaitApplied callers. Guarded by mu.
-	appliedCh chan struct{}
 }
 
 // New returns an empty FSM.
 func New() *FSM {
-	return &FSM{st: newState(), appliedCh: make(chan struct{})}
+	return &FSM{st: newState()}
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -130,8 +125,6 @@ func (f *FSM) ApplyEntry(index uint64, e *ipb.Entry) []ProposalResult {
 		st.sweep()
 	}
 	st.applied = index
-	close(f.appliedCh)
-	f.appliedCh = make(chan struct{})
 	return out
 }
 
@@ -236,24 +229,6 @@ func (f *FSM) AppliedIndex() uint64 {
 	return f.st.applied
 }
 
-// WaitApplied blocks until an entry at index or later has been applied, or
-// ctx ends.
-func (f *FSM) WaitApplied(ctx context.Context, index uint64) error {
-	for {
-		f.mu.RLock()
-		done, ch := f.st.applied >= index, f.appliedCh
-		f.mu.RUnlock()
-		if done {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
 // Stats is a summary of the state for status reports.
 type Stats struct {
 	Site        string
@@ -293,8 +268,6 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.st = st
-	close(f.appliedCh)
-	f.appliedCh = make(chan struct{})
 	f.mu.Unlock()
 	return nil
 }

@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"reflect"
@@ -460,40 +459,6 @@ func TestFSM_ApplyPanicsOnUndecodableEntry(t *testing.T) {
 	}
 	if g.AppliedIndex() != gidx {
 		t.Fatalf("AppliedIndex = %d", g.AppliedIndex())
-	}
-}
-
-func TestFSM_WaitApplied(t *testing.T) {
-	f := New()
-	done := make(chan error, 1)
-	go func() { done <- f.WaitApplied(context.Background(), 3) }()
-	f.ApplyEntry(1, emptyEntry(t0))
-	f.ApplyEntry(2, emptyEntry(t0))
-	select {
-	case err := <-done:
-		t.Fatalf("WaitApplied(3) returned %v at index 2", err)
-	default:
-	}
-	f.ApplyEntry(3, emptyEntry(t0))
-	if err := <-done; err != nil {
-		t.Fatalf("WaitApplied: %v", err)
-	}
-	if err := f.WaitApplied(context.Background(), 2); err != nil {
-		t.Fatalf("WaitApplied for a past index: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := f.WaitApplied(ctx, 10); !errors.Is(err, context.Canceled) {
-		t.Fatalf("WaitApplied with cancelled context = %v", err)
-	}
-	// Restore wakes waiters too.
-	src, _, _ := richState(t)
-	go func() { done <- f.WaitApplied(context.Background(), src.AppliedIndex()) }()
-	if err := restore(t, f, persist(t, src)); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("WaitApplied after Restore: %v", err)
 	}
 }
 

@@ -22,9 +22,9 @@
 //
 // READ_CONSISTENCY_LOCAL (the default) reads the answering member's FSM: fast,
 // possibly a few milliseconds behind the leader. READ_CONSISTENCY_LINEARIZABLE
-// is forwarded to the leader, which notes its commit index, confirms its
-// leadership with a quorum (VerifyLeader) and waits until its FSM has applied
-// that index (the read-index technique).
+// is forwarded to the leader, which answers once it has applied its term's
+// barrier and confirmed its leadership with a quorum (VerifyLeader): its FSM
+// then holds every acknowledged write (see read in ops.go).
 //
 // # Errors
 //

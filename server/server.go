@@ -272,7 +272,10 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 				return
 			}
-			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
 	if ctx.Err() == nil {
