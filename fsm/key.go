@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -134,7 +135,11 @@ func KeyFromBytes(b []byte) (Key, error) {
 	if _, ok := portsRequired[uint32(k.Protocol())]; ok && (k.port(0) == 0 || k.port(1) == 0) {
 		return "", errBadKey
 	}
-	if makeKey(k.Zone(), k.Protocol(), a0, k.port(0), a1, k.port(1)) != k {
+	// Canonical order: the lower endpoint (address bytes, then port) first.
+	// Compared in place: this runs for every key of every entry on every
+	// replica, so it must not allocate.
+	o0, o1 := k.off(0), k.off(1)
+	if c := strings.Compare(string(k[o0:o0+alen]), string(k[o1:o1+alen])); c > 0 || c == 0 && k.port(0) > k.port(1) {
 		return "", errBadKey
 	}
 	return k, nil

@@ -194,9 +194,13 @@ func isCode(err error, target *fsm.Error) bool {
 	return ok && de.Code == target.Code
 }
 
+// okStatus is shared by every successful item of batch responses (messages
+// are only read when marshalled): one allocation fewer per key.
+var okStatus = &pb.ItemStatus{Code: int32(codes.OK)}
+
 func itemStatus(err error) *pb.ItemStatus {
 	if err == nil {
-		return &pb.ItemStatus{Code: int32(codes.OK)}
+		return okStatus
 	}
 	st := toStatus(err)
 	return &pb.ItemStatus{Code: int32(status.Code(st)), Message: err.Error()}
