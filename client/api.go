@@ -10,11 +10,16 @@ import (
 	pb "github.com/connsync/connsync/api/connsync/v1"
 )
 
-// An empty member ID in the calls below means "the member that receives the
-// request": the firewall on a member talks to its own connsyncd.
+// An empty member ID in the calls below means "the member at the first
+// configured address": the firewall on a member lists its own connsyncd
+// first. The client asks that member its ID once and sends it explicitly, so
+// the meaning holds when calls are redirected to the leader.
 
 // Claim records that member owns the connection.
 func (c *Client) Claim(ctx context.Context, key *pb.ConnKey, member string) (claim *pb.Claim, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
 	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		r, err := pb.NewOwnershipServiceClient(cc).Claim(ctx, &pb.ClaimRequest{Header: h, Key: key, MemberId: member}, o...)
 		claim = r.GetClaim()
@@ -25,6 +30,9 @@ func (c *Client) Claim(ctx context.Context, key *pb.ConnKey, member string) (cla
 
 // ClaimBatch claims many connections for member in one Raft entry.
 func (c *Client) ClaimBatch(ctx context.Context, keys []*pb.ConnKey, member string) (res []*pb.ClaimResult, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
 	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		r, err := pb.NewOwnershipServiceClient(cc).ClaimBatch(ctx, &pb.ClaimBatchRequest{Header: h, Keys: keys, MemberId: member}, o...)
 		res = r.GetResults()
@@ -35,6 +43,10 @@ func (c *Client) ClaimBatch(ctx context.Context, keys []*pb.ConnKey, member stri
 
 // Release removes member's claim; epoch 0 releases whatever epoch it has.
 func (c *Client) Release(ctx context.Context, key *pb.ConnKey, member string, epoch uint64) error {
+	member, err := c.member(ctx, member)
+	if err != nil {
+		return err
+	}
 	return c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		_, err := pb.NewOwnershipServiceClient(cc).Release(ctx, &pb.ReleaseRequest{Header: h, Key: key, MemberId: member, Epoch: epoch}, o...)
 		return err
@@ -43,6 +55,9 @@ func (c *Client) Release(ctx context.Context, key *pb.ConnKey, member string, ep
 
 // ReleaseBatch releases many of member's claims in one Raft entry.
 func (c *Client) ReleaseBatch(ctx context.Context, keys []*pb.ConnKey, member string) (res []*pb.ItemStatus, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
 	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		r, err := pb.NewOwnershipServiceClient(cc).ReleaseBatch(ctx, &pb.ReleaseBatchRequest{Header: h, Keys: keys, MemberId: member}, o...)
 		res = r.GetResults()
@@ -73,6 +88,9 @@ func (c *Client) LookupBatch(ctx context.Context, keys []*pb.ConnKey, consistenc
 
 // AcquireLock takes a lease on key for member; the lock's token fences it.
 func (c *Client) AcquireLock(ctx context.Context, key *pb.ConnKey, member string, ttl time.Duration) (lock *pb.Lock, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
 	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		r, err := pb.NewLockServiceClient(cc).AcquireLock(ctx, &pb.AcquireLockRequest{Header: h, Key: key, MemberId: member, Ttl: durationpb.New(ttl)}, o...)
 		lock = r.GetLock()
@@ -83,6 +101,9 @@ func (c *Client) AcquireLock(ctx context.Context, key *pb.ConnKey, member string
 
 // RenewLock extends a held lock to now + ttl.
 func (c *Client) RenewLock(ctx context.Context, key *pb.ConnKey, member string, token uint64, ttl time.Duration) (lock *pb.Lock, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
 	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		r, err := pb.NewLockServiceClient(cc).RenewLock(ctx, &pb.RenewLockRequest{Header: h, Key: key, MemberId: member, Token: token, Ttl: durationpb.New(ttl)}, o...)
 		lock = r.GetLock()
@@ -93,6 +114,10 @@ func (c *Client) RenewLock(ctx context.Context, key *pb.ConnKey, member string, 
 
 // ReleaseLock frees a held lock.
 func (c *Client) ReleaseLock(ctx context.Context, key *pb.ConnKey, member string, token uint64) error {
+	member, err := c.member(ctx, member)
+	if err != nil {
+		return err
+	}
 	return c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
 		_, err := pb.NewLockServiceClient(cc).ReleaseLock(ctx, &pb.ReleaseLockRequest{Header: h, Key: key, MemberId: member, Token: token}, o...)
 		return err

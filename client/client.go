@@ -55,7 +55,17 @@ type Client struct {
 	seqMu    sync.Mutex
 	seq      uint64
 	inflight map[uint64]struct{}
+	// writeSlots bounds writes in flight: the site remembers at most a few
+	// thousand outcomes per client session (fsm.maxSessionResponses), and a
+	// retry must find its outcome there.
+	writeSlots chan struct{}
+
+	selfMu sync.Mutex
+	self   string // member ID at Addrs[0], once known
 }
+
+// maxWritesInFlight is below the site's per-session memory of outcomes (4096).
+const maxWritesInFlight = 1024
 
 // New returns a Client. It does not connect until the first call.
 func New(cfg Config) (*Client, error) {
@@ -78,7 +88,8 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	return &Client{cfg: cfg, conns: map[string]*grpc.ClientConn{}, target: cfg.Addrs[0],
-		clientID: binary.LittleEndian.Uint64(b[:]) | 1, inflight: map[uint64]struct{}{}}, nil
+		clientID: binary.LittleEndian.Uint64(b[:]) | 1, inflight: map[uint64]struct{}{},
+		writeSlots: make(chan struct{}, maxWritesInFlight)}, nil
 }
 
 // Close closes all connections.
@@ -243,9 +254,50 @@ func (c *Client) allRefused(refused map[string]int) bool {
 
 // write is call for writes: one header for all attempts.
 func (c *Client) write(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, opts ...grpc.CallOption) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+	}
+	select {
+	case c.writeSlots <- struct{}{}:
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	defer func() { <-c.writeSlots }()
 	h := c.header()
 	defer c.done(h)
 	return c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
 		return fn(ctx, cc, h, opts...)
 	})
+}
+
+// member resolves the member ID of a call: "" means the member at the first
+// configured address (the firewall's own connsyncd). It is asked once and
+// remembered, so the meaning does not drift when calls move to other members
+// during a failover.
+func (c *Client) member(ctx context.Context, id string) (string, error) {
+	if id != "" {
+		return id, nil
+	}
+	c.selfMu.Lock()
+	defer c.selfMu.Unlock()
+	if c.self != "" {
+		return c.self, nil
+	}
+	cc, err := c.conn(c.cfg.Addrs[0])
+	if err != nil {
+		return "", err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+	}
+	st, err := pb.NewOperatorServiceClient(cc).Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		return "", fmt.Errorf("client: member_id is empty and the member at %s cannot say who it is: %w", c.cfg.Addrs[0], err)
+	}
+	c.self = st.MemberId
+	return c.self, nil
 }

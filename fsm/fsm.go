@@ -146,7 +146,7 @@ func (st *state) applyProposal(index uint64, p *ipb.Proposal) ProposalResult {
 	if cached, ok := st.sessionLookup(p); ok {
 		return cached
 	}
-	res := make(ProposalResult, 0, resultCount(p))
+	res := make(ProposalResult, 0, ResultCount(p))
 	for _, op := range p.Ops {
 		switch o := op.Op.(type) {
 		case *ipb.Op_ClaimBatch:
@@ -165,9 +165,9 @@ func (st *state) applyProposal(index uint64, p *ipb.Proposal) ProposalResult {
 	return res
 }
 
-// resultCount is the number of results a proposal yields: one per operation,
+// ResultCount is the number of results a proposal yields: one per operation,
 // one per key for batch operations.
-func resultCount(p *ipb.Proposal) int {
+func ResultCount(p *ipb.Proposal) int {
 	n := 0
 	for _, op := range p.Ops {
 		switch o := op.Op.(type) {

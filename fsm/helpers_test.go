@@ -32,8 +32,8 @@ func applyProposal(t testing.TB, f *FSM, index uint64, now int64, p *ipb.Proposa
 	if len(out) != 1 {
 		t.Fatalf("ApplyEntry returned %d proposal results, want 1", len(out))
 	}
-	if len(out[0]) != resultCount(p) {
-		t.Fatalf("ApplyEntry returned %d op results, want %d", len(out[0]), resultCount(p))
+	if len(out[0]) != ResultCount(p) {
+		t.Fatalf("ApplyEntry returned %d op results, want %d", len(out[0]), ResultCount(p))
 	}
 	if got := f.AppliedIndex(); got != index {
 		t.Fatalf("AppliedIndex = %d after applying %d", got, index)

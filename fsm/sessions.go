@@ -52,7 +52,7 @@ func (st *state) sessionLookup(p *ipb.Proposal) (ProposalResult, bool) {
 		return r, true
 	}
 	if p.Seq < s.acked {
-		res := make(ProposalResult, resultCount(p))
+		res := make(ProposalResult, ResultCount(p))
 		for i := range res {
 			res[i].Err = ErrStaleRequest
 		}

@@ -104,6 +104,18 @@ func TestCluster_BadInputIsInvalidArgument(t *testing.T) {
 				_, err := locks.AcquireLock(ctx, &pb.AcquireLockRequest{Key: good, MemberId: "m1", Ttl: durationpb.New(2 * time.Hour)})
 				return err
 			}},
+			call{"header.seq", func(ctx context.Context) error {
+				_, err := own.Claim(ctx, &pb.ClaimRequest{Header: &pb.RequestHeader{ClientId: 7}, Key: good, MemberId: "m1"})
+				return err
+			}},
+			call{"header.acked_seq", func(ctx context.Context) error {
+				_, err := own.Claim(ctx, &pb.ClaimRequest{Header: &pb.RequestHeader{ClientId: 7, Seq: 2, AckedSeq: 3}, Key: good, MemberId: "m1"})
+				return err
+			}},
+			call{"header.client_id", func(ctx context.Context) error {
+				_, err := own.Claim(ctx, &pb.ClaimRequest{Header: &pb.RequestHeader{Seq: 2}, Key: good, MemberId: "m1"})
+				return err
+			}},
 			call{"token", func(ctx context.Context) error {
 				_, err := locks.RenewLock(ctx, &pb.RenewLockRequest{Key: good, MemberId: "m1", Ttl: durationpb.New(time.Second)})
 				return err

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
@@ -85,13 +86,19 @@ func (s *Server) forwardInterceptor(ctx context.Context, req any, info *grpc.Una
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	fctx := metadata.AppendToOutgoingContext(ctx, mdForwardedBy, s.cfg.MemberID)
-	if err := conn.Invoke(fctx, info.FullMethod, msg, out); err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+	var hdr metadata.MD
+	if err := conn.Invoke(fctx, info.FullMethod, msg, out, grpc.Header(&hdr)); err != nil {
+		st, _ := status.FromError(err)
+		switch {
+		case st.Code() == codes.Unavailable && strings.HasPrefix(st.Message(), "connection error"):
 			// Say it in this member's words: the client reached us, we could
 			// not reach the leader (it may have just died; an election follows).
 			// No leader hint: the hint would name the member we failed to reach.
 			return nil, status.Errorf(codes.Unavailable, "server: %s cannot reach leader at %s: %s",
 				s.cfg.MemberID, leaderAddr, st.Message())
+		case len(hdr.Get(MDLeaderAddr)) > 0:
+			// The leader's own answer (it lost leadership, say): pass on its hint.
+			_ = grpc.SetHeader(ctx, metadata.Pairs(MDLeaderAddr, hdr.Get(MDLeaderAddr)[0]))
 		}
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"time"
 
@@ -63,7 +62,7 @@ func checkHostPort(field, addr string) error {
 // raftServers returns the Raft configuration once this member is a ready
 // leader: the view that configuration changes must start from.
 func (s *Server) raftServers(ctx context.Context) ([]raft.Server, error) {
-	if err := s.waitReady(ctx); err != nil {
+	if _, err := s.waitReady(ctx); err != nil {
 		return nil, err
 	}
 	cf := s.raft.GetConfiguration()
@@ -91,22 +90,26 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	if err != nil {
 		return nil, err
 	}
+	// Check everything before changing anything: a rejected join must leave
+	// the configuration as it was.
 	id, addr := raft.ServerID(req.MemberId), raft.ServerAddress(req.RaftAddr)
-	present := false
-	for _, srv := range servers {
+	var existing *raft.Server
+	for i := range servers {
 		switch {
-		case srv.ID == id && srv.Address == addr:
-			present = true
-		case srv.ID == id:
-			// Same member, new address: replace it (Consul does the same).
-			if err := s.raft.RemoveServer(id, 0, s.cfg.ApplyTimeout).Error(); err != nil {
-				return nil, err
-			}
-		case srv.Address == addr:
-			return nil, status.Errorf(codes.FailedPrecondition, "raft_addr %s is already used by member %s", addr, srv.ID)
+		case servers[i].ID == id:
+			existing = &servers[i]
+		case servers[i].Address == addr:
+			return nil, status.Errorf(codes.FailedPrecondition, "raft_addr: %s is already used by member %s", addr, servers[i].ID)
 		}
 	}
-	if !present {
+	if existing != nil && existing.Address != addr && req.MemberId == s.cfg.MemberID {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"member_id: %s is the leader; transfer leadership before changing its raft_addr", req.MemberId)
+	}
+	// AddVoter and AddNonvoter update the address of an existing member in
+	// place (and AddVoter promotes a non-voter); a voter is never demoted here.
+	promote := existing != nil && existing.Suffrage != raft.Voter && !req.Nonvoter
+	if existing == nil || existing.Address != addr || promote {
 		var f raft.IndexFuture
 		if req.Nonvoter {
 			f = s.raft.AddNonvoter(id, addr, 0, s.cfg.ApplyTimeout)
@@ -135,21 +138,28 @@ func (o *operatorService) RemoveMember(ctx context.Context, req *pb.RemoveMember
 	if err != nil {
 		return nil, err
 	}
+	if req.MemberId == s.cfg.MemberID {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"member_id: %s is the leader; transfer leadership first (connsyncctl transfer-leader)", req.MemberId)
+	}
 	inRaft := false
 	for _, srv := range servers {
 		inRaft = inRaft || srv.ID == raft.ServerID(req.MemberId)
 	}
-	_, inFSM := s.fsm.Member(req.MemberId)
+	m, inFSM := s.fsm.Member(req.MemberId)
 	if !inRaft && !inFSM {
 		return nil, invalid("member_id", "unknown member %q", req.MemberId)
 	}
-	if inFSM {
-		if _, err := s.write1(ctx, nil, setMemberStateOp(req.MemberId, pb.MemberState_MEMBER_STATE_LEFT)); err != nil {
+	// Leave the Raft configuration first, then record the member as left: if
+	// the second step fails, a retry finds it out of Raft and completes it.
+	// (The leader is a voter and is not the one removed, so a voter remains.)
+	if inRaft {
+		if err := s.raft.RemoveServer(raft.ServerID(req.MemberId), 0, s.cfg.ApplyTimeout).Error(); err != nil {
 			return nil, err
 		}
 	}
-	if inRaft {
-		if err := s.raft.RemoveServer(raft.ServerID(req.MemberId), 0, s.cfg.ApplyTimeout).Error(); err != nil {
+	if inFSM && m.State != pb.MemberState_MEMBER_STATE_LEFT {
+		if _, err := s.write1(ctx, nil, setMemberStateOp(req.MemberId, pb.MemberState_MEMBER_STATE_LEFT)); err != nil {
 			return nil, err
 		}
 	}
@@ -173,35 +183,43 @@ func (o *operatorService) ListRaftPeers(ctx context.Context, _ *pb.ListRaftPeers
 
 func (o *operatorService) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
 	s := o.s
-	var f raft.Future
-	if req.MemberId == "" {
-		f = s.raft.LeadershipTransfer()
-	} else {
+	if req.MemberId != "" {
 		if err := checkMemberID("member_id", req.MemberId); err != nil {
 			return nil, err
 		}
-		servers, err := s.raftServers(ctx)
-		if err != nil {
-			return nil, err
+	}
+	servers, err := s.raftServers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var target *raft.Server
+	voters := 0
+	for i := range servers {
+		if servers[i].Suffrage == raft.Voter {
+			voters++
 		}
-		var target *raft.Server
-		for _, srv := range servers {
-			if srv.ID == raft.ServerID(req.MemberId) {
-				target = &srv
-			}
+		if servers[i].ID == raft.ServerID(req.MemberId) {
+			target = &servers[i]
 		}
-		switch {
-		case target == nil:
-			return nil, invalid("member_id", "%q is not in the raft configuration", req.MemberId)
-		case target.Suffrage != raft.Voter:
-			return nil, invalid("member_id", "%q is a %s, only voters can lead", req.MemberId, target.Suffrage)
-		case target.ID == raft.ServerID(s.cfg.MemberID):
-			return &pb.TransferLeadershipResponse{LeaderId: s.cfg.MemberID}, nil
-		}
+	}
+	var f raft.Future
+	switch {
+	case req.MemberId == s.cfg.MemberID:
+		return &pb.TransferLeadershipResponse{LeaderId: s.cfg.MemberID}, nil
+	case req.MemberId == "" && voters < 2:
+		return nil, status.Error(codes.FailedPrecondition, "member_id: no other voter to transfer leadership to")
+	case req.MemberId == "":
+		f = s.raft.LeadershipTransfer()
+	case target == nil:
+		return nil, invalid("member_id", "%q is not in the raft configuration", req.MemberId)
+	case target.Suffrage != raft.Voter:
+		return nil, invalid("member_id", "%q is a %s, only voters can lead", req.MemberId, target.Suffrage)
+	default:
 		f = s.raft.LeadershipTransferToServer(target.ID, target.Address)
 	}
 	if err := f.Error(); err != nil {
-		return nil, fmt.Errorf("leadership transfer: %w", err)
+		// Timeouts and a target that fell behind: try again later.
+		return nil, status.Errorf(codes.Unavailable, "leadership transfer: %v", err)
 	}
 	_, id := s.raft.LeaderWithID()
 	return &pb.TransferLeadershipResponse{LeaderId: string(id)}, nil

@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
@@ -64,7 +67,10 @@ func releaseLockOp(k fsm.Key, member string, token uint64) *ipb.Op {
 // member to be a ready leader, then goes through group commit. The returned
 // error is a Raft or context error; domain errors are in the results.
 func (s *Server) write(ctx context.Context, h *pb.RequestHeader, ops ...*ipb.Op) (fsm.ProposalResult, error) {
-	if err := s.waitReady(ctx); err != nil {
+	if err := checkHeader(h); err != nil {
+		return nil, err
+	}
+	if _, err := s.waitReady(ctx); err != nil {
 		return nil, err
 	}
 	p := &ipb.Proposal{Ops: ops}
@@ -72,6 +78,23 @@ func (s *Server) write(ctx context.Context, h *pb.RequestHeader, ops ...*ipb.Op)
 		p.ClientId, p.Seq, p.AckedSeq = h.ClientId, h.Seq, h.AckedSeq
 	}
 	return s.proposer.propose(ctx, p)
+}
+
+// checkHeader validates an idempotency header: either all zero (no
+// deduplication) or a client ID with a sequence number from 1 and an acked
+// sequence no higher than it.
+func checkHeader(h *pb.RequestHeader) error {
+	switch {
+	case h == nil || (h.ClientId == 0 && h.Seq == 0 && h.AckedSeq == 0):
+		return nil
+	case h.ClientId == 0:
+		return invalid("header.client_id", "is required when header.seq or header.acked_seq is set")
+	case h.Seq == 0:
+		return invalid("header.seq", "must be >= 1 when header.client_id is set")
+	case h.AckedSeq > h.Seq:
+		return invalid("header.acked_seq", "%d is above header.seq %d", h.AckedSeq, h.Seq)
+	}
+	return nil
 }
 
 // write1 is write for a single operation, returning its domain error as the
@@ -113,8 +136,15 @@ func (s *Server) read(ctx context.Context, c pb.ReadConsistency) error {
 	if c != pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE {
 		return nil
 	}
-	if err := s.waitReady(ctx); err != nil {
+	term, err := s.waitReady(ctx)
+	if err != nil {
 		return err
 	}
-	return s.raft.VerifyLeader().Error()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return err
+	}
+	if s.raft.CurrentTerm() != term {
+		return fmt.Errorf("%w: leadership changed during the read", raft.ErrLeadershipLost)
+	}
+	return nil
 }

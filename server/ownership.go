@@ -34,7 +34,7 @@ func (s *Server) checkMember(ctx context.Context, field, id string) error {
 	if err := checkMemberID(field, id); err != nil {
 		return err
 	}
-	if err := s.waitReady(ctx); err != nil {
+	if _, err := s.waitReady(ctx); err != nil {
 		return err
 	}
 	m, ok := s.fsm.Member(id)

@@ -15,8 +15,8 @@ import (
 )
 
 // proposer implements group commit. Requests queue on in; one goroutine takes
-// whatever has queued, up to maxOps operations, and appends it to Raft as one
-// entry. At most maxInflight entries are in flight; while they are, new
+// whatever has queued, up to maxOps operations (batch operations count once
+// per key), and appends it to Raft as one entry. At most maxInflight entries are in flight; while they are, new
 // requests gather into the next entry, so batches grow with load and an idle
 // site still answers a lone request at once.
 type proposer struct {
@@ -100,13 +100,13 @@ func (pr *proposer) run() {
 			return
 		}
 		batch := []*pending{first}
-		ops := len(first.p.Ops)
+		ops := fsm.ResultCount(first.p)
 	drain:
 		for ops < pr.maxOps {
 			select {
 			case pd := <-pr.in:
 				batch = append(batch, pd)
-				ops += len(pd.p.Ops)
+				ops += fsm.ResultCount(pd.p)
 			default:
 				break drain
 			}

@@ -43,8 +43,16 @@ type Server struct {
 
 	// ready is closed once this member, as leader, has applied a barrier in
 	// its current term; replaced on every leadership change. Guarded by mu.
-	mu    sync.Mutex
-	ready chan struct{}
+	// readyTerm is the term that barrier was applied in: a closed ready
+	// channel counts only while Raft is still in that term, so a channel
+	// left over from an earlier term can never make a new term look ready.
+	mu        sync.Mutex
+	ready     chan struct{}
+	readyTerm atomic.Uint64
+
+	// ctx is cancelled when the member shuts down.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	lastProposeNanos atomic.Int64
 	shutdownOnce     sync.Once
@@ -62,6 +70,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, network: cfg.Network, logger: cfg.Logger, fsm: fsm.New(),
 		ready: make(chan struct{}), stop: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
 	}
@@ -185,7 +194,7 @@ func (s *Server) joinLoop() {
 	backoff := 100 * time.Millisecond
 	for {
 		for _, addr := range s.cfg.Join {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 			conn, err := s.peers.get(addr)
 			if err == nil {
 				_, err = pb.NewOperatorServiceClient(conn).Join(ctx, req)
@@ -238,6 +247,7 @@ func (s *Server) leadershipLoop(notify <-chan bool) {
 // then writes are served.
 func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 	defer s.wg.Done()
+	term := s.raft.CurrentTerm()
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
 			return
@@ -252,35 +262,51 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 		}
 	}
 	st := s.fsm.Stats()
+	if st.Site != "" && st.Site != s.cfg.Site {
+		s.abdicate(fmt.Errorf("configured site %q differs from site %q in the raft state of %s", s.cfg.Site, st.Site, s.cfg.DataDir))
+		return
+	}
 	var ops []*ipb.Op
 	if st.Site == "" {
 		ops = append(ops, initSiteOp(s.cfg.Site, s.cfg.BucketCount))
-	} else if st.Site != s.cfg.Site {
-		s.logger.Error("configured site differs from the site in the raft state", "configured", s.cfg.Site, "state", st.Site)
 	}
 	if m, ok := s.fsm.Member(s.cfg.MemberID); !ok || m.GRPCAddr != s.cfg.grpcAdvertise() ||
 		m.RaftAddr != s.cfg.raftAdvertise() || m.State != pb.MemberState_MEMBER_STATE_ALIVE {
 		ops = append(ops, registerMemberOp(s.selfMember()))
 	}
-	if len(ops) > 0 {
-		for ctx.Err() == nil {
-			_, err := s.applyDirect(ops...)
-			if err == nil {
-				break
-			}
-			s.logger.Warn("leader setup write failed", "error", err)
-			if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-				return
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
+	for len(ops) > 0 && ctx.Err() == nil {
+		_, err := s.applyDirect(ops...)
+		if err == nil {
+			break
+		}
+		var domain *fsm.Error
+		if errors.As(err, &domain) { // the state refuses this member: retrying cannot help
+			s.abdicate(fmt.Errorf("leader setup: %w", err))
+			return
+		}
+		s.logger.Warn("leader setup write failed", "error", err)
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if ctx.Err() == nil {
-		s.logger.Info("leader ready", "term", s.raft.Stats()["term"])
+	if ctx.Err() == nil && s.raft.CurrentTerm() == term {
+		s.readyTerm.Store(term)
+		s.logger.Info("leader ready", "term", term)
 		close(ready)
+	}
+}
+
+// abdicate is for a leader that cannot serve (its configuration contradicts
+// the replicated state): it says why and hands leadership to another voter.
+// It never becomes ready, so it serves no writes while it still leads.
+func (s *Server) abdicate(why error) {
+	s.logger.Error("cannot serve as leader; transferring leadership", "error", why)
+	if err := s.raft.LeadershipTransfer().Error(); err != nil {
+		s.logger.Error("leadership transfer failed; this member stays leader but serves no writes", "error", err)
 	}
 }
 
@@ -311,34 +337,43 @@ func (s *Server) tickLoop() {
 }
 
 // isReady reports whether this member is the leader and has applied its
-// barrier for the term.
+// barrier in the current term.
 func (s *Server) isReady() bool {
 	s.mu.Lock()
 	ready := s.ready
 	s.mu.Unlock()
 	select {
 	case <-ready:
-		return s.raft.State() == raft.Leader
+		return s.raft.State() == raft.Leader && s.raft.CurrentTerm() == s.readyTerm.Load()
 	default:
 		return false
 	}
 }
 
-// waitReady waits until this member is a ready leader. It fails at once with
-// raft.ErrNotLeader if the member is not the leader.
-func (s *Server) waitReady(ctx context.Context) error {
+// waitReady waits until this member is a ready leader and returns the term
+// it is ready in. It fails at once with raft.ErrNotLeader if the member is
+// not the leader.
+func (s *Server) waitReady(ctx context.Context) (uint64, error) {
 	for {
 		if s.raft.State() != raft.Leader {
-			return raft.ErrNotLeader
+			return 0, raft.ErrNotLeader
+		}
+		if s.isReady() {
+			return s.readyTerm.Load(), nil
 		}
 		s.mu.Lock()
 		ready := s.ready
 		s.mu.Unlock()
 		select {
 		case <-ready:
-			return nil
+			// Closed for an earlier term: poll until this term's setup is done.
+			select {
+			case <-time.After(5 * time.Millisecond):
+			case <-ctx.Done():
+				return 0, fmt.Errorf("%w: %w", ErrNotReady, ctx.Err())
+			}
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrNotReady, ctx.Err())
+			return 0, fmt.Errorf("%w: %w", ErrNotReady, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 			// Re-check: leadership may have moved while we waited.
 		}
@@ -386,6 +421,7 @@ func (s *Server) closeAll() error {
 	default:
 		close(s.stop)
 	}
+	s.cancel()
 	if s.grpcServer != nil {
 		s.grpcServer.Stop()
 	}
