@@ -4,23 +4,26 @@ func (st *state) claim(k Key, member string) Result {
 	if err := st.checkMember(member); err != nil {
 		return Result{Err: err}
 	}
-	if c, ok := st.claims[k]; ok {
-		if c.MemberID == member {
-			return Result{Epoch: c.Epoch, MemberID: member} // idempotent re-claim
+	if c, ok := st.claims.get(k); ok {
+		owner := st.memberIDs[c.member]
+		if owner == member {
+			return Result{Epoch: c.epoch, MemberID: member} // idempotent re-claim
 		}
-		return Result{Err: errorf(ErrClaimConflict, "%s is claimed by %s at epoch %d", k, c.MemberID, c.Epoch),
-			Epoch: c.Epoch, MemberID: c.MemberID}
+		return Result{Err: errorf(ErrClaimConflict, "%s is claimed by %s at epoch %d", k, owner, c.epoch),
+			Epoch: c.epoch, MemberID: owner}
 	}
-	c := Claim{MemberID: member, Epoch: st.nextToken()}
-	st.claims[k] = c
-	return Result{Epoch: c.Epoch, MemberID: member}
+	c := claimRec{member: st.indexOf(member), epoch: st.nextToken()}
+	st.claims.put(k, c)
+	return Result{Epoch: c.epoch, MemberID: member}
 }
 
 func (st *state) release(k Key, member string, epoch uint64) Result {
-	c, ok := st.claims[k]
-	switch {
-	case !ok:
+	rec, ok := st.claims.get(k)
+	if !ok {
 		return Result{Err: errorf(ErrNotClaimed, "%s", k)}
+	}
+	c := st.claim1(rec)
+	switch {
 	case c.MemberID != member:
 		return Result{Err: errorf(ErrClaimConflict, "%s is claimed by %s, not %s", k, c.MemberID, member),
 			Epoch: c.Epoch, MemberID: c.MemberID}
@@ -28,8 +31,13 @@ func (st *state) release(k Key, member string, epoch uint64) Result {
 		return Result{Err: errorf(ErrEpochMismatch, "%s has epoch %d, not %d", k, c.Epoch, epoch),
 			Epoch: c.Epoch, MemberID: c.MemberID}
 	}
-	delete(st.claims, k)
+	st.claims.del(k)
 	return Result{Epoch: c.Epoch, MemberID: member}
+}
+
+// claim1 expands a stored claim record.
+func (st *state) claim1(c claimRec) Claim {
+	return Claim{MemberID: st.memberIDs[c.member], Epoch: c.epoch}
 }
 
 // Ownership is the answer to a lookup.
@@ -63,7 +71,9 @@ func (f *FSM) Lookup(keys ...Key) []Ownership {
 			o.Bucket = k.Bucket(st.bucketCount)
 			o.Assignment = st.buckets[o.Bucket]
 		}
-		o.Claim, o.Claimed = st.claims[k]
+		if rec, ok := st.claims.get(k); ok {
+			o.Claim, o.Claimed = st.claim1(rec), true
+		}
 		out[i] = o
 	}
 	return out

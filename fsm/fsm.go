@@ -61,8 +61,10 @@ type state struct {
 	site        string
 	bucketCount uint32
 	members     map[string]*Member
+	memberIDs   []string          // index -> member ID, for claimTable
+	memberIdx   map[string]uint32 // member ID -> index; never shrinks
 	buckets     []Assignment
-	claims      map[Key]Claim
+	claims      claimTable
 	locks       map[Key]Lock
 	sessions    map[uint64]*session
 	lastToken   uint64 // last fencing token or claim epoch handed out
@@ -73,10 +75,11 @@ type state struct {
 
 func newState() *state {
 	return &state{
-		members:  map[string]*Member{},
-		claims:   map[Key]Claim{},
-		locks:    map[Key]Lock{},
-		sessions: map[uint64]*session{},
+		members:   map[string]*Member{},
+		memberIdx: map[string]uint32{},
+		claims:    newClaimTable(),
+		locks:     map[Key]Lock{},
+		sessions:  map[uint64]*session{},
 	}
 }
 
@@ -217,6 +220,19 @@ func mustKey(b []byte) Key {
 	return k
 }
 
+// indexOf returns a member's index in memberIDs, assigning one on first use.
+// Indexes are local to a replica (never persisted or compared), so their
+// order need not match between replicas.
+func (st *state) indexOf(id string) uint32 {
+	if i, ok := st.memberIdx[id]; ok {
+		return i
+	}
+	i := uint32(len(st.memberIDs))
+	st.memberIDs = append(st.memberIDs, id)
+	st.memberIdx[id] = i
+	return i
+}
+
 func (st *state) nextToken() uint64 {
 	st.lastToken++
 	return st.lastToken
@@ -246,7 +262,7 @@ func (f *FSM) Stats() Stats {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	st := f.st
-	return Stats{st.site, st.bucketCount, len(st.members), len(st.claims), len(st.locks),
+	return Stats{st.site, st.bucketCount, len(st.members), st.claims.len(), len(st.locks),
 		len(st.sessions), st.applied, st.now}
 }
 

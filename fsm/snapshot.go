@@ -27,7 +27,9 @@ func (st *state) clone() *state {
 		c.members[id] = &mm
 	}
 	c.buckets = append([]Assignment(nil), st.buckets...)
-	c.claims = maps.Clone(st.claims)
+	c.claims = st.claims.clone()
+	c.memberIDs = append([]string(nil), st.memberIDs...)
+	c.memberIdx = maps.Clone(st.memberIdx)
 	c.locks = maps.Clone(st.locks)
 	c.sessions = make(map[uint64]*session, len(st.sessions))
 	for id, s := range st.sessions {
@@ -94,8 +96,9 @@ func (st *state) writeTo(w io.Writer) error {
 				RemoteBackup: a.RemoteBackup, Epoch: a.Epoch})
 		}
 	}
-	for _, k := range sortedKeys(st.claims) {
-		c := st.claims[k]
+	for _, k := range st.claims.sortedKeys() {
+		rec, _ := st.claims.get(k)
+		c := st.claim1(rec)
 		emit(&ipb.ClaimRecord{Key: []byte(k), MemberId: c.MemberID, Epoch: c.Epoch})
 	}
 	for _, k := range sortedKeys(st.locks) {
@@ -209,7 +212,7 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		if err != nil {
 			return err
 		}
-		st.claims[k] = Claim{MemberID: r.Claim.MemberId, Epoch: r.Claim.Epoch}
+		st.claims.put(k, claimRec{member: st.indexOf(r.Claim.MemberId), epoch: r.Claim.Epoch})
 	case *ipb.SnapshotRecord_Lock:
 		l := r.Lock
 		k, err := KeyFromBytes(l.Key)

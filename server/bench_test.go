@@ -29,13 +29,33 @@ func BenchmarkClaims(b *testing.B) {
 	for _, conns := range []int{64, 1} {
 		for _, batch := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("clients=64/conns=%d/batch=%d", conns, batch), func(b *testing.B) {
-				benchClaims(b, 64, conns, batch)
+				benchClaims(b, 64, conns, batch, 0)
 			})
 		}
 	}
 }
 
-func benchClaims(b *testing.B, clients, conns, batch int) {
+// BenchmarkClaimsAtRate offers a fixed load of 100,000 claims/s (open loop,
+// like etcd's benchmark --rate or wrk2) instead of running to saturation: RPC
+// n is due at start + n*batch/rate, and its latency counts from when it was
+// due, so a stall delays every RPC behind it and shows in the percentiles
+// (no coordinated omission). claims/s below the rate means the site could not
+// keep up.
+//
+//	go test ./server -run XXX -bench ClaimsAtRate -benchtime 1000000x -count 3
+func BenchmarkClaimsAtRate(b *testing.B) {
+	const rate = 100000
+	for _, conns := range []int{64, 1} {
+		for _, batch := range []int{16, 64} {
+			b.Run(fmt.Sprintf("rate=%d/clients=64/conns=%d/batch=%d", rate, conns, batch), func(b *testing.B) {
+				benchClaims(b, 64, conns, batch, rate)
+			})
+		}
+	}
+}
+
+// benchClaims runs the load; rate 0 is a closed loop (as fast as possible).
+func benchClaims(b *testing.B, clients, conns, batch, rate int) {
 	c := cluster.New(b, 3, cluster.Options{})
 	leader := c.WaitForLeader(10 * time.Second)
 	cls := make([]*client.Client, conns)
@@ -52,6 +72,10 @@ func benchClaims(b *testing.B, clients, conns, batch int) {
 		}
 	}
 	rpcs := (b.N + batch - 1) / batch
+	var interval time.Duration // between RPCs due, open loop only
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(batch) / float64(rate))
+	}
 	var next atomic.Int64
 	lat := make([][]time.Duration, clients)
 	var wg sync.WaitGroup
@@ -73,6 +97,10 @@ func benchClaims(b *testing.B, clients, conns, batch int) {
 					keys[j] = benchKey(n*batch + j)
 				}
 				t0 := time.Now()
+				if rate > 0 {
+					t0 = start.Add(time.Duration(n) * interval)
+					time.Sleep(time.Until(t0))
+				}
 				var err error
 				if batch == 1 {
 					_, err = cl.Claim(ctx, keys[0], "m1")

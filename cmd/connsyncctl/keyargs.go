@@ -40,5 +40,5 @@ func (k *keyFlags) addZone(cmd *cobra.Command) {
 }
 
 func (k *keyFlags) addMember(cmd *cobra.Command, what string) {
-	cmd.Flags().StringVar(&k.member, "member", "", what+`; "" means the member connsyncctl talks to`)
+	cmd.Flags().StringVar(&k.member, "member", "", what+`; "" means the member at the first --addr`)
 }
