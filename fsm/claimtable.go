@@ -1,6 +1,9 @@
 package fsm
 
-import "sort"
+import (
+	"maps"
+	"sort"
+)
 
 // claimTable holds the claims of a site. It is built to be invisible to the
 // garbage collector: a site holds up to millions of claims, and a table of
@@ -76,15 +79,11 @@ func (t *claimTable) del(k Key) {
 
 func (t *claimTable) len() int { return len(t.small) + len(t.large) }
 
+// clone copies the table. maps.Clone copies the maps' internal tables
+// wholesale, several times faster than re-inserting every entry; it runs
+// under the FSM lock (Snapshot), blocking Apply meanwhile.
 func (t *claimTable) clone() claimTable {
-	c := claimTable{small: make(map[smallKey]claimRec, len(t.small)), large: make(map[Key]claimRec, len(t.large))}
-	for k, v := range t.small {
-		c.small[k] = v
-	}
-	for k, v := range t.large {
-		c.large[k] = v
-	}
-	return c
+	return claimTable{small: maps.Clone(t.small), large: maps.Clone(t.large)}
 }
 
 // sortedKeys returns every claimed key in Key order (for snapshots).
