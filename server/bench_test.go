@@ -24,10 +24,10 @@ import (
 // larger values use ClaimBatch. Reports claims/s and the p50/p99 latency of
 // one RPC. The load generator shares the machine's cores with the members.
 //
-//	go test ./server -run XXX -bench Claims -benchtime 400000x -count 3
+//	go test ./server -run XXX -bench 'Claims$' -benchtime 400000x -count 3
 func BenchmarkClaims(b *testing.B) {
 	for _, conns := range []int{64, 1} {
-		for _, batch := range []int{1, 16, 64} {
+		for _, batch := range []int{1, 8, 16, 64} {
 			b.Run(fmt.Sprintf("clients=64/conns=%d/batch=%d", conns, batch), func(b *testing.B) {
 				benchClaims(b, 64, conns, batch, 0)
 			})
