@@ -12,9 +12,6 @@ import (
 	"github.com/connsync/connsync/fsm"
 )
 
-// proposalNoOps is an empty proposal: the entry only advances log time.
-var proposalNoOps = ipb.Proposal{}
-
 func initSiteOp(site string, buckets uint32) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: site, BucketCount: buckets}}}
 }

@@ -330,7 +330,7 @@ func (s *Server) tickLoop() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ApplyTimeout)
-			_, _ = s.proposer.propose(ctx, &proposalNoOps)
+			_, _ = s.proposer.propose(ctx, &ipb.Proposal{}) // no operations: only advances log time
 			cancel()
 		}
 	}
