@@ -178,6 +178,14 @@ func retryable(err error) bool {
 	return status.Code(err) == codes.Unavailable
 }
 
+// withDeadline gives ctx a deadline of cfg.Timeout if it has none.
+func (c *Client) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.Timeout)
+}
+
 // connError reports whether err is a failure to reach the member at all
 // (refused, reset), as opposed to an answer from it.
 func connError(err error) bool {
@@ -207,11 +215,8 @@ func (c *Client) callOnce(ctx context.Context, fn func(ctx context.Context, cc *
 
 // callN is call with at most attempts tries (0: until ctx ends).
 func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
-		defer cancel()
-	}
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
 	backoff := 5 * time.Millisecond
 	refused := map[string]int{}
 	for attempt := 1; ; attempt++ {
@@ -254,11 +259,8 @@ func (c *Client) allRefused(refused map[string]int) bool {
 
 // write is call for writes: one header for all attempts.
 func (c *Client) write(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, opts ...grpc.CallOption) error) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
-		defer cancel()
-	}
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
 	select {
 	case c.writeSlots <- struct{}{}:
 	case <-ctx.Done():
@@ -289,11 +291,8 @@ func (c *Client) member(ctx context.Context, id string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
-		defer cancel()
-	}
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
 	st, err := pb.NewOperatorServiceClient(cc).Status(ctx, &pb.StatusRequest{})
 	if err != nil {
 		return "", fmt.Errorf("client: member_id is empty and the member at %s cannot say who it is: %w", c.cfg.Addrs[0], err)

@@ -70,15 +70,16 @@ func errorf(sentinel *Error, format string, args ...any) *Error {
 	return &Error{Code: sentinel.Code, Msg: sentinel.Msg + ": " + fmt.Sprintf(format, args...)}
 }
 
-// errorFromCode rebuilds a domain error read back from a session or snapshot.
-func errorFromCode(code Code, msg string) error {
+// errorFromCode rebuilds a domain error read back from a snapshot: nil for
+// code 0, an error (the second result) for a code this build does not know.
+func errorFromCode(code Code, msg string) (error, error) {
 	if code == 0 {
-		return nil
+		return nil, nil
 	}
 	if _, ok := byCode[code]; !ok {
-		panic(fmt.Sprintf("fsm: unknown error code %d in stored result", code))
+		return nil, fmt.Errorf("unknown result code %d", code)
 	}
-	return &Error{Code: code, Msg: msg}
+	return &Error{Code: code, Msg: msg}, nil
 }
 
 // codeOf returns the code of a domain error, 0 for nil. Any other error is a

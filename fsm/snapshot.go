@@ -142,12 +142,11 @@ func resultsToProto(rs ProposalResult) []*ipb.OpResult {
 func resultsFromProto(ps []*ipb.OpResult) (ProposalResult, error) {
 	out := make(ProposalResult, len(ps))
 	for i, p := range ps {
-		if p.Code != 0 {
-			if _, ok := byCode[Code(p.Code)]; !ok {
-				return nil, fmt.Errorf("unknown result code %d", p.Code)
-			}
+		domain, err := errorFromCode(Code(p.Code), p.Message)
+		if err != nil {
+			return nil, err
 		}
-		out[i] = Result{Err: errorFromCode(Code(p.Code), p.Message), Epoch: p.Epoch, MemberID: p.MemberId,
+		out[i] = Result{Err: domain, Epoch: p.Epoch, MemberID: p.MemberId,
 			Expires: p.ExpiresUnixNano, TTL: p.TtlNanos}
 	}
 	return out, nil

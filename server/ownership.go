@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc/codes"
@@ -183,15 +184,10 @@ func (o *ownershipService) ReleaseBatch(ctx context.Context, req *pb.ReleaseBatc
 // unknownMember turns a batch whose member is unknown into one
 // INVALID_ARGUMENT: every item failed the same way and nothing was written.
 func unknownMember(res fsm.ProposalResult) error {
-	if len(res) > 0 && res[0].Err != nil && (isCode(res[0].Err, fsm.ErrUnknownMember) || isCode(res[0].Err, fsm.ErrMemberNotAlive)) {
+	if len(res) > 0 && res[0].Err != nil && (errors.Is(res[0].Err, fsm.ErrUnknownMember) || errors.Is(res[0].Err, fsm.ErrMemberNotAlive)) {
 		return res[0].Err
 	}
 	return nil
-}
-
-func isCode(err error, target *fsm.Error) bool {
-	de, ok := err.(*fsm.Error)
-	return ok && de.Code == target.Code
 }
 
 // okStatus is shared by every successful item of batch responses (messages

@@ -383,9 +383,6 @@ func (s *Server) waitReady(ctx context.Context) (uint64, error) {
 // Addr returns the gRPC listen address (useful with port 0).
 func (s *Server) Addr() string { return s.grpcLn.Addr().String() }
 
-// ID returns the member ID.
-func (s *Server) ID() string { return s.cfg.MemberID }
-
 // Raft exposes the Raft node to tests and operators' tooling in this module.
 func (s *Server) Raft() *raft.Raft { return s.raft }
 
