@@ -1,5 +1,7 @@
 package fsm
 
+import pb "github.com/connsync/connsync/api/connsync/v1"
+
 func (st *state) claim(k Key, member string) Result {
 	if err := st.checkMember(member); err != nil {
 		return Result{Err: err}
@@ -47,13 +49,15 @@ type Ownership struct {
 	Assignment Assignment
 	Claim      Claim
 	Claimed    bool
-	Applied    uint64
+	// ClaimOrphaned: the claim's member has failed or left.
+	ClaimOrphaned bool
+	Applied       uint64
 }
 
 // Owner is the member that should process the connection: the claim's member,
-// else the bucket's primary.
+// else (no claim, or its member failed or left) the bucket's primary.
 func (o Ownership) Owner() string {
-	if o.Claimed {
+	if o.Claimed && !o.ClaimOrphaned {
 		return o.Claim.MemberID
 	}
 	return o.Assignment.Primary
@@ -73,6 +77,10 @@ func (f *FSM) Lookup(keys ...Key) []Ownership {
 		}
 		if rec, ok := st.claims.get(k); ok {
 			o.Claim, o.Claimed = st.claim1(rec), true
+			if m := st.members[o.Claim.MemberID]; m == nil || m.State == pb.MemberState_MEMBER_STATE_FAILED ||
+				m.State == pb.MemberState_MEMBER_STATE_LEFT {
+				o.ClaimOrphaned = true
+			}
 		}
 		out[i] = o
 	}

@@ -50,14 +50,17 @@ type gen struct {
 	locks  map[Key]Result // last known lock per key
 	seqs   map[uint64]uint64
 	acked  map[uint64]uint64
-	past   []*ipb.Proposal // session proposals applied so far, for retries
-	retry  []bool          // per proposal of the last entry: is it a retry
-	tokens uint64          // largest token handed out by an acquire
+	past   []*ipb.Proposal   // session proposals applied so far, for retries
+	retry  []bool            // per proposal of the last entry: is it a retry
+	tokens uint64            // largest token handed out by an acquire
+	epochs map[uint32]uint64 // bucket epochs as the last reassign planned them
+	fsm    *FSM              // read-only: current epochs for reassign plans
 }
 
 func newGen(t *testing.T, seed uint64) *gen {
 	g := &gen{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: t0,
-		claims: map[Key]Result{}, locks: map[Key]Result{}, seqs: map[uint64]uint64{}, acked: map[uint64]uint64{}}
+		claims: map[Key]Result{}, locks: map[Key]Result{}, seqs: map[uint64]uint64{}, acked: map[uint64]uint64{},
+		epochs: map[uint32]uint64{}}
 	for i := uint32(0); i < 24; i++ {
 		g.keys = append(g.keys, tcpKey(t, 1000+i))
 	}
@@ -126,8 +129,17 @@ func (g *gen) op() *ipb.Op {
 		states := []pb.MemberState{pb.MemberState_MEMBER_STATE_ALIVE, pb.MemberState_MEMBER_STATE_LEFT,
 			pb.MemberState_MEMBER_STATE_FAILED}
 		return setStateOp(g.member(), states[g.rng.IntN(len(states))])
-	case n < 97:
+	case n < 96:
 		return registerOp(g.mems[g.rng.IntN(len(g.mems))])
+	case n < 98:
+		return g.reassign()
+	case n < 99:
+		var be []*pb.BucketEpoch
+		for range g.rng.IntN(3) + 1 {
+			b := g.key().Bucket(DefaultBucketCount)
+			be = append(be, &pb.BucketEpoch{Bucket: b, Epoch: g.epochs[b]})
+		}
+		return markSyncedOp(g.member(), be...)
 	default:
 		var recs []*ipb.BucketRecord
 		for range g.rng.IntN(4) + 1 {
@@ -139,6 +151,33 @@ func (g *gen) op() *ipb.Op {
 		}
 		return assignOp(recs...)
 	}
+}
+
+// reassign changes a few buckets, planned from the current epochs (read
+// from the first FSM) or sometimes a stale one, sometimes failing a member in
+// the same step.
+func (g *gen) reassign() *ipb.Op {
+	var ms []*ipb.SetMemberStateOp
+	if g.rng.IntN(4) == 0 {
+		ms = append(ms, &ipb.SetMemberStateOp{MemberId: g.member(), State: pb.MemberState_MEMBER_STATE_FAILED})
+	}
+	var cs []*ipb.BucketChange
+	for range g.rng.IntN(3) + 1 {
+		b := g.key().Bucket(DefaultBucketCount)
+		a, _ := g.fsm.Assignment(b)
+		prev := a.Epoch
+		if g.rng.IntN(8) == 0 {
+			prev++
+		}
+		p, lb := g.member(), g.member()
+		if lb == p && g.rng.IntN(4) != 0 {
+			lb = ""
+		}
+		cs = append(cs, &ipb.BucketChange{Bucket: b, PrevEpoch: prev, Primary: p,
+			LocalBackup: lb, BackupSynced: g.rng.IntN(2) == 0, Handoff: lb != "" && g.rng.IntN(3) == 0})
+		g.epochs[b] = g.index // what MarkSynced will report, if this succeeds
+	}
+	return reassignOp(ms, cs...)
 }
 
 func (g *gen) proposal() (p *ipb.Proposal, retry bool) {
@@ -220,6 +259,7 @@ func runDeterminism(t *testing.T, seed uint64) {
 	b, _ := newSite(t, g.mems...)
 	var c *FSM
 	g.index = idx
+	g.fsm = a
 
 	ops, okOps, entries := 0, map[string]int{}, 0
 	restored := false

@@ -53,6 +53,9 @@ var (
 	// ErrStaleRequest: a retried request whose outcome the client already
 	// acknowledged, so the site no longer remembers it.
 	ErrStaleRequest = &Error{12, "fsm: request already completed and acknowledged"}
+	// ErrAssignmentChanged: a reassignment was planned from an epoch the
+	// bucket no longer has; plan again from the current state.
+	ErrAssignmentChanged = &Error{13, "fsm: assignment changed since it was read"}
 )
 
 var byCode = map[Code]*Error{}
@@ -60,7 +63,7 @@ var byCode = map[Code]*Error{}
 func init() {
 	for _, e := range []*Error{ErrClaimConflict, ErrNotClaimed, ErrEpochMismatch, ErrLockHeld,
 		ErrLockNotHeld, ErrTokenMismatch, ErrUnknownMember, ErrMemberNotAlive, ErrSiteMismatch,
-		ErrSiteNotInitialised, ErrInvalid, ErrStaleRequest} {
+		ErrSiteNotInitialised, ErrInvalid, ErrStaleRequest, ErrAssignmentChanged} {
 		byCode[e.Code] = e
 	}
 }

@@ -30,16 +30,24 @@ type Result struct {
 
 // Member is a member record (see pb.Member).
 type Member struct {
-	ID, Site, RaftAddr, GRPCAddr string
-	Weight                       uint32
-	State                        pb.MemberState
-	JoinedIndex                  uint64
+	ID, Site, RaftAddr, GRPCAddr, GossipAddr string
+	Weight                                   uint32
+	State                                    pb.MemberState
+	JoinedIndex                              uint64
+	Nonvoter                                 bool
 }
 
-// Assignment is one bucket's placement.
+// Assignment is one bucket's placement (see pb.Assignment).
 type Assignment struct {
 	Primary, LocalBackup, RemoteBackup string
-	Epoch                              uint64
+	// Epoch is the Raft index of the last change of any role.
+	Epoch uint64
+	// BackupSynced: the local backup holds every connection of the bucket.
+	BackupSynced bool
+	// Handoff: the local backup becomes primary once BackupSynced.
+	Handoff bool
+	// Revision is the Raft index of the last change of any field.
+	Revision uint64
 }
 
 // Claim is an explicit ownership record.
@@ -71,6 +79,10 @@ type state struct {
 	now         int64  // largest entry time applied (Unix nanoseconds)
 	lastSweep   int64  // log time of the last expiry sweep
 	applied     uint64 // index of the last applied entry
+	// topologyChanged is set by an entry that changes members or
+	// assignments, so watchers are woken once it is applied. Not part of
+	// the replicated state.
+	topologyChanged bool
 }
 
 func newState() *state {
@@ -87,11 +99,14 @@ func newState() *state {
 type FSM struct {
 	mu sync.RWMutex
 	st *state
+	// changed is closed (and replaced) after an entry that changed members
+	// or assignments is applied, and after a Restore: see Watch.
+	changed chan struct{}
 }
 
 // New returns an empty FSM.
 func New() *FSM {
-	return &FSM{st: newState()}
+	return &FSM{st: newState(), changed: make(chan struct{})}
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -128,7 +143,26 @@ func (f *FSM) ApplyEntry(index uint64, e *ipb.Entry) []ProposalResult {
 		st.sweep()
 	}
 	st.applied = index
+	if st.topologyChanged {
+		st.topologyChanged = false
+		f.notify()
+	}
 	return out
+}
+
+// notify wakes the watchers; f.mu must be held for writing.
+func (f *FSM) notify() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Watch returns the applied index and a channel that is closed once a later
+// entry changes members or assignments, or a snapshot replaces the state.
+// Read the state after calling Watch, and call it again after each wake-up.
+func (f *FSM) Watch() (applied uint64, changed <-chan struct{}) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.applied, f.changed
 }
 
 // sweepInterval is how much log time passes between two sweeps of expired
@@ -195,6 +229,10 @@ func (st *state) applyOp(index uint64, op *ipb.Op) Result {
 		return st.setMemberState(o.SetMemberState)
 	case *ipb.Op_SetAssignments:
 		return st.setAssignments(index, o.SetAssignments)
+	case *ipb.Op_Reassign:
+		return st.reassign(index, o.Reassign)
+	case *ipb.Op_MarkSynced:
+		return st.markSynced(index, o.MarkSynced)
 	case *ipb.Op_Claim:
 		return st.claim(mustKey(o.Claim.Key), o.Claim.MemberId)
 	case *ipb.Op_Release:
@@ -284,6 +322,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.st = st
+	f.notify()
 	f.mu.Unlock()
 	return nil
 }

@@ -61,8 +61,10 @@ func (st *state) registerMember(index uint64, op *ipb.RegisterMemberOp) Result {
 		rec = &Member{ID: m.Id, Site: m.Site, JoinedIndex: index}
 		st.members[m.Id] = rec
 	}
-	rec.RaftAddr, rec.GRPCAddr, rec.Weight = m.RaftAddr, m.GrpcAddr, max(m.Weight, 1)
+	rec.RaftAddr, rec.GRPCAddr, rec.GossipAddr, rec.Weight = m.RaftAddr, m.GrpcAddr, m.GossipAddr, max(m.Weight, 1)
+	rec.Nonvoter = m.Nonvoter
 	rec.State = pb.MemberState_MEMBER_STATE_ALIVE
+	st.topologyChanged = true
 	return Result{Epoch: rec.JoinedIndex}
 }
 
@@ -71,11 +73,34 @@ func (st *state) setMemberState(op *ipb.SetMemberStateOp) Result {
 	if m == nil {
 		return Result{Err: errorf(ErrUnknownMember, "%q", op.MemberId)}
 	}
-	if _, ok := pb.MemberState_name[int32(op.State)]; !ok || op.State == pb.MemberState_MEMBER_STATE_UNSPECIFIED {
+	if !validState(op.State) {
 		return Result{Err: errorf(ErrInvalid, "member state %d", op.State)}
 	}
-	m.State = op.State
+	st.setState(m, op.State)
 	return Result{}
+}
+
+func validState(s pb.MemberState) bool {
+	_, ok := pb.MemberState_name[int32(s)]
+	return ok && s != pb.MemberState_MEMBER_STATE_UNSPECIFIED
+}
+
+// setState changes a member's state. A member that fails or leaves loses its
+// locks at once (their fencing tokens stay used), so a waiter need not wait
+// for the leases to run out.
+func (st *state) setState(m *Member, s pb.MemberState) {
+	if m.State == s {
+		return
+	}
+	m.State = s
+	st.topologyChanged = true
+	if s == pb.MemberState_MEMBER_STATE_FAILED || s == pb.MemberState_MEMBER_STATE_LEFT {
+		for k, l := range st.locks {
+			if l.MemberID == m.ID {
+				delete(st.locks, k)
+			}
+		}
+	}
 }
 
 // checkMember returns nil if id names an alive member.
@@ -106,8 +131,10 @@ func (st *state) setAssignments(index uint64, op *ipb.SetAssignmentsOp) Result {
 		}
 	}
 	for _, b := range op.Buckets {
-		st.buckets[b.Bucket] = Assignment{b.Primary, b.LocalBackup, b.RemoteBackup, index}
+		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup,
+			RemoteBackup: b.RemoteBackup, Epoch: index, Revision: index}
 	}
+	st.topologyChanged = st.topologyChanged || len(op.Buckets) > 0
 	return Result{Epoch: index}
 }
 
@@ -134,18 +161,14 @@ func (f *FSM) Members() []Member {
 	return out
 }
 
-// Assignment returns bucket b's assignment.
-func (f *FSM) Assignment(b uint32) (Assignment, bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if b >= uint32(len(f.st.buckets)) {
-		return Assignment{}, false
-	}
-	return f.st.buckets[b], true
-}
-
 // Proto converts a member record to its API form.
 func (m Member) Proto() *pb.Member {
-	return &pb.Member{Id: m.ID, Site: m.Site, RaftAddr: m.RaftAddr, GrpcAddr: m.GRPCAddr,
-		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex}
+	return &pb.Member{Id: m.ID, Site: m.Site, RaftAddr: m.RaftAddr, GrpcAddr: m.GRPCAddr, GossipAddr: m.GossipAddr,
+		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter}
+}
+
+// memberFromProto is the inverse of Member.Proto.
+func memberFromProto(m *pb.Member) *Member {
+	return &Member{ID: m.Id, Site: m.Site, RaftAddr: m.RaftAddr, GRPCAddr: m.GrpcAddr, GossipAddr: m.GossipAddr,
+		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter}
 }

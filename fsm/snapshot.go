@@ -92,8 +92,7 @@ func (st *state) writeTo(w io.Writer) error {
 	}
 	for i, a := range st.buckets {
 		if a != (Assignment{}) {
-			emit(&ipb.BucketRecord{Bucket: uint32(i), Primary: a.Primary, LocalBackup: a.LocalBackup,
-				RemoteBackup: a.RemoteBackup, Epoch: a.Epoch})
+			emit(a.record(uint32(i)))
 		}
 	}
 	for _, k := range st.claims.sortedKeys() {
@@ -198,14 +197,14 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		st.buckets = make([]Assignment, h.BucketCount)
 	case *ipb.SnapshotRecord_Member:
 		m := r.Member
-		st.members[m.Id] = &Member{ID: m.Id, Site: m.Site, RaftAddr: m.RaftAddr, GRPCAddr: m.GrpcAddr,
-			Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex}
+		st.members[m.Id] = memberFromProto(m)
 	case *ipb.SnapshotRecord_Bucket:
 		b := r.Bucket
 		if b.Bucket >= st.bucketCount {
 			return fmt.Errorf("bucket %d out of range %d", b.Bucket, st.bucketCount)
 		}
-		st.buckets[b.Bucket] = Assignment{b.Primary, b.LocalBackup, b.RemoteBackup, b.Epoch}
+		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
+			Epoch: b.Epoch, BackupSynced: b.BackupSynced, Handoff: b.Handoff, Revision: b.Revision}
 	case *ipb.SnapshotRecord_Claim:
 		k, err := KeyFromBytes(r.Claim.Key)
 		if err != nil {

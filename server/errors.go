@@ -35,6 +35,7 @@ var codeFor = map[*fsm.Error]codes.Code{
 	fsm.ErrMemberNotAlive:     codes.FailedPrecondition,
 	fsm.ErrSiteMismatch:       codes.FailedPrecondition,
 	fsm.ErrStaleRequest:       codes.FailedPrecondition,
+	fsm.ErrAssignmentChanged:  codes.Aborted,
 	fsm.ErrNotClaimed:         codes.NotFound,
 	fsm.ErrLockNotHeld:        codes.NotFound,
 	fsm.ErrSiteNotInitialised: codes.Unavailable,

@@ -76,6 +76,17 @@ type StatusResponse struct {
 	ClaimCount    uint64 `protobuf:"varint,12,opt,name=claim_count,json=claimCount,proto3" json:"claim_count,omitempty"`
 	LockCount     uint64 `protobuf:"varint,13,opt,name=lock_count,json=lockCount,proto3" json:"lock_count,omitempty"`
 	Version       string `protobuf:"bytes,14,opt,name=version,proto3" json:"version,omitempty"`
+	// Random number chosen when this connsyncd process started; a restarted
+	// member has a new one.
+	Incarnation uint64 `protobuf:"varint,15,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Whether this member holds a valid member lease: only then does it act as
+	// primary for its buckets.
+	LeaseValid bool `protobuf:"varint,16,opt,name=lease_valid,json=leaseValid,proto3" json:"lease_valid,omitempty"`
+	// How many buckets this member acts as primary for right now (its lease is
+	// valid and its state machine has caught up with the lease grant).
+	ActiveBuckets uint32 `protobuf:"varint,17,opt,name=active_buckets,json=activeBuckets,proto3" json:"active_buckets,omitempty"`
+	// Gossip address, "" without gossip.
+	GossipAddr    string `protobuf:"bytes,18,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -208,6 +219,34 @@ func (x *StatusResponse) GetVersion() string {
 	return ""
 }
 
+func (x *StatusResponse) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLeaseValid() bool {
+	if x != nil {
+		return x.LeaseValid
+	}
+	return false
+}
+
+func (x *StatusResponse) GetActiveBuckets() uint32 {
+	if x != nil {
+		return x.ActiveBuckets
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
 type ListMembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Consistency   ReadConsistency        `protobuf:"varint,1,opt,name=consistency,proto3,enum=connsync.v1.ReadConsistency" json:"consistency,omitempty"`
@@ -253,8 +292,11 @@ func (x *ListMembersRequest) GetConsistency() ReadConsistency {
 }
 
 type ListMembersResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Members       []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*Member              `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// One per member, same order: what the answering member knows beyond the
+	// state machine's record.
+	Details       []*MemberDetail `protobuf:"bytes,2,rep,name=details,proto3" json:"details,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,6 +338,112 @@ func (x *ListMembersResponse) GetMembers() []*Member {
 	return nil
 }
 
+func (x *ListMembersResponse) GetDetails() []*MemberDetail {
+	if x != nil {
+		return x.Details
+	}
+	return nil
+}
+
+// MemberDetail is a member's role and load as the answering member sees it.
+type MemberDetail struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	MemberId string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// Buckets it is primary / local backup for.
+	PrimaryBuckets uint32 `protobuf:"varint,2,opt,name=primary_buckets,json=primaryBuckets,proto3" json:"primary_buckets,omitempty"`
+	BackupBuckets  uint32 `protobuf:"varint,3,opt,name=backup_buckets,json=backupBuckets,proto3" json:"backup_buckets,omitempty"`
+	// Voter, Nonvoter, Staging, or "" if not in the Raft configuration.
+	RaftSuffrage string `protobuf:"bytes,4,opt,name=raft_suffrage,json=raftSuffrage,proto3" json:"raft_suffrage,omitempty"`
+	Leader       bool   `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Alive, Suspect, Dead, Left or "" (unknown to gossip), as the answering
+	// member's gossip pool sees it.
+	GossipState string `protobuf:"bytes,6,opt,name=gossip_state,json=gossipState,proto3" json:"gossip_state,omitempty"`
+	// Milliseconds since the leader last heard this member's lease heartbeat;
+	// -1 when the answering member is not the leader or never heard it.
+	HeartbeatAgeMs int64 `protobuf:"varint,7,opt,name=heartbeat_age_ms,json=heartbeatAgeMs,proto3" json:"heartbeat_age_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MemberDetail) Reset() {
+	*x = MemberDetail{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberDetail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberDetail) ProtoMessage() {}
+
+func (x *MemberDetail) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberDetail.ProtoReflect.Descriptor instead.
+func (*MemberDetail) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *MemberDetail) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *MemberDetail) GetPrimaryBuckets() uint32 {
+	if x != nil {
+		return x.PrimaryBuckets
+	}
+	return 0
+}
+
+func (x *MemberDetail) GetBackupBuckets() uint32 {
+	if x != nil {
+		return x.BackupBuckets
+	}
+	return 0
+}
+
+func (x *MemberDetail) GetRaftSuffrage() string {
+	if x != nil {
+		return x.RaftSuffrage
+	}
+	return ""
+}
+
+func (x *MemberDetail) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *MemberDetail) GetGossipState() string {
+	if x != nil {
+		return x.GossipState
+	}
+	return ""
+}
+
+func (x *MemberDetail) GetHeartbeatAgeMs() int64 {
+	if x != nil {
+		return x.HeartbeatAgeMs
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Member ID, 1-64 characters of [A-Za-z0-9._-].
@@ -315,7 +463,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -327,7 +475,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -340,7 +488,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinRequest) GetMemberId() string {
@@ -394,7 +542,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +554,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +567,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinResponse) GetMember() *Member {
@@ -438,7 +586,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +598,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +611,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveMemberRequest) GetMemberId() string {
@@ -481,7 +629,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +641,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +654,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 type ListRaftPeersRequest struct {
@@ -517,7 +665,7 @@ type ListRaftPeersRequest struct {
 
 func (x *ListRaftPeersRequest) Reset() {
 	*x = ListRaftPeersRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +677,7 @@ func (x *ListRaftPeersRequest) String() string {
 func (*ListRaftPeersRequest) ProtoMessage() {}
 
 func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +690,7 @@ func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 // RaftPeer is one server of the Raft configuration.
@@ -559,7 +707,7 @@ type RaftPeer struct {
 
 func (x *RaftPeer) Reset() {
 	*x = RaftPeer{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +719,7 @@ func (x *RaftPeer) String() string {
 func (*RaftPeer) ProtoMessage() {}
 
 func (x *RaftPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +732,7 @@ func (x *RaftPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftPeer.ProtoReflect.Descriptor instead.
 func (*RaftPeer) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RaftPeer) GetId() string {
@@ -624,7 +772,7 @@ type ListRaftPeersResponse struct {
 
 func (x *ListRaftPeersResponse) Reset() {
 	*x = ListRaftPeersResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +784,7 @@ func (x *ListRaftPeersResponse) String() string {
 func (*ListRaftPeersResponse) ProtoMessage() {}
 
 func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +797,7 @@ func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListRaftPeersResponse) GetPeers() []*RaftPeer {
@@ -668,7 +816,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +828,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +841,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TransferLeadershipRequest) GetMemberId() string {
@@ -712,7 +860,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +872,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +885,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -747,12 +895,277 @@ func (x *TransferLeadershipResponse) GetLeaderId() string {
 	return ""
 }
 
+type RebalanceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only report the plan.
+	DryRun        bool `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RebalanceRequest) Reset() {
+	*x = RebalanceRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceRequest) ProtoMessage() {}
+
+func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
+func (*RebalanceRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RebalanceRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// BucketMove is one planned make-before-break move.
+type BucketMove struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bucket        uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	FromMember    string                 `protobuf:"bytes,2,opt,name=from_member,json=fromMember,proto3" json:"from_member,omitempty"`
+	ToMember      string                 `protobuf:"bytes,3,opt,name=to_member,json=toMember,proto3" json:"to_member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketMove) Reset() {
+	*x = BucketMove{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketMove) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketMove) ProtoMessage() {}
+
+func (x *BucketMove) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketMove.ProtoReflect.Descriptor instead.
+func (*BucketMove) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BucketMove) GetBucket() uint32 {
+	if x != nil {
+		return x.Bucket
+	}
+	return 0
+}
+
+func (x *BucketMove) GetFromMember() string {
+	if x != nil {
+		return x.FromMember
+	}
+	return ""
+}
+
+func (x *BucketMove) GetToMember() string {
+	if x != nil {
+		return x.ToMember
+	}
+	return ""
+}
+
+type RebalanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Moves []*BucketMove          `protobuf:"bytes,1,rep,name=moves,proto3" json:"moves,omitempty"`
+	// Largest primary count per unit of weight over the mean, before and after
+	// the moves (1.0 is perfect).
+	ImbalanceBefore float64 `protobuf:"fixed64,2,opt,name=imbalance_before,json=imbalanceBefore,proto3" json:"imbalance_before,omitempty"`
+	ImbalanceAfter  float64 `protobuf:"fixed64,3,opt,name=imbalance_after,json=imbalanceAfter,proto3" json:"imbalance_after,omitempty"`
+	// Moves of earlier rebalances still waiting for their target's full sync.
+	MovesInProgress uint32 `protobuf:"varint,4,opt,name=moves_in_progress,json=movesInProgress,proto3" json:"moves_in_progress,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RebalanceResponse) Reset() {
+	*x = RebalanceResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RebalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RebalanceResponse) ProtoMessage() {}
+
+func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
+func (*RebalanceResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RebalanceResponse) GetMoves() []*BucketMove {
+	if x != nil {
+		return x.Moves
+	}
+	return nil
+}
+
+func (x *RebalanceResponse) GetImbalanceBefore() float64 {
+	if x != nil {
+		return x.ImbalanceBefore
+	}
+	return 0
+}
+
+func (x *RebalanceResponse) GetImbalanceAfter() float64 {
+	if x != nil {
+		return x.ImbalanceAfter
+	}
+	return 0
+}
+
+func (x *RebalanceResponse) GetMovesInProgress() uint32 {
+	if x != nil {
+		return x.MovesInProgress
+	}
+	return 0
+}
+
+type DrainRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DrainRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *Member                `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DrainResponse) GetMember() *Member {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
 var File_connsync_v1_operator_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\"\x0f\n" +
-	"\rStatusRequest\"\xcb\x03\n" +
+	"\rStatusRequest\"\xd6\x04\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1d\n" +
@@ -771,11 +1184,26 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"claimCount\x12\x1d\n" +
 	"\n" +
 	"lock_count\x18\r \x01(\x04R\tlockCount\x12\x18\n" +
-	"\aversion\x18\x0e \x01(\tR\aversion\"T\n" +
+	"\aversion\x18\x0e \x01(\tR\aversion\x12 \n" +
+	"\vincarnation\x18\x0f \x01(\x04R\vincarnation\x12\x1f\n" +
+	"\vlease_valid\x18\x10 \x01(\bR\n" +
+	"leaseValid\x12%\n" +
+	"\x0eactive_buckets\x18\x11 \x01(\rR\ractiveBuckets\x12\x1f\n" +
+	"\vgossip_addr\x18\x12 \x01(\tR\n" +
+	"gossipAddr\"T\n" +
 	"\x12ListMembersRequest\x12>\n" +
-	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"D\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"y\n" +
 	"\x13ListMembersResponse\x12-\n" +
-	"\amembers\x18\x01 \x03(\v2\x13.connsync.v1.MemberR\amembers\"\xac\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x13.connsync.v1.MemberR\amembers\x123\n" +
+	"\adetails\x18\x02 \x03(\v2\x19.connsync.v1.MemberDetailR\adetails\"\x85\x02\n" +
+	"\fMemberDetail\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12'\n" +
+	"\x0fprimary_buckets\x18\x02 \x01(\rR\x0eprimaryBuckets\x12%\n" +
+	"\x0ebackup_buckets\x18\x03 \x01(\rR\rbackupBuckets\x12#\n" +
+	"\rraft_suffrage\x18\x04 \x01(\tR\fraftSuffrage\x12\x16\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12!\n" +
+	"\fgossip_state\x18\x06 \x01(\tR\vgossipState\x12(\n" +
+	"\x10heartbeat_age_ms\x18\a \x01(\x03R\x0eheartbeatAgeMs\"\xac\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +
@@ -799,14 +1227,33 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\"9\n" +
 	"\x1aTransferLeadershipResponse\x12\x1b\n" +
-	"\tleader_id\x18\x01 \x01(\tR\bleaderId2\xf7\x03\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\"+\n" +
+	"\x10RebalanceRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"b\n" +
+	"\n" +
+	"BucketMove\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x1f\n" +
+	"\vfrom_member\x18\x02 \x01(\tR\n" +
+	"fromMember\x12\x1b\n" +
+	"\tto_member\x18\x03 \x01(\tR\btoMember\"\xc2\x01\n" +
+	"\x11RebalanceResponse\x12-\n" +
+	"\x05moves\x18\x01 \x03(\v2\x17.connsync.v1.BucketMoveR\x05moves\x12)\n" +
+	"\x10imbalance_before\x18\x02 \x01(\x01R\x0fimbalanceBefore\x12'\n" +
+	"\x0fimbalance_after\x18\x03 \x01(\x01R\x0eimbalanceAfter\x12*\n" +
+	"\x11moves_in_progress\x18\x04 \x01(\rR\x0fmovesInProgress\"+\n" +
+	"\fDrainRequest\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\"<\n" +
+	"\rDrainResponse\x12+\n" +
+	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member2\x83\x05\n" +
 	"\x0fOperatorService\x12A\n" +
 	"\x06Status\x12\x1a.connsync.v1.StatusRequest\x1a\x1b.connsync.v1.StatusResponse\x12P\n" +
 	"\vListMembers\x12\x1f.connsync.v1.ListMembersRequest\x1a .connsync.v1.ListMembersResponse\x12;\n" +
 	"\x04Join\x12\x18.connsync.v1.JoinRequest\x1a\x19.connsync.v1.JoinResponse\x12S\n" +
 	"\fRemoveMember\x12 .connsync.v1.RemoveMemberRequest\x1a!.connsync.v1.RemoveMemberResponse\x12V\n" +
 	"\rListRaftPeers\x12!.connsync.v1.ListRaftPeersRequest\x1a\".connsync.v1.ListRaftPeersResponse\x12e\n" +
-	"\x12TransferLeadership\x12&.connsync.v1.TransferLeadershipRequest\x1a'.connsync.v1.TransferLeadershipResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\x12TransferLeadership\x12&.connsync.v1.TransferLeadershipRequest\x1a'.connsync.v1.TransferLeadershipResponse\x12J\n" +
+	"\tRebalance\x12\x1d.connsync.v1.RebalanceRequest\x1a\x1e.connsync.v1.RebalanceResponse\x12>\n" +
+	"\x05Drain\x12\x19.connsync.v1.DrainRequest\x1a\x1a.connsync.v1.DrainResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_operator_proto_rawDescOnce sync.Once
@@ -820,46 +1267,59 @@ func file_connsync_v1_operator_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_operator_proto_rawDescData
 }
 
-var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_connsync_v1_operator_proto_goTypes = []any{
 	(*StatusRequest)(nil),              // 0: connsync.v1.StatusRequest
 	(*StatusResponse)(nil),             // 1: connsync.v1.StatusResponse
 	(*ListMembersRequest)(nil),         // 2: connsync.v1.ListMembersRequest
 	(*ListMembersResponse)(nil),        // 3: connsync.v1.ListMembersResponse
-	(*JoinRequest)(nil),                // 4: connsync.v1.JoinRequest
-	(*JoinResponse)(nil),               // 5: connsync.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 6: connsync.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 7: connsync.v1.RemoveMemberResponse
-	(*ListRaftPeersRequest)(nil),       // 8: connsync.v1.ListRaftPeersRequest
-	(*RaftPeer)(nil),                   // 9: connsync.v1.RaftPeer
-	(*ListRaftPeersResponse)(nil),      // 10: connsync.v1.ListRaftPeersResponse
-	(*TransferLeadershipRequest)(nil),  // 11: connsync.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 12: connsync.v1.TransferLeadershipResponse
-	(ReadConsistency)(0),               // 13: connsync.v1.ReadConsistency
-	(*Member)(nil),                     // 14: connsync.v1.Member
+	(*MemberDetail)(nil),               // 4: connsync.v1.MemberDetail
+	(*JoinRequest)(nil),                // 5: connsync.v1.JoinRequest
+	(*JoinResponse)(nil),               // 6: connsync.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 7: connsync.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 8: connsync.v1.RemoveMemberResponse
+	(*ListRaftPeersRequest)(nil),       // 9: connsync.v1.ListRaftPeersRequest
+	(*RaftPeer)(nil),                   // 10: connsync.v1.RaftPeer
+	(*ListRaftPeersResponse)(nil),      // 11: connsync.v1.ListRaftPeersResponse
+	(*TransferLeadershipRequest)(nil),  // 12: connsync.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 13: connsync.v1.TransferLeadershipResponse
+	(*RebalanceRequest)(nil),           // 14: connsync.v1.RebalanceRequest
+	(*BucketMove)(nil),                 // 15: connsync.v1.BucketMove
+	(*RebalanceResponse)(nil),          // 16: connsync.v1.RebalanceResponse
+	(*DrainRequest)(nil),               // 17: connsync.v1.DrainRequest
+	(*DrainResponse)(nil),              // 18: connsync.v1.DrainResponse
+	(ReadConsistency)(0),               // 19: connsync.v1.ReadConsistency
+	(*Member)(nil),                     // 20: connsync.v1.Member
 }
 var file_connsync_v1_operator_proto_depIdxs = []int32{
-	13, // 0: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
-	14, // 1: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
-	14, // 2: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
-	9,  // 3: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
-	0,  // 4: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
-	2,  // 5: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
-	4,  // 6: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
-	6,  // 7: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
-	8,  // 8: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
-	11, // 9: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
-	1,  // 10: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
-	3,  // 11: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
-	5,  // 12: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
-	7,  // 13: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
-	10, // 14: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
-	12, // 15: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	19, // 0: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	20, // 1: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
+	4,  // 2: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
+	20, // 3: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
+	10, // 4: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
+	15, // 5: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
+	20, // 6: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
+	0,  // 7: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
+	2,  // 8: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
+	5,  // 9: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
+	7,  // 10: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
+	9,  // 11: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
+	12, // 12: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
+	14, // 13: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
+	17, // 14: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
+	1,  // 15: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
+	3,  // 16: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
+	6,  // 17: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
+	8,  // 18: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
+	11, // 19: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
+	13, // 20: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
+	16, // 21: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
+	18, // 22: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_operator_proto_init() }
@@ -874,7 +1334,7 @@ func file_connsync_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_operator_proto_rawDesc), len(file_connsync_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,8 @@ const (
 	OperatorService_RemoveMember_FullMethodName       = "/connsync.v1.OperatorService/RemoveMember"
 	OperatorService_ListRaftPeers_FullMethodName      = "/connsync.v1.OperatorService/ListRaftPeers"
 	OperatorService_TransferLeadership_FullMethodName = "/connsync.v1.OperatorService/TransferLeadership"
+	OperatorService_Rebalance_FullMethodName          = "/connsync.v1.OperatorService/Rebalance"
+	OperatorService_Drain_FullMethodName              = "/connsync.v1.OperatorService/Drain"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -48,6 +50,15 @@ type OperatorServiceClient interface {
 	// TransferLeadership hands leadership to member_id, or to the most
 	// up-to-date voter if member_id is "".
 	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
+	// Rebalance plans the moves that even out the buckets over the alive
+	// members by weight, and starts them unless dry_run is set. Moves are
+	// make-before-break: the target first becomes the bucket's local backup,
+	// and takes over as primary once its full sync is done.
+	Rebalance(ctx context.Context, in *RebalanceRequest, opts ...grpc.CallOption) (*RebalanceResponse, error)
+	// Drain empties a member: it gets no new buckets and every bucket it holds
+	// moves away make-before-break (leadership too, if it leads). Idempotent;
+	// poll ListMembers until its bucket counts reach zero, then RemoveMember.
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -118,6 +129,26 @@ func (c *operatorServiceClient) TransferLeadership(ctx context.Context, in *Tran
 	return out, nil
 }
 
+func (c *operatorServiceClient) Rebalance(ctx context.Context, in *RebalanceRequest, opts ...grpc.CallOption) (*RebalanceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RebalanceResponse)
+	err := c.cc.Invoke(ctx, OperatorService_Rebalance_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, OperatorService_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -139,6 +170,15 @@ type OperatorServiceServer interface {
 	// TransferLeadership hands leadership to member_id, or to the most
 	// up-to-date voter if member_id is "".
 	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
+	// Rebalance plans the moves that even out the buckets over the alive
+	// members by weight, and starts them unless dry_run is set. Moves are
+	// make-before-break: the target first becomes the bucket's local backup,
+	// and takes over as primary once its full sync is done.
+	Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error)
+	// Drain empties a member: it gets no new buckets and every bucket it holds
+	// moves away make-before-break (leadership too, if it leads). Idempotent;
+	// poll ListMembers until its bucket counts reach zero, then RemoveMember.
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -166,6 +206,12 @@ func (UnimplementedOperatorServiceServer) ListRaftPeers(context.Context, *ListRa
 }
 func (UnimplementedOperatorServiceServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeadership not implemented")
+}
+func (UnimplementedOperatorServiceServer) Rebalance(context.Context, *RebalanceRequest) (*RebalanceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rebalance not implemented")
+}
+func (UnimplementedOperatorServiceServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -296,6 +342,42 @@ func _OperatorService_TransferLeadership_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_Rebalance_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RebalanceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).Rebalance(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_Rebalance_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).Rebalance(ctx, req.(*RebalanceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +408,14 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeadership",
 			Handler:    _OperatorService_TransferLeadership_Handler,
+		},
+		{
+			MethodName: "Rebalance",
+			Handler:    _OperatorService_Rebalance_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _OperatorService_Drain_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -95,7 +95,8 @@ type Ownership struct {
 	// Set when the connection is explicitly claimed.
 	Claim *Claim `protobuf:"bytes,4,opt,name=claim,proto3" json:"claim,omitempty"`
 	// The member that should process the connection: the claim's member if
-	// claimed, otherwise the bucket's primary ("" if neither).
+	// claimed (and that member has not failed or left), otherwise the bucket's
+	// primary ("" if neither).
 	Owner string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
 	// Raft index the answering state machine had applied.
 	AppliedIndex  uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`

@@ -84,6 +84,9 @@ const (
 	MemberState_MEMBER_STATE_ALIVE       MemberState = 1
 	MemberState_MEMBER_STATE_LEFT        MemberState = 2
 	MemberState_MEMBER_STATE_FAILED      MemberState = 3
+	// Being emptied by `connsyncctl drain`: it keeps serving the buckets it
+	// holds until each has moved, and receives no new ones.
+	MemberState_MEMBER_STATE_DRAINING MemberState = 4
 )
 
 // Enum value maps for MemberState.
@@ -93,12 +96,14 @@ var (
 		1: "MEMBER_STATE_ALIVE",
 		2: "MEMBER_STATE_LEFT",
 		3: "MEMBER_STATE_FAILED",
+		4: "MEMBER_STATE_DRAINING",
 	}
 	MemberState_value = map[string]int32{
 		"MEMBER_STATE_UNSPECIFIED": 0,
 		"MEMBER_STATE_ALIVE":       1,
 		"MEMBER_STATE_LEFT":        2,
 		"MEMBER_STATE_FAILED":      3,
+		"MEMBER_STATE_DRAINING":    4,
 	}
 )
 
@@ -421,8 +426,19 @@ type Assignment struct {
 	Primary      string `protobuf:"bytes,2,opt,name=primary,proto3" json:"primary,omitempty"`
 	LocalBackup  string `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
 	RemoteBackup string `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
-	// Grows each time the assignment changes hands: the bucket's fencing epoch.
-	Epoch         uint64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Grows each time any role of the bucket changes hands (the Raft index of
+	// that change): the bucket's fencing epoch. A member acting for the bucket
+	// carries it; receivers refuse an older one.
+	Epoch uint64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The local backup has finished its full sync of the bucket and holds every
+	// connection of it.
+	BackupSynced bool `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	// A make-before-break move is under way: the local backup becomes primary
+	// (and the primary its backup) once backup_synced is set.
+	Handoff bool `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	// Raft index of the last change of any field of this assignment (>= epoch);
+	// WatchAssignments resumes from it.
+	Revision      uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -492,6 +508,27 @@ func (x *Assignment) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *Assignment) GetBackupSynced() bool {
+	if x != nil {
+		return x.BackupSynced
+	}
+	return false
+}
+
+func (x *Assignment) GetHandoff() bool {
+	if x != nil {
+		return x.Handoff
+	}
+	return false
+}
+
+func (x *Assignment) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // Member is one connsyncd of a site.
 type Member struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -505,7 +542,12 @@ type Member struct {
 	Weight uint32      `protobuf:"varint,5,opt,name=weight,proto3" json:"weight,omitempty"`
 	State  MemberState `protobuf:"varint,6,opt,name=state,proto3,enum=connsync.v1.MemberState" json:"state,omitempty"`
 	// Raft index of the entry that registered the member.
-	JoinedIndex   uint64 `protobuf:"varint,7,opt,name=joined_index,json=joinedIndex,proto3" json:"joined_index,omitempty"`
+	JoinedIndex uint64 `protobuf:"varint,7,opt,name=joined_index,json=joinedIndex,proto3" json:"joined_index,omitempty"`
+	// Advertised gossip (memberlist) address, host:port, UDP and TCP; "" if
+	// the member runs without gossip.
+	GossipAddr string `protobuf:"bytes,8,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// The member asked never to become a Raft voter.
+	Nonvoter      bool `protobuf:"varint,9,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +629,20 @@ func (x *Member) GetJoinedIndex() uint64 {
 		return x.JoinedIndex
 	}
 	return 0
+}
+
+func (x *Member) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *Member) GetNonvoter() bool {
+	if x != nil {
+		return x.Nonvoter
+	}
+	return false
 }
 
 // TcpWindow is one direction's TCP sequence tracking.
@@ -844,14 +900,17 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"ItemStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x9c\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xf7\x01\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +
 	"\flocal_backup\x18\x03 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x04 \x01(\tR\fremoteBackup\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\xd1\x01\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12#\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
+	"\ahandoff\x18\a \x01(\bR\ahandoff\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\"\x8e\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +
@@ -859,7 +918,10 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x04 \x01(\tR\bgrpcAddr\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12.\n" +
 	"\x05state\x18\x06 \x01(\x0e2\x18.connsync.v1.MemberStateR\x05state\x12!\n" +
-	"\fjoined_index\x18\a \x01(\x04R\vjoinedIndex\"r\n" +
+	"\fjoined_index\x18\a \x01(\x04R\vjoinedIndex\x12\x1f\n" +
+	"\vgossip_addr\x18\b \x01(\tR\n" +
+	"gossipAddr\x12\x1a\n" +
+	"\bnonvoter\x18\t \x01(\bR\bnonvoter\"r\n" +
 	"\tTcpWindow\x12\x10\n" +
 	"\x03end\x18\x01 \x01(\rR\x03end\x12\x17\n" +
 	"\amax_end\x18\x02 \x01(\rR\x06maxEnd\x12\x17\n" +
@@ -884,12 +946,13 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\x0fReadConsistency\x12 \n" +
 	"\x1cREAD_CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16READ_CONSISTENCY_LOCAL\x10\x01\x12!\n" +
-	"\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x02*s\n" +
+	"\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x02*\x8e\x01\n" +
 	"\vMemberState\x12\x1c\n" +
 	"\x18MEMBER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12MEMBER_STATE_ALIVE\x10\x01\x12\x15\n" +
 	"\x11MEMBER_STATE_LEFT\x10\x02\x12\x17\n" +
-	"\x13MEMBER_STATE_FAILED\x10\x03*\xec\x01\n" +
+	"\x13MEMBER_STATE_FAILED\x10\x03\x12\x19\n" +
+	"\x15MEMBER_STATE_DRAINING\x10\x04*\xec\x01\n" +
 	"\bTcpState\x12\x19\n" +
 	"\x15TCP_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12TCP_STATE_SYN_SENT\x10\x01\x12\x1a\n" +

@@ -169,6 +169,8 @@ type Op struct {
 	//	*Op_SetAssignments
 	//	*Op_ClaimBatch
 	//	*Op_ReleaseBatch
+	//	*Op_Reassign
+	//	*Op_MarkSynced
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -310,6 +312,24 @@ func (x *Op) GetReleaseBatch() *ReleaseBatchOp {
 	return nil
 }
 
+func (x *Op) GetReassign() *ReassignOp {
+	if x != nil {
+		if x, ok := x.Op.(*Op_Reassign); ok {
+			return x.Reassign
+		}
+	}
+	return nil
+}
+
+func (x *Op) GetMarkSynced() *MarkSyncedOp {
+	if x != nil {
+		if x, ok := x.Op.(*Op_MarkSynced); ok {
+			return x.MarkSynced
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -358,6 +378,14 @@ type Op_ReleaseBatch struct {
 	ReleaseBatch *ReleaseBatchOp `protobuf:"bytes,11,opt,name=release_batch,json=releaseBatch,proto3,oneof"`
 }
 
+type Op_Reassign struct {
+	Reassign *ReassignOp `protobuf:"bytes,12,opt,name=reassign,proto3,oneof"`
+}
+
+type Op_MarkSynced struct {
+	MarkSynced *MarkSyncedOp `protobuf:"bytes,13,opt,name=mark_synced,json=markSynced,proto3,oneof"`
+}
+
 func (*Op_Claim) isOp_Op() {}
 
 func (*Op_Release) isOp_Op() {}
@@ -379,6 +407,10 @@ func (*Op_SetAssignments) isOp_Op() {}
 func (*Op_ClaimBatch) isOp_Op() {}
 
 func (*Op_ReleaseBatch) isOp_Op() {}
+
+func (*Op_Reassign) isOp_Op() {}
+
+func (*Op_MarkSynced) isOp_Op() {}
 
 // Keys are the canonical binary encoding of fsm.Key.
 type ClaimOp struct {
@@ -983,6 +1015,220 @@ func (x *SetAssignmentsOp) GetBuckets() []*BucketRecord {
 	return nil
 }
 
+// ReassignOp changes member states and bucket assignments in one step, all
+// or nothing: the leader's failover, rebalance and drain decisions. Member
+// states change first; the buckets are then checked against the new states.
+// Each bucket change names the epoch it was planned from and fails the whole
+// operation if the bucket has changed since (compare-and-set), so a plan made
+// from a stale view is never applied.
+type ReassignOp struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Members []*SetMemberStateOp    `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	Buckets []*BucketChange        `protobuf:"bytes,2,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	// Why, for the log: "failover m3", "rebalance", "drain m2", ...
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReassignOp) Reset() {
+	*x = ReassignOp{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReassignOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReassignOp) ProtoMessage() {}
+
+func (x *ReassignOp) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReassignOp.ProtoReflect.Descriptor instead.
+func (*ReassignOp) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReassignOp) GetMembers() []*SetMemberStateOp {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ReassignOp) GetBuckets() []*BucketChange {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *ReassignOp) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type BucketChange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bucket        uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	PrevEpoch     uint64                 `protobuf:"varint,2,opt,name=prev_epoch,json=prevEpoch,proto3" json:"prev_epoch,omitempty"`
+	Primary       string                 `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
+	LocalBackup   string                 `protobuf:"bytes,4,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
+	RemoteBackup  string                 `protobuf:"bytes,5,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
+	BackupSynced  bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	Handoff       bool                   `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketChange) Reset() {
+	*x = BucketChange{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketChange) ProtoMessage() {}
+
+func (x *BucketChange) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketChange.ProtoReflect.Descriptor instead.
+func (*BucketChange) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *BucketChange) GetBucket() uint32 {
+	if x != nil {
+		return x.Bucket
+	}
+	return 0
+}
+
+func (x *BucketChange) GetPrevEpoch() uint64 {
+	if x != nil {
+		return x.PrevEpoch
+	}
+	return 0
+}
+
+func (x *BucketChange) GetPrimary() string {
+	if x != nil {
+		return x.Primary
+	}
+	return ""
+}
+
+func (x *BucketChange) GetLocalBackup() string {
+	if x != nil {
+		return x.LocalBackup
+	}
+	return ""
+}
+
+func (x *BucketChange) GetRemoteBackup() string {
+	if x != nil {
+		return x.RemoteBackup
+	}
+	return ""
+}
+
+func (x *BucketChange) GetBackupSynced() bool {
+	if x != nil {
+		return x.BackupSynced
+	}
+	return false
+}
+
+func (x *BucketChange) GetHandoff() bool {
+	if x != nil {
+		return x.Handoff
+	}
+	return false
+}
+
+// MarkSyncedOp records that member_id finished the full sync of buckets it
+// is the local backup of. A bucket whose epoch or local backup differs from
+// the report is skipped (the report is stale), not an error.
+type MarkSyncedOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Buckets       []*v1.BucketEpoch      `protobuf:"bytes,2,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MarkSyncedOp) Reset() {
+	*x = MarkSyncedOp{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MarkSyncedOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MarkSyncedOp) ProtoMessage() {}
+
+func (x *MarkSyncedOp) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MarkSyncedOp.ProtoReflect.Descriptor instead.
+func (*MarkSyncedOp) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MarkSyncedOp) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *MarkSyncedOp) GetBuckets() []*v1.BucketEpoch {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
 // OpResult is the outcome of one Op, kept in idempotency sessions and
 // snapshots. code is an fsm error code, 0 for success.
 type OpResult struct {
@@ -999,7 +1245,7 @@ type OpResult struct {
 
 func (x *OpResult) Reset() {
 	*x = OpResult{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1257,7 @@ func (x *OpResult) String() string {
 func (*OpResult) ProtoMessage() {}
 
 func (x *OpResult) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1270,7 @@ func (x *OpResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpResult.ProtoReflect.Descriptor instead.
 func (*OpResult) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *OpResult) GetCode() uint32 {
@@ -1088,7 +1334,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1346,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1359,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1234,7 +1480,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1492,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1505,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1318,13 +1564,16 @@ type BucketRecord struct {
 	LocalBackup   string                 `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
 	RemoteBackup  string                 `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
 	Epoch         uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	BackupSynced  bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	Handoff       bool                   `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
+	Revision      uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BucketRecord) Reset() {
 	*x = BucketRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1585,7 @@ func (x *BucketRecord) String() string {
 func (*BucketRecord) ProtoMessage() {}
 
 func (x *BucketRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1598,7 @@ func (x *BucketRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketRecord.ProtoReflect.Descriptor instead.
 func (*BucketRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BucketRecord) GetBucket() uint32 {
@@ -1387,6 +1636,27 @@ func (x *BucketRecord) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *BucketRecord) GetBackupSynced() bool {
+	if x != nil {
+		return x.BackupSynced
+	}
+	return false
+}
+
+func (x *BucketRecord) GetHandoff() bool {
+	if x != nil {
+		return x.Handoff
+	}
+	return false
+}
+
+func (x *BucketRecord) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ClaimRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1398,7 +1668,7 @@ type ClaimRecord struct {
 
 func (x *ClaimRecord) Reset() {
 	*x = ClaimRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1680,7 @@ func (x *ClaimRecord) String() string {
 func (*ClaimRecord) ProtoMessage() {}
 
 func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1693,7 @@ func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimRecord.ProtoReflect.Descriptor instead.
 func (*ClaimRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ClaimRecord) GetKey() []byte {
@@ -1460,7 +1730,7 @@ type LockRecord struct {
 
 func (x *LockRecord) Reset() {
 	*x = LockRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1742,7 @@ func (x *LockRecord) String() string {
 func (*LockRecord) ProtoMessage() {}
 
 func (x *LockRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1755,7 @@ func (x *LockRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockRecord.ProtoReflect.Descriptor instead.
 func (*LockRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LockRecord) GetKey() []byte {
@@ -1535,7 +1805,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1817,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1830,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{20}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SessionRecord) GetClientId() uint64 {
@@ -1601,7 +1871,7 @@ type SessionResponse struct {
 
 func (x *SessionResponse) Reset() {
 	*x = SessionResponse{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1883,7 @@ func (x *SessionResponse) String() string {
 func (*SessionResponse) ProtoMessage() {}
 
 func (x *SessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1896,7 @@ func (x *SessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
 func (*SessionResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{21}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SessionResponse) GetSeq() uint64 {
@@ -1647,7 +1917,7 @@ var File_connsync_raftlog_v1_log_proto protoreflect.FileDescriptor
 
 const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\n" +
-	"\x1dconnsync/raftlog/v1/log.proto\x12\x13connsync.raftlog.v1\x1a\x17connsync/v1/types.proto\"j\n" +
+	"\x1dconnsync/raftlog/v1/log.proto\x12\x13connsync.raftlog.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\"j\n" +
 	"\x05Entry\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12;\n" +
 	"\tproposals\x18\x02 \x03(\v2\x1d.connsync.raftlog.v1.ProposalR\tproposals\"\x81\x01\n" +
@@ -1655,7 +1925,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tacked_seq\x18\x03 \x01(\x04R\backedSeq\x12)\n" +
-	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\x9a\x06\n" +
+	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\x9f\a\n" +
 	"\x02Op\x124\n" +
 	"\x05claim\x18\x01 \x01(\v2\x1c.connsync.raftlog.v1.ClaimOpH\x00R\x05claim\x12:\n" +
 	"\arelease\x18\x02 \x01(\v2\x1e.connsync.raftlog.v1.ReleaseOpH\x00R\arelease\x12G\n" +
@@ -1670,7 +1940,10 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\vclaim_batch\x18\n" +
 	" \x01(\v2!.connsync.raftlog.v1.ClaimBatchOpH\x00R\n" +
 	"claimBatch\x12J\n" +
-	"\rrelease_batch\x18\v \x01(\v2#.connsync.raftlog.v1.ReleaseBatchOpH\x00R\freleaseBatchB\x04\n" +
+	"\rrelease_batch\x18\v \x01(\v2#.connsync.raftlog.v1.ReleaseBatchOpH\x00R\freleaseBatch\x12=\n" +
+	"\breassign\x18\f \x01(\v2\x1f.connsync.raftlog.v1.ReassignOpH\x00R\breassign\x12D\n" +
+	"\vmark_synced\x18\r \x01(\v2!.connsync.raftlog.v1.MarkSyncedOpH\x00R\n" +
+	"markSyncedB\x04\n" +
 	"\x02op\"8\n" +
 	"\aClaimOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
@@ -1708,7 +1981,24 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12.\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x18.connsync.v1.MemberStateR\x05state\"O\n" +
 	"\x10SetAssignmentsOp\x12;\n" +
-	"\abuckets\x18\x01 \x03(\v2!.connsync.raftlog.v1.BucketRecordR\abuckets\"\xb4\x01\n" +
+	"\abuckets\x18\x01 \x03(\v2!.connsync.raftlog.v1.BucketRecordR\abuckets\"\xa2\x01\n" +
+	"\n" +
+	"ReassignOp\x12?\n" +
+	"\amembers\x18\x01 \x03(\v2%.connsync.raftlog.v1.SetMemberStateOpR\amembers\x12;\n" +
+	"\abuckets\x18\x02 \x03(\v2!.connsync.raftlog.v1.BucketChangeR\abuckets\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xe6\x01\n" +
+	"\fBucketChange\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x1d\n" +
+	"\n" +
+	"prev_epoch\x18\x02 \x01(\x04R\tprevEpoch\x12\x18\n" +
+	"\aprimary\x18\x03 \x01(\tR\aprimary\x12!\n" +
+	"\flocal_backup\x18\x04 \x01(\tR\vlocalBackup\x12#\n" +
+	"\rremote_backup\x18\x05 \x01(\tR\fremoteBackup\x12#\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
+	"\ahandoff\x18\a \x01(\bR\ahandoff\"_\n" +
+	"\fMarkSyncedOp\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x122\n" +
+	"\abuckets\x18\x02 \x03(\v2\x18.connsync.v1.BucketEpochR\abuckets\"\xb4\x01\n" +
 	"\bOpResult\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
@@ -1732,13 +2022,16 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"last_token\x18\x04 \x01(\x04R\tlastToken\x12\"\n" +
 	"\rnow_unix_nano\x18\x05 \x01(\x03R\vnowUnixNano\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12/\n" +
-	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\"\x9e\x01\n" +
+	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\"\xf9\x01\n" +
 	"\fBucketRecord\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +
 	"\flocal_backup\x18\x03 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x04 \x01(\tR\fremoteBackup\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"R\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12#\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
+	"\ahandoff\x18\a \x01(\bR\ahandoff\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\"R\n" +
 	"\vClaimRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
@@ -1771,7 +2064,7 @@ func file_connsync_raftlog_v1_log_proto_rawDescGZIP() []byte {
 	return file_connsync_raftlog_v1_log_proto_rawDescData
 }
 
-var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_connsync_raftlog_v1_log_proto_goTypes = []any{
 	(*Entry)(nil),            // 0: connsync.raftlog.v1.Entry
 	(*Proposal)(nil),         // 1: connsync.raftlog.v1.Proposal
@@ -1787,16 +2080,20 @@ var file_connsync_raftlog_v1_log_proto_goTypes = []any{
 	(*RegisterMemberOp)(nil), // 11: connsync.raftlog.v1.RegisterMemberOp
 	(*SetMemberStateOp)(nil), // 12: connsync.raftlog.v1.SetMemberStateOp
 	(*SetAssignmentsOp)(nil), // 13: connsync.raftlog.v1.SetAssignmentsOp
-	(*OpResult)(nil),         // 14: connsync.raftlog.v1.OpResult
-	(*SnapshotRecord)(nil),   // 15: connsync.raftlog.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),   // 16: connsync.raftlog.v1.SnapshotHeader
-	(*BucketRecord)(nil),     // 17: connsync.raftlog.v1.BucketRecord
-	(*ClaimRecord)(nil),      // 18: connsync.raftlog.v1.ClaimRecord
-	(*LockRecord)(nil),       // 19: connsync.raftlog.v1.LockRecord
-	(*SessionRecord)(nil),    // 20: connsync.raftlog.v1.SessionRecord
-	(*SessionResponse)(nil),  // 21: connsync.raftlog.v1.SessionResponse
-	(*v1.Member)(nil),        // 22: connsync.v1.Member
-	(v1.MemberState)(0),      // 23: connsync.v1.MemberState
+	(*ReassignOp)(nil),       // 14: connsync.raftlog.v1.ReassignOp
+	(*BucketChange)(nil),     // 15: connsync.raftlog.v1.BucketChange
+	(*MarkSyncedOp)(nil),     // 16: connsync.raftlog.v1.MarkSyncedOp
+	(*OpResult)(nil),         // 17: connsync.raftlog.v1.OpResult
+	(*SnapshotRecord)(nil),   // 18: connsync.raftlog.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),   // 19: connsync.raftlog.v1.SnapshotHeader
+	(*BucketRecord)(nil),     // 20: connsync.raftlog.v1.BucketRecord
+	(*ClaimRecord)(nil),      // 21: connsync.raftlog.v1.ClaimRecord
+	(*LockRecord)(nil),       // 22: connsync.raftlog.v1.LockRecord
+	(*SessionRecord)(nil),    // 23: connsync.raftlog.v1.SessionRecord
+	(*SessionResponse)(nil),  // 24: connsync.raftlog.v1.SessionResponse
+	(*v1.Member)(nil),        // 25: connsync.v1.Member
+	(v1.MemberState)(0),      // 26: connsync.v1.MemberState
+	(*v1.BucketEpoch)(nil),   // 27: connsync.v1.BucketEpoch
 }
 var file_connsync_raftlog_v1_log_proto_depIdxs = []int32{
 	1,  // 0: connsync.raftlog.v1.Entry.proposals:type_name -> connsync.raftlog.v1.Proposal
@@ -1812,22 +2109,27 @@ var file_connsync_raftlog_v1_log_proto_depIdxs = []int32{
 	13, // 10: connsync.raftlog.v1.Op.set_assignments:type_name -> connsync.raftlog.v1.SetAssignmentsOp
 	4,  // 11: connsync.raftlog.v1.Op.claim_batch:type_name -> connsync.raftlog.v1.ClaimBatchOp
 	5,  // 12: connsync.raftlog.v1.Op.release_batch:type_name -> connsync.raftlog.v1.ReleaseBatchOp
-	22, // 13: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
-	23, // 14: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
-	17, // 15: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
-	16, // 16: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
-	22, // 17: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
-	17, // 18: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
-	18, // 19: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
-	19, // 20: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
-	20, // 21: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
-	21, // 22: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
-	14, // 23: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	14, // 13: connsync.raftlog.v1.Op.reassign:type_name -> connsync.raftlog.v1.ReassignOp
+	16, // 14: connsync.raftlog.v1.Op.mark_synced:type_name -> connsync.raftlog.v1.MarkSyncedOp
+	25, // 15: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
+	26, // 16: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
+	20, // 17: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
+	12, // 18: connsync.raftlog.v1.ReassignOp.members:type_name -> connsync.raftlog.v1.SetMemberStateOp
+	15, // 19: connsync.raftlog.v1.ReassignOp.buckets:type_name -> connsync.raftlog.v1.BucketChange
+	27, // 20: connsync.raftlog.v1.MarkSyncedOp.buckets:type_name -> connsync.v1.BucketEpoch
+	19, // 21: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
+	25, // 22: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
+	20, // 23: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
+	21, // 24: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
+	22, // 25: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
+	23, // 26: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
+	24, // 27: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
+	17, // 28: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_connsync_raftlog_v1_log_proto_init() }
@@ -1847,8 +2149,10 @@ func file_connsync_raftlog_v1_log_proto_init() {
 		(*Op_SetAssignments)(nil),
 		(*Op_ClaimBatch)(nil),
 		(*Op_ReleaseBatch)(nil),
+		(*Op_Reassign)(nil),
+		(*Op_MarkSynced)(nil),
 	}
-	file_connsync_raftlog_v1_log_proto_msgTypes[15].OneofWrappers = []any{
+	file_connsync_raftlog_v1_log_proto_msgTypes[18].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Member)(nil),
 		(*SnapshotRecord_Bucket)(nil),
@@ -1862,7 +2166,7 @@ func file_connsync_raftlog_v1_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_raftlog_v1_log_proto_rawDesc), len(file_connsync_raftlog_v1_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
