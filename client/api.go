@@ -145,12 +145,60 @@ func (c *Client) Status(ctx context.Context) (st *pb.StatusResponse, err error) 
 
 // Members lists the site's members.
 func (c *Client) Members(ctx context.Context, consistency pb.ReadConsistency) (ms []*pb.Member, err error) {
+	r, err := c.MemberDetails(ctx, consistency)
+	return r.GetMembers(), err
+}
+
+// MemberDetails lists the site's members with their roles, bucket counts and
+// liveness as the answering member sees them.
+func (c *Client) MemberDetails(ctx context.Context, consistency pb.ReadConsistency) (r *pb.ListMembersResponse, err error) {
 	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
-		r, err := pb.NewOperatorServiceClient(cc).ListMembers(ctx, &pb.ListMembersRequest{Consistency: consistency}, o...)
-		ms = r.GetMembers()
+		r, err = pb.NewOperatorServiceClient(cc).ListMembers(ctx, &pb.ListMembersRequest{Consistency: consistency}, o...)
 		return err
 	})
-	return ms, err
+	return r, err
+}
+
+// Assignments returns the whole bucket map.
+func (c *Client) Assignments(ctx context.Context, consistency pb.ReadConsistency) (r *pb.ListAssignmentsResponse, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err = pb.NewAssignmentServiceClient(cc).ListAssignments(ctx, &pb.ListAssignmentsRequest{Consistency: consistency}, o...)
+		return err
+	})
+	return r, err
+}
+
+// WatchAssignments streams the bucket map of the member at the client's
+// first address (the firewall's own connsyncd): every assignment changed
+// after from (all of them if from is 0), then each change. The stream ends
+// with ctx; to resume after an error, watch again from the last revision
+// received.
+func (c *Client) WatchAssignments(ctx context.Context, from uint64) (pb.AssignmentService_WatchAssignmentsClient, error) {
+	cc, err := c.conn(c.cfg.Addrs[0])
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewAssignmentServiceClient(cc).WatchAssignments(ctx, &pb.WatchAssignmentsRequest{FromRevision: from})
+}
+
+// Rebalance plans (dryRun) or starts the moves that even out the buckets.
+// It is not retried: the plan depends on the state when it runs.
+func (c *Client) Rebalance(ctx context.Context, dryRun bool) (r *pb.RebalanceResponse, err error) {
+	err = c.callOnce(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err = pb.NewOperatorServiceClient(cc).Rebalance(ctx, &pb.RebalanceRequest{DryRun: dryRun}, o...)
+		return err
+	})
+	return r, err
+}
+
+// Drain starts moving every bucket away from member (idempotent).
+func (c *Client) Drain(ctx context.Context, member string) (m *pb.Member, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err := pb.NewOperatorServiceClient(cc).Drain(ctx, &pb.DrainRequest{MemberId: member}, o...)
+		m = r.GetMember()
+		return err
+	})
+	return m, err
 }
 
 // Join adds a member to the site.

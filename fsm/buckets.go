@@ -6,8 +6,8 @@ import (
 )
 
 // reassign applies a ReassignOp: member states first, then bucket changes
-// checked against the new states and the epochs they were planned from. All
-// or nothing: the whole operation is checked before anything changes.
+// checked against the new states and the revisions they were planned from.
+// All or nothing: the whole operation is checked before anything changes.
 //
 // A bucket's epoch becomes index when any of its roles changes hands; its
 // revision becomes index on any change.
@@ -43,9 +43,9 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 			return Result{Err: errorf(ErrInvalid, "bucket %d out of range (site has %d)", b.Bucket, st.bucketCount)}
 		case seen[b.Bucket]:
 			return Result{Err: errorf(ErrInvalid, "bucket %d changed twice", b.Bucket)}
-		case st.buckets[b.Bucket].Epoch != b.PrevEpoch:
-			return Result{Err: errorf(ErrAssignmentChanged, "bucket %d has epoch %d, the plan was made at %d",
-				b.Bucket, st.buckets[b.Bucket].Epoch, b.PrevEpoch)}
+		case st.buckets[b.Bucket].Revision != b.PrevRevision:
+			return Result{Err: errorf(ErrAssignmentChanged, "bucket %d is at revision %d, the plan was made at %d",
+				b.Bucket, st.buckets[b.Bucket].Revision, b.PrevRevision)}
 		case b.Primary != "" && b.Primary == b.LocalBackup:
 			return Result{Err: errorf(ErrInvalid, "bucket %d: %s cannot be its own local backup", b.Bucket, b.Primary)}
 		case b.Handoff && b.LocalBackup == "":

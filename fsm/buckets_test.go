@@ -36,7 +36,7 @@ func TestFSM_ReassignEpochsAndRevisions(t *testing.T) {
 	// Only the sync flag changes: the revision moves, the epoch does not
 	// (no role changed hands).
 	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
-		&ipb.BucketChange{Bucket: 2, PrevEpoch: first, Primary: "m2", LocalBackup: "m3", BackupSynced: true})))
+		&ipb.BucketChange{Bucket: 2, PrevRevision: first, Primary: "m2", LocalBackup: "m3", BackupSynced: true})))
 	if a, _ := f.Assignment(2); a.Epoch != first || a.Revision != idx || !a.BackupSynced {
 		t.Fatalf("bucket 2 = %+v, want epoch %d revision %d synced", a, first, idx)
 	}
@@ -50,8 +50,8 @@ func TestFSM_ReassignEpochsAndRevisions(t *testing.T) {
 		return g
 	}
 	stale := reassignOp(failed("m1"),
-		&ipb.BucketChange{Bucket: 2, PrevEpoch: first, Primary: "m3"},
-		&ipb.BucketChange{Bucket: 1, PrevEpoch: first - 1, Primary: "m2"})
+		&ipb.BucketChange{Bucket: 2, PrevRevision: first, Primary: "m3"},
+		&ipb.BucketChange{Bucket: 1, PrevRevision: first - 1, Primary: "m2"})
 	expectUnchanged(t, build, first+1, t0, stale, ErrAssignmentChanged)
 }
 
@@ -100,7 +100,7 @@ func TestFSM_ReassignFailoverReleasesLocks(t *testing.T) {
 	prev := idx
 	idx++
 	expectOK(t, apply1(t, f, idx, t0, reassignOp(failed("m1"),
-		&ipb.BucketChange{Bucket: 5, PrevEpoch: prev, Primary: "m2"})))
+		&ipb.BucketChange{Bucket: 5, PrevRevision: prev, Primary: "m2"})))
 	if m, _ := f.Member("m1"); m.State != pb.MemberState_MEMBER_STATE_FAILED {
 		t.Fatalf("m1 is %s", m.State)
 	}

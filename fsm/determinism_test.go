@@ -165,7 +165,7 @@ func (g *gen) reassign() *ipb.Op {
 	for range g.rng.IntN(3) + 1 {
 		b := g.key().Bucket(DefaultBucketCount)
 		a, _ := g.fsm.Assignment(b)
-		prev := a.Epoch
+		prev := a.Revision
 		if g.rng.IntN(8) == 0 {
 			prev++
 		}
@@ -173,7 +173,7 @@ func (g *gen) reassign() *ipb.Op {
 		if lb == p && g.rng.IntN(4) != 0 {
 			lb = ""
 		}
-		cs = append(cs, &ipb.BucketChange{Bucket: b, PrevEpoch: prev, Primary: p,
+		cs = append(cs, &ipb.BucketChange{Bucket: b, PrevRevision: prev, Primary: p,
 			LocalBackup: lb, BackupSynced: g.rng.IntN(2) == 0, Handoff: lb != "" && g.rng.IntN(3) == 0})
 		g.epochs[b] = g.index // what MarkSynced will report, if this succeeds
 	}

@@ -53,7 +53,7 @@ var (
 	// ErrStaleRequest: a retried request whose outcome the client already
 	// acknowledged, so the site no longer remembers it.
 	ErrStaleRequest = &Error{12, "fsm: request already completed and acknowledged"}
-	// ErrAssignmentChanged: a reassignment was planned from an epoch the
+	// ErrAssignmentChanged: a reassignment was planned from a revision the
 	// bucket no longer has; plan again from the current state.
 	ErrAssignmentChanged = &Error{13, "fsm: assignment changed since it was read"}
 )

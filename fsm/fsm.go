@@ -35,6 +35,7 @@ type Member struct {
 	State                                    pb.MemberState
 	JoinedIndex                              uint64
 	Nonvoter                                 bool
+	Incarnation                              uint64
 }
 
 // Assignment is one bucket's placement (see pb.Assignment).

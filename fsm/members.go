@@ -62,7 +62,7 @@ func (st *state) registerMember(index uint64, op *ipb.RegisterMemberOp) Result {
 		st.members[m.Id] = rec
 	}
 	rec.RaftAddr, rec.GRPCAddr, rec.GossipAddr, rec.Weight = m.RaftAddr, m.GrpcAddr, m.GossipAddr, max(m.Weight, 1)
-	rec.Nonvoter = m.Nonvoter
+	rec.Nonvoter, rec.Incarnation = m.Nonvoter, m.Incarnation
 	rec.State = pb.MemberState_MEMBER_STATE_ALIVE
 	st.topologyChanged = true
 	return Result{Epoch: rec.JoinedIndex}
@@ -164,11 +164,11 @@ func (f *FSM) Members() []Member {
 // Proto converts a member record to its API form.
 func (m Member) Proto() *pb.Member {
 	return &pb.Member{Id: m.ID, Site: m.Site, RaftAddr: m.RaftAddr, GrpcAddr: m.GRPCAddr, GossipAddr: m.GossipAddr,
-		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter}
+		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter, Incarnation: m.Incarnation}
 }
 
 // memberFromProto is the inverse of Member.Proto.
 func memberFromProto(m *pb.Member) *Member {
 	return &Member{ID: m.Id, Site: m.Site, RaftAddr: m.RaftAddr, GRPCAddr: m.GrpcAddr, GossipAddr: m.GossipAddr,
-		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter}
+		Weight: m.Weight, State: m.State, JoinedIndex: m.JoinedIndex, Nonvoter: m.Nonvoter, Incarnation: m.Incarnation}
 }

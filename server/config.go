@@ -44,8 +44,42 @@ type Config struct {
 	// Weight is this member's relative share of buckets (1 if 0).
 	Weight uint32
 
-	// Raft timing. See hashicorp/raft's Config for their meaning.
+	// GossipBind is the host:port the gossip pool (memberlist) binds, UDP and
+	// TCP both; "" runs the member without gossip (failure detection then
+	// relies on lease heartbeats and connection probes alone).
+	// GossipAdvertise is the address other members use ("" = GossipBind).
+	GossipBind, GossipAdvertise string
+
+	// Raft timing. See hashicorp/raft's Config for their meaning. The
+	// defaults (100 ms heartbeat and election timeouts, 100 ms leader lease)
+	// elect a new leader in about 150-300 ms after the old one dies, leaving
+	// room for the fsync and GC pauses of a loaded 2-core machine; raft's own
+	// defaults take 1-2 s.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+
+	// MemberLease is how long a member may act as primary after the leader
+	// answered its last heartbeat (counted from when the heartbeat was sent).
+	// The leader fails a member it has not heard from for longer than that
+	// (plus a margin), so a member cut off from the leader has stopped acting
+	// before its buckets move. A crashed process is detected much sooner, by
+	// its broken connections; the lease bounds how long a hung or partitioned
+	// member keeps its buckets. Every member of a site must use the same value.
+	MemberLease time.Duration
+	// HeartbeatInterval is how often a member renews its lease.
+	HeartbeatInterval time.Duration
+	// Voters is how many Raft voters the leader keeps (3 or 5); other members
+	// are non-voters, and a failed voter is replaced by a healthy non-voter.
+	Voters int
+	// MaxMoves bounds how many make-before-break bucket moves may be under
+	// way at once (each needs a full sync of the bucket to its target).
+	MaxMoves int
+	// AutoRebalance lets the leader rebalance on its own when members join or
+	// weights change; otherwise only `connsyncctl rebalance` moves buckets
+	// (failover and drains always do).
+	AutoRebalance bool
+	// Syncer copies a bucket's connections to this member when it becomes the
+	// bucket's local backup (nil: nothing to copy; see BackupSyncer).
+	Syncer BackupSyncer
 	// SnapshotThreshold is how many log entries pass between snapshots.
 	SnapshotThreshold uint64
 	// SnapshotInterval is how often Raft checks whether to snapshot.
@@ -78,10 +112,15 @@ func DefaultConfig() Config {
 		BucketCount:        fsm.DefaultBucketCount,
 		Weight:             1,
 		Voter:              true,
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
-		CommitTimeout:      10 * time.Millisecond,
+		HeartbeatTimeout:   100 * time.Millisecond,
+		ElectionTimeout:    100 * time.Millisecond,
+		LeaderLeaseTimeout: 100 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		MemberLease:        500 * time.Millisecond,
+		HeartbeatInterval:  50 * time.Millisecond,
+		Voters:             3,
+		MaxMoves:           512,
+		AutoRebalance:      true,
 		SnapshotThreshold:  8192,
 		SnapshotInterval:   30 * time.Second,
 		TrailingLogs:       10240,
@@ -118,6 +157,11 @@ func (c *Config) Validate() error {
 	}
 	checkAddrs("grpc", c.GRPCBind, c.GRPCAdvertise)
 	checkAddrs("raft", c.RaftBind, c.RaftAdvertise)
+	if c.GossipBind != "" {
+		checkAddrs("gossip", c.GossipBind, c.GossipAdvertise)
+	} else if c.GossipAdvertise != "" {
+		bad("gossip-advertise %q: set gossip-bind too", c.GossipAdvertise)
+	}
 	if c.Bootstrap && len(c.Join) > 0 {
 		bad("bootstrap and join %v: a member either founds a site or joins one, not both", c.Join)
 	}
@@ -141,6 +185,16 @@ func (c *Config) Validate() error {
 	if c.ApplyTimeout <= 0 {
 		bad("apply-timeout %v must be > 0", c.ApplyTimeout)
 	}
+	if c.HeartbeatInterval < time.Millisecond || c.MemberLease < 4*c.HeartbeatInterval {
+		bad("member-lease %v must be at least 4 x heartbeat-interval %v (>= 1ms), so one lost heartbeat does not end it",
+			c.MemberLease, c.HeartbeatInterval)
+	}
+	if c.Voters != 3 && c.Voters != 5 {
+		bad("voters %d: must be 3 or 5", c.Voters)
+	}
+	if c.MaxMoves < 1 {
+		bad("max-moves %d must be >= 1", c.MaxMoves)
+	}
 	if c.MaxBatchOps < 1 || c.MaxInflightEntries < 1 {
 		bad("max-batch-ops %d and max-inflight-entries %d must be >= 1", c.MaxBatchOps, c.MaxInflightEntries)
 	}
@@ -152,6 +206,13 @@ func (c *Config) grpcAdvertise() string {
 		return c.GRPCAdvertise
 	}
 	return c.GRPCBind
+}
+
+func (c *Config) gossipAdvertise() string {
+	if c.GossipAdvertise != "" {
+		return c.GossipAdvertise
+	}
+	return c.GossipBind
 }
 
 func (c *Config) raftAdvertise() string {

@@ -39,6 +39,9 @@ var leaderMethods = map[string]bool{
 	pb.OperatorService_Join_FullMethodName:               true,
 	pb.OperatorService_RemoveMember_FullMethodName:       true,
 	pb.OperatorService_TransferLeadership_FullMethodName: true,
+	pb.OperatorService_Rebalance_FullMethodName:          true,
+	pb.OperatorService_Drain_FullMethodName:              true,
+	pb.MemberService_ReportSynced_FullMethodName:         true,
 }
 
 // selfDefaultServices are the services whose member_id "" means "the member

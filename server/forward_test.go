@@ -20,6 +20,9 @@ var writeMethods = []string{
 	pb.OperatorService_Join_FullMethodName,
 	pb.OperatorService_RemoveMember_FullMethodName,
 	pb.OperatorService_TransferLeadership_FullMethodName,
+	pb.OperatorService_Rebalance_FullMethodName,
+	pb.OperatorService_Drain_FullMethodName,
+	pb.MemberService_ReportSynced_FullMethodName,
 }
 
 func TestNeedsLeader_Writes(t *testing.T) {

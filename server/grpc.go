@@ -25,9 +25,12 @@ func (s *Server) startGRPC() error {
 	pb.RegisterOwnershipServiceServer(s.grpcServer, &ownershipService{s: s})
 	pb.RegisterLockServiceServer(s.grpcServer, &lockService{s: s})
 	pb.RegisterOperatorServiceServer(s.grpcServer, &operatorService{s: s})
+	pb.RegisterAssignmentServiceServer(s.grpcServer, &assignmentService{s: s})
+	pb.RegisterMemberServiceServer(s.grpcServer, &memberService{s: s})
 	hs := health.NewServer()
 	for _, svc := range []string{"", pb.OwnershipService_ServiceDesc.ServiceName,
-		pb.LockService_ServiceDesc.ServiceName, pb.OperatorService_ServiceDesc.ServiceName} {
+		pb.LockService_ServiceDesc.ServiceName, pb.OperatorService_ServiceDesc.ServiceName,
+		pb.AssignmentService_ServiceDesc.ServiceName, pb.MemberService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpcServer, hs)

@@ -9,7 +9,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/server/placement"
 )
 
 type operatorService struct {
@@ -20,6 +22,7 @@ type operatorService struct {
 func (o *operatorService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
 	s := o.s
 	st := s.fsm.Stats()
+	active, _ := s.lease.activeBuckets()
 	rs := s.raft.Stats()
 	_, leaderID := s.raft.LeaderWithID()
 	leaderAddr, _ := s.leaderGRPCAddr()
@@ -36,6 +39,8 @@ func (o *operatorService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.
 		CommitIndex: s.raft.CommitIndex(), AppliedIndex: st.Applied, LastContactMs: lastContact,
 		MemberCount: uint32(st.Members), BucketCount: st.BucketCount,
 		ClaimCount: uint64(st.Claims), LockCount: uint64(st.Locks), Version: Version,
+		Incarnation: s.incarnation, LeaseValid: s.lease.valid(), ActiveBuckets: uint32(len(active)),
+		GossipAddr: s.cfg.gossipAdvertise(),
 	}, nil
 }
 
@@ -43,10 +48,30 @@ func (o *operatorService) ListMembers(ctx context.Context, req *pb.ListMembersRe
 	if err := o.s.read(ctx, req.Consistency); err != nil {
 		return nil, err
 	}
-	ms := o.s.fsm.Members()
-	out := &pb.ListMembersResponse{Members: make([]*pb.Member, len(ms))}
+	s := o.s
+	ms := s.fsm.Members()
+	as, _ := s.fsm.Buckets()
+	primaries, backups := map[string]uint32{}, map[string]uint32{}
+	for _, a := range as {
+		primaries[a.Primary]++
+		backups[a.LocalBackup]++
+	}
+	suffrage := map[string]string{}
+	if cf := s.raft.GetConfiguration(); cf.Error() == nil {
+		for _, srv := range cf.Configuration().Servers {
+			suffrage[string(srv.ID)] = srv.Suffrage.String()
+		}
+	}
+	leader := s.leaderID()
+	out := &pb.ListMembersResponse{Members: make([]*pb.Member, len(ms)), Details: make([]*pb.MemberDetail, len(ms))}
 	for i, m := range ms {
 		out.Members[i] = m.Proto()
+		age := int64(-1)
+		if d := s.live.heartbeatAge(m.ID); d >= 0 {
+			age = d.Milliseconds()
+		}
+		out.Details[i] = &pb.MemberDetail{MemberId: m.ID, PrimaryBuckets: primaries[m.ID], BackupBuckets: backups[m.ID],
+			RaftSuffrage: suffrage[m.ID], Leader: m.ID == leader, GossipState: s.gossipState(m.ID), HeartbeatAgeMs: age}
 	}
 	return out, nil
 }
@@ -86,6 +111,11 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	if err := checkHostPort("grpc_addr", req.GrpcAddr); err != nil {
 		return nil, err
 	}
+	if req.GossipAddr != "" {
+		if err := checkHostPort("gossip_addr", req.GossipAddr); err != nil {
+			return nil, err
+		}
+	}
 	servers, err := s.raftServers(ctx)
 	if err != nil {
 		return nil, err
@@ -106,21 +136,37 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"member_id: %s is the leader; transfer leadership before changing its raft_addr", req.MemberId)
 	}
-	// AddVoter and AddNonvoter update the address of an existing member in
-	// place (and AddVoter promotes a non-voter); a voter is never demoted here.
-	promote := existing != nil && existing.Suffrage != raft.Voter && !req.Nonvoter
-	if existing == nil || existing.Address != addr || promote {
+	// A new member votes while the site has fewer voters than it should;
+	// otherwise it joins as a non-voter and the reconcile loop promotes it
+	// when a voter fails. AddVoter and AddNonvoter update the address of an
+	// existing server in place; a voter is never demoted here.
+	voters := 0
+	for _, srv := range servers {
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	vote := !req.Nonvoter && (voters < s.cfg.Voters || (existing != nil && existing.Suffrage == raft.Voter))
+	if existing == nil || existing.Address != addr || (vote && existing.Suffrage != raft.Voter) {
 		var f raft.IndexFuture
-		if req.Nonvoter {
-			f = s.raft.AddNonvoter(id, addr, 0, s.cfg.ApplyTimeout)
-		} else {
+		if vote {
 			f = s.raft.AddVoter(id, addr, 0, s.cfg.ApplyTimeout)
+		} else {
+			f = s.raft.AddNonvoter(id, addr, 0, s.cfg.ApplyTimeout)
 		}
 		if err := f.Error(); err != nil {
 			return nil, err
 		}
 	}
-	m := &pb.Member{Id: req.MemberId, Site: req.Site, RaftAddr: req.RaftAddr, GrpcAddr: req.GrpcAddr, Weight: req.Weight}
+	// The same member ID from a new process (a restart that lost its data
+	// directory): what the old process held fails over first.
+	if old, ok := s.fsm.Member(req.MemberId); ok && active(old.State) && old.Incarnation != 0 && old.Incarnation != req.Incarnation {
+		if err := s.failMember(ctx, req.MemberId, "joined again as a new process"); err != nil {
+			return nil, err
+		}
+	}
+	m := &pb.Member{Id: req.MemberId, Site: req.Site, RaftAddr: req.RaftAddr, GrpcAddr: req.GrpcAddr, Weight: req.Weight,
+		GossipAddr: req.GossipAddr, Nonvoter: req.Nonvoter, Incarnation: req.Incarnation}
 	if _, err := s.write1(ctx, nil, registerMemberOp(m)); err != nil {
 		return nil, err
 	}
@@ -149,6 +195,13 @@ func (o *operatorService) RemoveMember(ctx context.Context, req *pb.RemoveMember
 	m, inFSM := s.fsm.Member(req.MemberId)
 	if !inRaft && !inFSM {
 		return nil, invalid("member_id", "unknown member %q", req.MemberId)
+	}
+	if inFSM && active(m.State) {
+		if p, b := s.roles(req.MemberId); p+b > 0 {
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"member_id: %s still holds %d primary and %d backup buckets; drain it first (connsyncctl drain %s)",
+				req.MemberId, p, b, req.MemberId)
+		}
 	}
 	// Leave the Raft configuration first, then record the member as left: if
 	// the second step fails, a retry finds it out of Raft and completes it.
@@ -223,4 +276,90 @@ func (o *operatorService) TransferLeadership(ctx context.Context, req *pb.Transf
 	}
 	_, id := s.raft.LeaderWithID()
 	return &pb.TransferLeadershipResponse{LeaderId: string(id)}, nil
+}
+
+// roles counts the buckets a member is primary and local backup of.
+func (s *Server) roles(id string) (primaries, backups int) {
+	as, _ := s.fsm.Buckets()
+	for _, a := range as {
+		if a.Primary == id {
+			primaries++
+		}
+		if a.LocalBackup == id {
+			backups++
+		}
+	}
+	return primaries, backups
+}
+
+func (o *operatorService) Rebalance(ctx context.Context, req *pb.RebalanceRequest) (*pb.RebalanceResponse, error) {
+	s := o.s
+	if _, err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	cur, _ := s.fsm.Buckets()
+	pcur := toPlacement(cur)
+	el := s.eligible(s.goneMembers())
+	if len(el) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "no alive member can take buckets")
+	}
+	limit := s.cfg.MaxMoves
+	if req.DryRun {
+		limit = 0 // the whole plan
+	}
+	changes := placement.Rebalance(pcur, el, limit)
+	settled := placement.Apply(pcur, changes)
+	for i := range settled {
+		if settled[i].Handoff {
+			settled[i].Synced = true
+		}
+	}
+	settled = placement.Apply(settled, placement.Flip(settled, el))
+	out := &pb.RebalanceResponse{ImbalanceBefore: placement.Imbalance(pcur, el), ImbalanceAfter: placement.Imbalance(settled, el)}
+	for _, b := range pcur {
+		if b.Handoff {
+			out.MovesInProgress++
+		}
+	}
+	for _, c := range changes {
+		out.Moves = append(out.Moves, &pb.BucketMove{Bucket: c.Bucket, FromMember: pcur[c.Bucket].Primary, ToMember: c.To.LocalBackup})
+	}
+	if req.DryRun || len(changes) == 0 {
+		return out, nil
+	}
+	if err := s.reassign(ctx, "rebalance (operator)", nil, changes, cur); err != nil {
+		return nil, err
+	}
+	s.logger.Info("rebalance started", "moves", len(changes))
+	return out, nil
+}
+
+func (o *operatorService) Drain(ctx context.Context, req *pb.DrainRequest) (*pb.DrainResponse, error) {
+	s := o.s
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	if _, err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	m, ok := s.fsm.Member(req.MemberId)
+	switch {
+	case !ok:
+		return nil, invalid("member_id", "unknown member %q (connsyncctl members lists them)", req.MemberId)
+	case m.State == pb.MemberState_MEMBER_STATE_DRAINING:
+		return &pb.DrainResponse{Member: m.Proto()}, nil
+	case m.State != pb.MemberState_MEMBER_STATE_ALIVE:
+		return nil, status.Errorf(codes.FailedPrecondition, "member_id: %s is %s, nothing to drain", req.MemberId, m.State)
+	}
+	if others := s.eligible(map[string]bool{req.MemberId: true}); len(others) == 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "member_id: %s is the only alive member; nobody could take its buckets", req.MemberId)
+	}
+	ms := []*ipb.SetMemberStateOp{{MemberId: req.MemberId, State: pb.MemberState_MEMBER_STATE_DRAINING}}
+	if err := s.reassign(ctx, "drain "+req.MemberId, ms, nil, nil); err != nil {
+		return nil, err
+	}
+	s.live.wake()
+	m, _ = s.fsm.Member(req.MemberId)
+	s.logger.Info("draining member", "id", req.MemberId)
+	return &pb.DrainResponse{Member: m.Proto()}, nil
 }

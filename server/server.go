@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/membership"
 )
 
 // Version is reported by Status.
@@ -41,6 +43,12 @@ type Server struct {
 	grpcLn     net.Listener
 	peers      *peerConns
 
+	// incarnation is chosen at random when the process starts.
+	incarnation uint64
+	live        *liveness        // the leader's view of member liveness
+	lease       *leaseKeeper     // this member's own lease
+	pool        *membership.Pool // gossip; nil without GossipBind
+
 	// ready is closed once this member, as leader, has applied a barrier in
 	// its current term; replaced on every leadership change. Guarded by mu.
 	// readyTerm is the term that barrier was applied in: a closed ready
@@ -56,6 +64,7 @@ type Server struct {
 
 	lastProposeNanos atomic.Int64
 	shutdownOnce     sync.Once
+	stopOnce         sync.Once
 	stop             chan struct{}
 	wg               sync.WaitGroup
 }
@@ -69,7 +78,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: invalid config: %w", err)
 	}
 	s := &Server{cfg: cfg, network: cfg.Network, logger: cfg.Logger, fsm: fsm.New(),
-		ready: make(chan struct{}), stop: make(chan struct{})}
+		ready: make(chan struct{}), stop: make(chan struct{}), incarnation: newIncarnation()}
+	s.live, s.lease = newLiveness(s), newLeaseKeeper(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
@@ -91,8 +101,15 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startGRPC(); err != nil {
 		return nil, err
 	}
-	s.wg.Add(1)
+	if err := s.startGossip(); err != nil {
+		return nil, err
+	}
+	s.wg.Add(5)
 	go s.tickLoop()
+	go s.lease.run()
+	go s.rejoinLoop()
+	go s.syncLoop()
+	go s.observeRaft()
 	ok = true
 	return s, nil
 }
@@ -186,26 +203,49 @@ func (s *Server) startRaft() error {
 	return nil
 }
 
+// joinRequest describes this member to the site.
+func (s *Server) joinRequest() *pb.JoinRequest {
+	return &pb.JoinRequest{MemberId: s.cfg.MemberID, Site: s.cfg.Site, RaftAddr: s.cfg.raftAdvertise(),
+		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight, Nonvoter: !s.cfg.Voter,
+		Incarnation: s.incarnation, GossipAddr: s.cfg.gossipAdvertise()}
+}
+
+// joinOnce asks the site to add this member: through the current leader if
+// one is known, else through the configured join addresses.
+func (s *Server) joinOnce(ctx context.Context) error {
+	addrs := append([]string(nil), s.cfg.Join...)
+	if a, err := s.leaderGRPCAddr(); err == nil {
+		addrs = append([]string{a}, addrs...)
+	}
+	var err error
+	for _, addr := range addrs {
+		var conn *grpc.ClientConn
+		if conn, err = s.peers.get(addr); err != nil {
+			continue
+		}
+		if _, err = pb.NewOperatorServiceClient(conn).Join(ctx, s.joinRequest()); err == nil {
+			s.logger.Info("joined site", "via", addr)
+			return nil
+		}
+	}
+	if err == nil {
+		err = ErrNoLeader
+	}
+	return err
+}
+
 // joinLoop asks the configured members to add this one until one succeeds.
 func (s *Server) joinLoop() {
 	defer s.wg.Done()
-	req := &pb.JoinRequest{MemberId: s.cfg.MemberID, Site: s.cfg.Site, RaftAddr: s.cfg.raftAdvertise(),
-		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight, Nonvoter: !s.cfg.Voter}
 	backoff := 100 * time.Millisecond
 	for {
-		for _, addr := range s.cfg.Join {
-			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-			conn, err := s.peers.get(addr)
-			if err == nil {
-				_, err = pb.NewOperatorServiceClient(conn).Join(ctx, req)
-			}
-			cancel()
-			if err == nil {
-				s.logger.Info("joined site", "via", addr)
-				return
-			}
-			s.logger.Warn("join failed, will retry", "via", addr, "error", err)
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+		err := s.joinOnce(ctx)
+		cancel()
+		if err == nil {
+			return
 		}
+		s.logger.Warn("join failed, will retry", "error", err)
 		select {
 		case <-s.stop:
 			return
@@ -233,10 +273,15 @@ func (s *Server) leadershipLoop(notify <-chan bool) {
 			ready := s.ready
 			s.mu.Unlock()
 			if isLeader {
-				ctx, cancel := context.WithCancel(context.Background())
+				ctx, cancel := context.WithCancel(s.ctx)
 				stopLeader = cancel
 				s.wg.Add(1)
-				go s.leaderSetup(ctx, ready)
+				go func() {
+					defer s.wg.Done()
+					if s.leaderSetup(ctx, ready) {
+						s.reconcileLoop(ctx)
+					}
+				}()
 			}
 		}
 	}
@@ -244,13 +289,12 @@ func (s *Server) leadershipLoop(notify <-chan bool) {
 
 // leaderSetup runs when this member gains leadership: a barrier so the FSM
 // holds every committed entry, then the site and this member are recorded,
-// then writes are served.
-func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
-	defer s.wg.Done()
+// then writes are served. It reports whether this member is ready.
+func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) bool {
 	term := s.raft.CurrentTerm()
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
-			return
+			return false
 		}
 		err := s.raft.Barrier(s.cfg.ApplyTimeout).Error()
 		if err == nil {
@@ -258,20 +302,24 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 		}
 		s.logger.Warn("barrier failed", "error", err)
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
-			return
+			return false
 		}
 	}
 	st := s.fsm.Stats()
 	if st.Site != "" && st.Site != s.cfg.Site {
 		s.abdicate(fmt.Errorf("configured site %q differs from site %q in the raft state of %s", s.cfg.Site, st.Site, s.cfg.DataDir))
-		return
+		return false
 	}
 	var ops []*ipb.Op
 	if st.Site == "" {
 		ops = append(ops, initSiteOp(s.cfg.Site, s.cfg.BucketCount))
 	}
-	if m, ok := s.fsm.Member(s.cfg.MemberID); !ok || m.GRPCAddr != s.cfg.grpcAdvertise() ||
-		m.RaftAddr != s.cfg.raftAdvertise() || m.State != pb.MemberState_MEMBER_STATE_ALIVE {
+	// A record of an earlier process of this member (another incarnation)
+	// that still holds buckets is left for the reconcile loop, which fails
+	// those buckets over before registering this process.
+	m, ok := s.fsm.Member(s.cfg.MemberID)
+	restarted := ok && m.Incarnation != 0 && m.Incarnation != s.incarnation && active(m.State)
+	if !ok || (!restarted && !s.registered(m)) {
 		ops = append(ops, registerMemberOp(s.selfMember()))
 	}
 	for len(ops) > 0 && ctx.Err() == nil {
@@ -282,11 +330,11 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 		var domain *fsm.Error
 		if errors.As(err, &domain) { // the state refuses this member: retrying cannot help
 			s.abdicate(fmt.Errorf("leader setup: %w", err))
-			return
+			return false
 		}
 		s.logger.Warn("leader setup write failed", "error", err)
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return
+			return false
 		}
 		select {
 		case <-ctx.Done():
@@ -297,7 +345,16 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) {
 		s.readyTerm.Store(term)
 		s.logger.Info("leader ready", "term", term)
 		close(ready)
+		return true
 	}
+	return false
+}
+
+// registered reports whether m is this process's current, alive record.
+func (s *Server) registered(m fsm.Member) bool {
+	return m.GRPCAddr == s.cfg.grpcAdvertise() && m.RaftAddr == s.cfg.raftAdvertise() &&
+		m.GossipAddr == s.cfg.gossipAdvertise() && m.Incarnation == s.incarnation &&
+		m.State == pb.MemberState_MEMBER_STATE_ALIVE
 }
 
 // abdicate is for a leader that cannot serve (its configuration contradicts
@@ -312,7 +369,22 @@ func (s *Server) abdicate(why error) {
 
 func (s *Server) selfMember() *pb.Member {
 	return &pb.Member{Id: s.cfg.MemberID, Site: s.cfg.Site, RaftAddr: s.cfg.raftAdvertise(),
-		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight}
+		GrpcAddr: s.cfg.grpcAdvertise(), Weight: s.cfg.Weight, GossipAddr: s.cfg.gossipAdvertise(),
+		Nonvoter: !s.cfg.Voter, Incarnation: s.incarnation}
+}
+
+// leaderID returns the current leader's member ID, "" if none is known.
+func (s *Server) leaderID() string {
+	_, id := s.raft.LeaderWithID()
+	return string(id)
+}
+
+func newIncarnation() uint64 {
+	for {
+		if n := rand.Uint64(); n != 0 {
+			return n
+		}
+	}
 }
 
 // tickLoop appends an empty entry when the leader has been idle for a second,
@@ -397,6 +469,9 @@ func (s *Server) IsLeader() bool { return s.isReady() }
 func (s *Server) Shutdown() error {
 	var err error
 	s.shutdownOnce.Do(func() {
+		// Stop the background loops and long-lived streams first, so the
+		// graceful stop only waits for unary calls in flight.
+		s.signalStop()
 		if s.grpcServer != nil {
 			done := make(chan struct{})
 			go func() { s.grpcServer.GracefulStop(); close(done) }()
@@ -411,16 +486,23 @@ func (s *Server) Shutdown() error {
 	return err
 }
 
+// signalStop tells every loop and stream of this member to end.
+func (s *Server) signalStop() {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.cancel()
+}
+
 func (s *Server) closeAll() error {
 	var errs []error
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	s.cancel()
+	s.signalStop()
 	if s.grpcServer != nil {
 		s.grpcServer.Stop()
+	}
+	if s.pool != nil {
+		if err := s.pool.Leave(time.Second); err != nil {
+			s.logger.Debug("gossip leave", "error", err)
+		}
+		errs = append(errs, s.pool.Shutdown())
 	}
 	if s.proposer != nil {
 		s.proposer.close()

@@ -62,8 +62,8 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("members", func(t *testing.T) {
 		out := mustCtl("members")
-		wantLine(out, `^ID\s+SITE\s+STATE\s+RAFT ADDR\s+GRPC ADDR\s+WEIGHT$`)
-		wantLine(out, `^m0\s+site1\s+ALIVE\s+\S+\s+`+regexp.QuoteMeta(addr)+`\s+1$`)
+		wantLine(out, `^ID\s+SITE\s+STATE\s+ROLE\s+PRIMARY\s+BACKUP\s+GOSSIP\s+HEARTBEAT\s+GRPC ADDR\s+WEIGHT$`)
+		wantLine(out, `^m0\s+site1\s+ALIVE\s+leader\s+\d+\s+0\s+\S+\s+.*`+regexp.QuoteMeta(addr)+`\s+1$`)
 
 		var ms []map[string]any
 		if err := json.Unmarshal([]byte(mustCtl("members", "--linearizable", "-o", "json")), &ms); err != nil {

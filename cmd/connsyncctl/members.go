@@ -17,15 +17,15 @@ func newMembersCommand() *cobra.Command {
 	o := &membersOptions{}
 	cmd := &cobra.Command{
 		Use:   "members",
-		Short: "List the site's members",
+		Short: "List the site's members: state, Raft role, buckets held, liveness",
 		Args:  exactArgs(0, "members takes no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(cmd, func(ctx context.Context, c *client.Client, p *printer) error {
-				ms, err := listMembers(ctx, c, o)
+				r, err := listMembers(ctx, c, o)
 				if err != nil {
 					return err
 				}
-				return p.members(ms)
+				return p.members(r.Members, r.Details)
 			})
 		},
 	}
@@ -33,8 +33,8 @@ func newMembersCommand() *cobra.Command {
 	return cmd
 }
 
-func listMembers(ctx context.Context, c *client.Client, o *membersOptions) ([]*pb.Member, error) {
-	return c.Members(ctx, consistency(o.linearizable))
+func listMembers(ctx context.Context, c *client.Client, o *membersOptions) (*pb.ListMembersResponse, error) {
+	return c.MemberDetails(ctx, consistency(o.linearizable))
 }
 
 // consistency maps a --linearizable flag to a read consistency.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -117,28 +118,190 @@ func (p *printer) status(st *pb.StatusResponse) error {
 		"Buckets", u64(uint64(st.BucketCount)),
 		"Claims", u64(st.ClaimCount),
 		"Locks", u64(st.LockCount),
+		"Member lease", lease(st.LeaseValid),
+		"Active buckets", u64(uint64(st.ActiveBuckets)),
+		"Gossip", orDash(st.GossipAddr),
 		"Version", orDash(st.Version),
 	)
 }
 
-func (p *printer) members(ms []*pb.Member) error {
-	if p.format == outputJSON {
-		return jsonList(p, ms)
+func lease(valid bool) string {
+	if valid {
+		return "valid"
 	}
-	rows := [][]string{{"ID", "SITE", "STATE", "RAFT ADDR", "GRPC ADDR", "WEIGHT"}}
-	for _, m := range ms {
-		rows = append(rows, []string{m.Id, m.Site, memberState(m.State), orDash(m.RaftAddr), orDash(m.GrpcAddr), weight(m.Weight)})
+	return "none (acts as primary for nothing)"
+}
+
+// members prints members with their details (same order; details may be
+// nil). JSON: an array of member objects, each with its detail fields added.
+func (p *printer) members(ms []*pb.Member, details []*pb.MemberDetail) error {
+	detail := func(i int) *pb.MemberDetail {
+		if i < len(details) {
+			return details[i]
+		}
+		return nil
+	}
+	if p.format == outputJSON {
+		objs := make([]map[string]any, len(ms))
+		for i, m := range ms {
+			obj, err := jsonObject(m)
+			if err != nil {
+				return err
+			}
+			if d := detail(i); d != nil {
+				extra, err := jsonObject(d)
+				if err != nil {
+					return err
+				}
+				delete(extra, "member_id")
+				for k, v := range extra {
+					obj[k] = v
+				}
+			}
+			objs[i] = obj
+		}
+		b, err := json.Marshal(objs)
+		if err != nil {
+			return err
+		}
+		return p.indented(b)
+	}
+	rows := [][]string{{"ID", "SITE", "STATE", "ROLE", "PRIMARY", "BACKUP", "GOSSIP", "HEARTBEAT", "GRPC ADDR", "WEIGHT"}}
+	for i, m := range ms {
+		role, prim, back, gossip, hb := "-", "-", "-", "-", "-"
+		if d := detail(i); d != nil {
+			role = strings.ToLower(orDash(d.RaftSuffrage))
+			if d.Leader {
+				role = "leader"
+			}
+			prim, back = u64(uint64(d.PrimaryBuckets)), u64(uint64(d.BackupBuckets))
+			gossip = strings.ToLower(orDash(d.GossipState))
+			if d.HeartbeatAgeMs >= 0 {
+				hb = (time.Duration(d.HeartbeatAgeMs) * time.Millisecond).String() + " ago"
+			}
+		}
+		rows = append(rows, []string{m.Id, m.Site, memberState(m.State), role, prim, back, gossip, hb,
+			orDash(m.GrpcAddr), weight(m.Weight)})
 	}
 	return p.table(rows)
 }
 
-// member prints one member (join's answer): the members table with one row.
+// jsonObject returns a message's protojson form as a map.
+func jsonObject(m proto.Message) (map[string]any, error) {
+	b, err := jsonOptions.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]any
+	return out, json.Unmarshal(b, &out)
+}
+
+// member prints one member (join's and drain's answer): the members table
+// with one row.
 func (p *printer) member(m *pb.Member) error {
 	if p.format == outputJSON {
 		return p.json(m)
 	}
-	return p.members([]*pb.Member{m})
+	return p.members([]*pb.Member{m}, nil)
 }
+
+// buckets prints the bucket map: per member counts, or every bucket (all).
+func (p *printer) buckets(r *pb.ListAssignmentsResponse, all bool) error {
+	if p.format == outputJSON {
+		return p.json(r)
+	}
+	if all {
+		rows := [][]string{{"BUCKET", "PRIMARY", "LOCAL BACKUP", "REMOTE BACKUP", "EPOCH", "SYNCED", "HANDOFF"}}
+		for _, a := range r.Assignments {
+			rows = append(rows, []string{u64(uint64(a.Bucket)), orDash(a.Primary), orDash(a.LocalBackup),
+				orDash(a.RemoteBackup), u64(a.Epoch), yesNo(a.BackupSynced), yesNo(a.Handoff)})
+		}
+		return p.table(rows)
+	}
+	type counts struct{ primary, backup, unsynced, handoffIn, handoffOut int }
+	by := map[string]*counts{}
+	get := func(id string) *counts {
+		if by[id] == nil {
+			by[id] = &counts{}
+		}
+		return by[id]
+	}
+	var maxEpoch uint64
+	unassigned := 0
+	for _, a := range r.Assignments {
+		maxEpoch = max(maxEpoch, a.Epoch)
+		if a.Primary == "" {
+			unassigned++
+			continue
+		}
+		get(a.Primary).primary++
+		if a.LocalBackup != "" {
+			b := get(a.LocalBackup)
+			b.backup++
+			if !a.BackupSynced {
+				b.unsynced++
+			}
+			if a.Handoff {
+				b.handoffIn++
+				get(a.Primary).handoffOut++
+			}
+		}
+	}
+	ids := make([]string, 0, len(by))
+	for id := range by {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	rows := [][]string{{"MEMBER", "PRIMARY", "BACKUP", "BACKUP UNSYNCED", "MOVING IN", "MOVING OUT"}}
+	for _, id := range ids {
+		c := by[id]
+		rows = append(rows, []string{id, itoa(c.primary), itoa(c.backup), itoa(c.unsynced), itoa(c.handoffIn), itoa(c.handoffOut)})
+	}
+	if err := p.table(rows); err != nil {
+		return err
+	}
+	return p.line("%d buckets, %d without a primary, newest epoch %d, revision %d", len(r.Assignments), unassigned, maxEpoch, r.Revision)
+}
+
+func (p *printer) rebalance(r *pb.RebalanceResponse, dryRun bool) error {
+	if p.format == outputJSON {
+		return p.json(r)
+	}
+	verb := "Started"
+	if dryRun {
+		verb = "Would start"
+	}
+	if err := p.line("%s %d moves (imbalance %.3f -> %.3f; %d moves already under way)", verb, len(r.Moves),
+		r.ImbalanceBefore, r.ImbalanceAfter, r.MovesInProgress); err != nil {
+		return err
+	}
+	pairs := map[[2]string]int{}
+	for _, m := range r.Moves {
+		pairs[[2]string{m.FromMember, m.ToMember}]++
+	}
+	keys := make([][2]string, 0, len(pairs))
+	for k := range pairs {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+" "+keys[i][1] < keys[j][0]+" "+keys[j][1] })
+	rows := [][]string{{"FROM", "TO", "BUCKETS"}}
+	for _, k := range keys {
+		rows = append(rows, []string{k[0], k[1], itoa(pairs[k])})
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return p.table(rows)
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
 
 func (p *printer) raftPeers(peers []*pb.RaftPeer) error {
 	if p.format == outputJSON {

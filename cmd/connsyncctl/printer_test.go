@@ -19,6 +19,7 @@ func sampleStatus() *pb.StatusResponse {
 		MemberId: "m1", Site: "site1", RaftState: "Follower", LeaderId: "m0", LeaderGrpcAddr: "10.0.0.1:7420",
 		Term: 3, CommitIndex: 120, AppliedIndex: 119, LastContactMs: 42,
 		MemberCount: 3, BucketCount: 4096, ClaimCount: 7, LockCount: 0, Version: "0.1.0",
+		LeaseValid: true, ActiveBuckets: 1365, GossipAddr: "10.0.0.2:7422",
 	}
 }
 
@@ -35,19 +36,22 @@ func TestPrinterStatusTable(t *testing.T) {
 	if err := newPrinter(&buf, outputTable).status(sampleStatus()); err != nil {
 		t.Fatal(err)
 	}
-	want := `Member:         m1
-Site:           site1
-Raft state:     Follower
-Leader:         m0 (10.0.0.1:7420)
-Term:           3
-Commit index:   120
-Applied index:  119
-Last contact:   42ms
-Members:        3
-Buckets:        4096
-Claims:         7
-Locks:          0
-Version:        0.1.0
+	want := `Member:          m1
+Site:            site1
+Raft state:      Follower
+Leader:          m0 (10.0.0.1:7420)
+Term:            3
+Commit index:    120
+Applied index:   119
+Last contact:    42ms
+Members:         3
+Buckets:         4096
+Claims:          7
+Locks:           0
+Member lease:    valid
+Active buckets:  1365
+Gossip:          10.0.0.2:7422
+Version:         0.1.0
 `
 	if got := buf.String(); got != want {
 		t.Errorf("status table:\n%s\nwant:\n%s", got, want)
@@ -60,7 +64,7 @@ func TestPrinterStatusTableLeaderUnknown(t *testing.T) {
 	if err := newPrinter(&buf, outputTable).status(st); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "Leader:         -\n") {
+	if !strings.Contains(buf.String(), "Leader:          -\n") {
 		t.Errorf("unknown leader should print as -:\n%s", buf.String())
 	}
 }
@@ -84,20 +88,28 @@ func TestPrinterStatusJSON(t *testing.T) {
 			t.Errorf("%s = %#v, want %#v", k, got[k], v)
 		}
 	}
-	if len(got) != 14 {
-		t.Errorf("got %d fields, want all 14: %v", len(got), got)
+	if n := (&pb.StatusResponse{}).ProtoReflect().Descriptor().Fields().Len(); len(got) != n {
+		t.Errorf("got %d fields, want all %d: %v", len(got), n, got)
+	}
+}
+
+func sampleDetails() []*pb.MemberDetail {
+	return []*pb.MemberDetail{
+		{MemberId: "m0", PrimaryBuckets: 2048, BackupBuckets: 2048, RaftSuffrage: "Voter", Leader: true, GossipState: "Alive", HeartbeatAgeMs: -1},
+		{MemberId: "m1", GossipState: "Left", HeartbeatAgeMs: -1},
+		{MemberId: "m2", RaftSuffrage: "Voter", HeartbeatAgeMs: 1500},
 	}
 }
 
 func TestPrinterMembersTable(t *testing.T) {
 	var buf bytes.Buffer
-	if err := newPrinter(&buf, outputTable).members(sampleMembers()); err != nil {
+	if err := newPrinter(&buf, outputTable).members(sampleMembers(), sampleDetails()); err != nil {
 		t.Fatal(err)
 	}
-	want := `ID  SITE   STATE   RAFT ADDR           GRPC ADDR           WEIGHT
-m0  site1  ALIVE   10.0.0.1:7421       10.0.0.1:7420       1
-m1  site1  LEFT    10.0.0.2:7421       10.0.0.2:7420       2
-m2  site1  FAILED  [2001:db8::3]:7421  [2001:db8::3]:7420  1
+	want := `ID  SITE   STATE   ROLE    PRIMARY  BACKUP  GOSSIP  HEARTBEAT  GRPC ADDR           WEIGHT
+m0  site1  ALIVE   leader  2048     2048    alive   -          10.0.0.1:7420       1
+m1  site1  LEFT    -       0        0       left    -          10.0.0.2:7420       2
+m2  site1  FAILED  voter   0        0       -       1.5s ago   [2001:db8::3]:7420  1
 `
 	if got := buf.String(); got != want {
 		t.Errorf("members table:\n%s\nwant:\n%s", got, want)
@@ -106,7 +118,7 @@ m2  site1  FAILED  [2001:db8::3]:7421  [2001:db8::3]:7420  1
 
 func TestPrinterMembersJSON(t *testing.T) {
 	var buf bytes.Buffer
-	if err := newPrinter(&buf, outputJSON).members(sampleMembers()); err != nil {
+	if err := newPrinter(&buf, outputJSON).members(sampleMembers(), sampleDetails()); err != nil {
 		t.Fatal(err)
 	}
 	var got []map[string]any
@@ -120,14 +132,17 @@ func TestPrinterMembersJSON(t *testing.T) {
 		got[0]["raft_addr"] != "10.0.0.1:7421" || got[0]["joined_index"] != "3" {
 		t.Errorf("first member: %v", got[0])
 	}
-	if got[2]["state"] != "MEMBER_STATE_FAILED" {
+	if got[2]["state"] != "MEMBER_STATE_FAILED" || got[2]["heartbeat_age_ms"] != "1500" || got[2]["raft_suffrage"] != "Voter" {
 		t.Errorf("third member: %v", got[2])
+	}
+	if got[0]["primary_buckets"] != float64(2048) || got[0]["leader"] != true || got[0]["member_id"] != nil {
+		t.Errorf("first member's details: %v", got[0])
 	}
 }
 
 func TestPrinterEmptyListJSON(t *testing.T) {
 	var buf bytes.Buffer
-	if err := newPrinter(&buf, outputJSON).members(nil); err != nil {
+	if err := newPrinter(&buf, outputJSON).members(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.TrimSpace(buf.String()); got != "[]" {

@@ -28,6 +28,8 @@ import (
 const (
 	defaultGRPC = "127.0.0.1:7420"
 	defaultRaft = "127.0.0.1:7421"
+	// defaultGossip is -dev's gossip address.
+	defaultGossip = "127.0.0.1:7422"
 )
 
 type options struct {
@@ -55,9 +57,11 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&c.GRPCAdvertise, "grpc-advertise", "", "gRPC address other members and clients use (default: grpc-bind)")
 	fs.StringVar(&c.RaftBind, "raft-bind", c.RaftBind, "address Raft listens on")
 	fs.StringVar(&c.RaftAdvertise, "raft-advertise", "", "Raft address other members use (default: raft-bind)")
+	fs.StringVar(&c.GossipBind, "gossip-bind", "", "address the gossip pool (memberlist) binds, UDP and TCP; an IP, not a name (empty: no gossip)")
+	fs.StringVar(&c.GossipAdvertise, "gossip-advertise", "", "gossip address other members use (default: gossip-bind)")
 	fs.BoolVar(&c.Bootstrap, "bootstrap", false, "found a new site with this member as its only voter (ignored once the data dir holds state)")
 	fs.StringVar(&o.join, "join", "", "comma-separated gRPC addresses of existing members to join through")
-	fs.BoolVar(&o.nonvoter, "nonvoter", false, "join as a Raft non-voter")
+	fs.BoolVar(&o.nonvoter, "nonvoter", false, "never become a Raft voter")
 	fs.Func("buckets", fmt.Sprintf("bucket count of a new site, a power of two (default %d)", c.BucketCount), func(s string) error {
 		var n uint32
 		if _, err := fmt.Sscan(s, &n); err != nil {
@@ -78,6 +82,12 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", c.SnapshotInterval, "how often to check whether to snapshot")
 	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", c.TrailingLogs, "log entries kept after a snapshot")
 	fs.DurationVar(&c.ApplyTimeout, "apply-timeout", c.ApplyTimeout, "how long a write may wait to enter the Raft log")
+	fs.DurationVar(&c.MemberLease, "member-lease", c.MemberLease,
+		"how long a member acts as primary after the leader last answered its heartbeat; a member the leader does not hear from for this long is failed over (same on every member)")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often a member renews its lease")
+	fs.IntVar(&c.Voters, "voters", c.Voters, "Raft voters the leader keeps: 3 or 5 (other members are non-voters)")
+	fs.IntVar(&c.MaxMoves, "max-moves", c.MaxMoves, "most make-before-break bucket moves under way at once")
+	fs.BoolVar(&c.AutoRebalance, "auto-rebalance", c.AutoRebalance, "rebalance buckets when members join (false: only on 'connsyncctl rebalance')")
 	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
@@ -165,6 +175,9 @@ func devDefaults(fs *flag.FlagSet, c *server.Config) (cleanup func(), err error)
 		c.Site = "dev"
 	}
 	c.Bootstrap = true
+	if !set["gossip-bind"] {
+		c.GossipBind = defaultGossip
+	}
 	cleanup = func() {}
 	if !set["data-dir"] {
 		dir, err := os.MkdirTemp("", "connsyncd-dev-")
@@ -187,6 +200,7 @@ func printDevBanner(s *server.Server, c *server.Config) {
 connsync dev member %q of site %q is ready (data in %s, removed on exit).
   gRPC API:  %s   (connsyncctl's default address)
   Raft:      %s
+  Gossip:    %s
 Try, in another shell:
   go run ./cmd/connsyncctl status
   go run ./cmd/connsyncctl claim tcp 10.0.0.1:1234 192.0.2.1:80
@@ -194,7 +208,7 @@ Try, in another shell:
   grpcurl -plaintext %s list
 Stop with Ctrl-C.
 
-`, c.MemberID, c.Site, c.DataDir, s.Addr(), c.RaftBind, s.Addr())
+`, c.MemberID, c.Site, c.DataDir, s.Addr(), c.RaftBind, c.GossipBind, s.Addr())
 }
 
 // serveMetrics sends go-metrics (which Raft and raft-boltdb emit) to a

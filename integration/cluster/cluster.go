@@ -15,9 +15,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/faultnet"
 	"github.com/connsync/connsync/server"
+	"github.com/connsync/connsync/server/placement"
 )
 
 // Member is one member of a test cluster. Server is nil while it is stopped.
@@ -43,6 +46,8 @@ type Options struct {
 	Site string
 	// Tweak, if set, adjusts each member's config before it starts.
 	Tweak func(*server.Config)
+	// NoGossip runs the members without a gossip pool.
+	NoGossip bool
 }
 
 // New starts an n-member site: the first member bootstraps, the others join
@@ -69,6 +74,13 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 		cfg.RaftBind = c.reserve(id)
 		cfg.RaftAdvertise = cfg.RaftBind
 		cfg.Network = c.Hub.Node(id)
+		if !opts.NoGossip {
+			addr, err := faultnet.FreeAddr()
+			if err != nil {
+				t.Fatalf("gossip address: %v", err)
+			}
+			cfg.GossipBind = addr
+		}
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: logs})
 		if i == 0 {
 			cfg.Bootstrap = true
@@ -96,6 +108,7 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 		}
 		return c.converged()
 	})
+	c.WaitPlaced(30 * time.Second)
 	return c
 }
 
@@ -324,4 +337,74 @@ func (w *testWriter) stop() {
 	w.mu.Lock()
 	w.stopped = true
 	w.mu.Unlock()
+}
+
+// WaitPlaced waits until the leader's bucket map is settled: every bucket
+// has a primary among the alive members, and (with two or more) a synced
+// local backup, no handoff is under way, and the primaries are spread
+// evenly by weight.
+func (c *Cluster) WaitPlaced(timeout time.Duration) {
+	c.t.Helper()
+	CheckFor(c.t, timeout, 20*time.Millisecond, func() error {
+		l := c.Leader()
+		if l == nil {
+			return fmt.Errorf("no leader")
+		}
+		return Placed(l.Server.FSM())
+	})
+}
+
+// Placed checks that f's bucket map is settled (see WaitPlaced).
+func Placed(f *fsm.FSM) error {
+	var alive []placement.Member
+	ok := map[string]bool{}
+	for _, m := range f.Members() {
+		if m.State == pb.MemberState_MEMBER_STATE_ALIVE {
+			alive = append(alive, placement.Member{ID: m.ID, Weight: m.Weight})
+			ok[m.ID] = true
+		}
+	}
+	as, _ := f.Buckets()
+	for i, a := range as {
+		switch {
+		case !ok[a.Primary]:
+			return fmt.Errorf("bucket %d: primary %q is not an alive member", i, a.Primary)
+		case len(alive) > 1 && (!ok[a.LocalBackup] || a.LocalBackup == a.Primary):
+			return fmt.Errorf("bucket %d: local backup %q (primary %s)", i, a.LocalBackup, a.Primary)
+		case len(alive) > 1 && !a.BackupSynced:
+			return fmt.Errorf("bucket %d: backup %s not synced yet", i, a.LocalBackup)
+		case a.Handoff:
+			return fmt.Errorf("bucket %d: handoff under way", i)
+		}
+	}
+	primaries := map[string]int{}
+	for _, a := range as {
+		primaries[a.Primary]++
+	}
+	target := placement.Targets(len(as), alive)
+	for _, m := range alive {
+		if d := primaries[m.ID] - target[m.ID]; d < -1 || d > 1 {
+			return fmt.Errorf("%s is primary of %d buckets, its share is %d", m.ID, primaries[m.ID], target[m.ID])
+		}
+	}
+	return nil
+}
+
+// Assignments returns the leader's bucket map.
+func (c *Cluster) Assignments() []fsm.Assignment {
+	c.t.Helper()
+	l := c.WaitForLeader(10 * time.Second)
+	as, _ := l.Server.FSM().Buckets()
+	return as
+}
+
+// CheckEpochsGrew fails the test if any bucket's epoch in now is below its
+// epoch in before (epochs are fencing tokens: they never go back).
+func CheckEpochsGrew(t testing.TB, before, now []fsm.Assignment) {
+	t.Helper()
+	for i := range before {
+		if i < len(now) && now[i].Epoch < before[i].Epoch {
+			t.Fatalf("bucket %d: epoch went back from %d to %d", i, before[i].Epoch, now[i].Epoch)
+		}
+	}
 }

@@ -6,6 +6,10 @@
 //
 // Listeners can be reserved up front (Reserve), so a member's advertised
 // addresses are known, and stable across restarts, before it starts.
+//
+// Gossip goes through the same cuts: Net.GossipTransport gives a member a
+// memberlist transport (real UDP and TCP on one loopback port, see FreeAddr)
+// that drops packets and refuses streams across a cut.
 package faultnet
 
 import (
@@ -26,12 +30,13 @@ type Hub struct {
 	reserved map[string]net.Listener // address -> listener opened by Reserve, not yet used
 	cut      map[[2]string]bool      // ordered pair (from, to) -> no traffic
 	conns    map[*conn]struct{}
+	streams  map[string]*gossipConn // local address of a gossip stream -> the stream (its dialler)
 }
 
 // NewHub returns a Hub with no cuts.
 func NewHub() *Hub {
 	return &Hub{owner: map[string]string{}, reserved: map[string]net.Listener{},
-		cut: map[[2]string]bool{}, conns: map[*conn]struct{}{}}
+		cut: map[[2]string]bool{}, conns: map[*conn]struct{}{}, streams: map[string]*gossipConn{}}
 }
 
 // Reserve opens a loopback listener on a free port for member and returns its

@@ -356,6 +356,60 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 	return t.result(cur)
 }
 
+// RebalanceBackups moves local backups from members holding more than their
+// share (Targets over the buckets that have a backup, with a tolerance of
+// tolerance x share + 1) to members below it, never onto the bucket's
+// primary, preferring the receiver that holds the fewest backups of that
+// primary. A moved backup starts unsynced: until the receiver's full sync
+// finishes the bucket has no complete copy, so at most maxMoves buckets
+// (0: no limit) may be without a synced backup after the plan, and buckets in
+// a handoff are left alone.
+func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance float64) []Change {
+	t := newTally(cur, eligible)
+	if len(t.ids) < 2 {
+		return nil
+	}
+	withBackup, unsynced := 0, 0
+	for _, b := range cur {
+		if b.LocalBackup != "" {
+			withBackup++
+			if !b.Synced {
+				unsynced++
+			}
+		}
+	}
+	target := Targets(withBackup, eligible)
+	over := func(id string) bool {
+		return float64(t.backups[id]) > float64(target[id])*(1+tolerance)+1
+	}
+	for i, b := range cur {
+		bi := uint32(i)
+		if maxMoves > 0 && unsynced >= maxMoves {
+			break
+		}
+		if b.Handoff || b.LocalBackup == "" || !over(b.LocalBackup) {
+			continue
+		}
+		best, bestPair, bestRank := "", 0.0, uint64(0)
+		for _, id := range t.ids {
+			if id == b.Primary || t.backups[id] >= target[id] {
+				continue
+			}
+			pair := float64(t.pairs[[2]string{b.Primary, id}]) / t.weight[id]
+			r := rank(bi, id)
+			if best == "" || pair < bestPair || (pair == bestPair && r > bestRank) {
+				best, bestPair, bestRank = id, pair, r
+			}
+		}
+		if best == "" {
+			continue
+		}
+		t.set(bi, Bucket{Primary: b.Primary, LocalBackup: best})
+		unsynced++
+	}
+	return t.result(cur)
+}
+
 // Flip completes the handoffs whose target has synced: the backup becomes
 // primary and the old primary its backup (it holds every connection, so the
 // bucket stays synced). If the old primary is not eligible (draining, failed)

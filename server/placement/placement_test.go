@@ -265,6 +265,38 @@ func TestRebalance_DrainPrefersSyncedBackups(t *testing.T) {
 	t.Logf("drain of 1 of 5: %d primaries moved, imbalance %.4f", len(changes), Imbalance(next, rest))
 }
 
+// A site that grew one member at a time has all backups on the first joiner;
+// RebalanceBackups spreads them, within the limit of unsynced backups.
+func TestRebalanceBackups_SpreadsSkewedBackups(t *testing.T) {
+	cur := initial(t, members(2)) // m1/m2 back each other up
+	ms := members(5)
+	cur = settle(Apply(cur, Rebalance(cur, ms, 0)), ms)
+	_, before := Counts(cur)
+	limited := RebalanceBackups(cur, ms, 100, 0.05)
+	if len(limited) != 100 {
+		t.Fatalf("%d backup moves, want the limit 100", len(limited))
+	}
+	changes := RebalanceBackups(cur, ms, 0, 0.05)
+	next := Apply(cur, changes)
+	checkValid(t, next, ms)
+	_, after := Counts(next)
+	target := Targets(nBuckets, ms)
+	for _, m := range ms {
+		if float64(after[m.ID]) > float64(target[m.ID])*1.05+1 {
+			t.Errorf("%s holds %d backups after rebalance, share %d", m.ID, after[m.ID], target[m.ID])
+		}
+	}
+	for _, c := range changes {
+		if c.To.Synced || c.To.Primary != cur[c.Bucket].Primary {
+			t.Fatalf("backup move %+v: want same primary, unsynced", c)
+		}
+	}
+	t.Logf("backups before %v, after %v: %d moved", before, after, len(changes))
+	if again := RebalanceBackups(next, ms, 0, 0.05); len(again) != 0 {
+		t.Errorf("%d more backup moves on a balanced table", len(again))
+	}
+}
+
 func TestPlacement_Deterministic(t *testing.T) {
 	ms := members(5)
 	a, b := initial(t, ms), initial(t, ms)

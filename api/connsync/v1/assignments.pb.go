@@ -72,9 +72,9 @@ type WatchAssignmentsResponse struct {
 	Assignments []*Assignment `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`
 	// The Raft index the answering state machine had applied.
 	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	// The state machine was replaced by a snapshot: assignments holds the whole
-	// map; drop what you had.
-	Reset_        bool `protobuf:"varint,3,opt,name=reset,proto3" json:"reset,omitempty"`
+	// assignments holds the whole map (the first message of a watch from
+	// revision 0).
+	FullMap       bool `protobuf:"varint,3,opt,name=full_map,json=fullMap,proto3" json:"full_map,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -123,9 +123,9 @@ func (x *WatchAssignmentsResponse) GetRevision() uint64 {
 	return 0
 }
 
-func (x *WatchAssignmentsResponse) GetReset_() bool {
+func (x *WatchAssignmentsResponse) GetFullMap() bool {
 	if x != nil {
-		return x.Reset_
+		return x.FullMap
 	}
 	return false
 }
@@ -232,11 +232,11 @@ const file_connsync_v1_assignments_proto_rawDesc = "" +
 	"\n" +
 	"\x1dconnsync/v1/assignments.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\">\n" +
 	"\x17WatchAssignmentsRequest\x12#\n" +
-	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"\x87\x01\n" +
+	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"\x8c\x01\n" +
 	"\x18WatchAssignmentsResponse\x129\n" +
 	"\vassignments\x18\x01 \x03(\v2\x17.connsync.v1.AssignmentR\vassignments\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05reset\x18\x03 \x01(\bR\x05reset\"X\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x19\n" +
+	"\bfull_map\x18\x03 \x01(\bR\afullMap\"X\n" +
 	"\x16ListAssignmentsRequest\x12>\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"p\n" +
 	"\x17ListAssignmentsResponse\x129\n" +

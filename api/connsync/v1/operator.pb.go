@@ -455,8 +455,13 @@ type JoinRequest struct {
 	// Advertised gRPC address, host:port.
 	GrpcAddr string `protobuf:"bytes,4,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
 	Weight   uint32 `protobuf:"varint,5,opt,name=weight,proto3" json:"weight,omitempty"`
-	// Join as a non-voter.
-	Nonvoter      bool `protobuf:"varint,6,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// Never become a voter (the leader keeps a set number of voters and
+	// promotes other members as needed).
+	Nonvoter bool `protobuf:"varint,6,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// The joining process's incarnation (see Member).
+	Incarnation uint64 `protobuf:"varint,7,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Advertised gossip address, host:port; "" without gossip.
+	GossipAddr    string `protobuf:"bytes,8,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,6 +536,20 @@ func (x *JoinRequest) GetNonvoter() bool {
 		return x.Nonvoter
 	}
 	return false
+}
+
+func (x *JoinRequest) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *JoinRequest) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
 }
 
 type JoinResponse struct {
@@ -1203,14 +1222,17 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\rraft_suffrage\x18\x04 \x01(\tR\fraftSuffrage\x12\x16\n" +
 	"\x06leader\x18\x05 \x01(\bR\x06leader\x12!\n" +
 	"\fgossip_state\x18\x06 \x01(\tR\vgossipState\x12(\n" +
-	"\x10heartbeat_age_ms\x18\a \x01(\x03R\x0eheartbeatAgeMs\"\xac\x01\n" +
+	"\x10heartbeat_age_ms\x18\a \x01(\x03R\x0eheartbeatAgeMs\"\xef\x01\n" +
 	"\vJoinRequest\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\x12\x1b\n" +
 	"\tgrpc_addr\x18\x04 \x01(\tR\bgrpcAddr\x12\x16\n" +
 	"\x06weight\x18\x05 \x01(\rR\x06weight\x12\x1a\n" +
-	"\bnonvoter\x18\x06 \x01(\bR\bnonvoter\";\n" +
+	"\bnonvoter\x18\x06 \x01(\bR\bnonvoter\x12 \n" +
+	"\vincarnation\x18\a \x01(\x04R\vincarnation\x12\x1f\n" +
+	"\vgossip_addr\x18\b \x01(\tR\n" +
+	"gossipAddr\";\n" +
 	"\fJoinResponse\x12+\n" +
 	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member\"2\n" +
 	"\x13RemoveMemberRequest\x12\x1b\n" +

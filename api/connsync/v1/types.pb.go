@@ -547,7 +547,11 @@ type Member struct {
 	// the member runs without gossip.
 	GossipAddr string `protobuf:"bytes,8,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
 	// The member asked never to become a Raft voter.
-	Nonvoter      bool `protobuf:"varint,9,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	Nonvoter bool `protobuf:"varint,9,opt,name=nonvoter,proto3" json:"nonvoter,omitempty"`
+	// Random number chosen when the member's connsyncd process started. A
+	// member that comes back with another one restarted (and lost what it
+	// held in memory): the leader fails it over and it joins again.
+	Incarnation   uint64 `protobuf:"varint,10,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -643,6 +647,13 @@ func (x *Member) GetNonvoter() bool {
 		return x.Nonvoter
 	}
 	return false
+}
+
+func (x *Member) GetIncarnation() uint64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
 }
 
 // TcpWindow is one direction's TCP sequence tracking.
@@ -910,7 +921,7 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12#\n" +
 	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
 	"\ahandoff\x18\a \x01(\bR\ahandoff\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"\x8e\x02\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\"\xb0\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +
@@ -921,7 +932,9 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\fjoined_index\x18\a \x01(\x04R\vjoinedIndex\x12\x1f\n" +
 	"\vgossip_addr\x18\b \x01(\tR\n" +
 	"gossipAddr\x12\x1a\n" +
-	"\bnonvoter\x18\t \x01(\bR\bnonvoter\"r\n" +
+	"\bnonvoter\x18\t \x01(\bR\bnonvoter\x12 \n" +
+	"\vincarnation\x18\n" +
+	" \x01(\x04R\vincarnation\"r\n" +
 	"\tTcpWindow\x12\x10\n" +
 	"\x03end\x18\x01 \x01(\rR\x03end\x12\x17\n" +
 	"\amax_end\x18\x02 \x01(\rR\x06maxEnd\x12\x17\n" +

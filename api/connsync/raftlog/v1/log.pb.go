@@ -1018,9 +1018,9 @@ func (x *SetAssignmentsOp) GetBuckets() []*BucketRecord {
 // ReassignOp changes member states and bucket assignments in one step, all
 // or nothing: the leader's failover, rebalance and drain decisions. Member
 // states change first; the buckets are then checked against the new states.
-// Each bucket change names the epoch it was planned from and fails the whole
-// operation if the bucket has changed since (compare-and-set), so a plan made
-// from a stale view is never applied.
+// Each bucket change names the revision it was planned from and fails the
+// whole operation if the bucket has changed in any way since (compare-and-
+// set), so a plan made from a stale view is never applied.
 type ReassignOp struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Members []*SetMemberStateOp    `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
@@ -1085,7 +1085,7 @@ func (x *ReassignOp) GetReason() string {
 type BucketChange struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Bucket        uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
-	PrevEpoch     uint64                 `protobuf:"varint,2,opt,name=prev_epoch,json=prevEpoch,proto3" json:"prev_epoch,omitempty"`
+	PrevRevision  uint64                 `protobuf:"varint,2,opt,name=prev_revision,json=prevRevision,proto3" json:"prev_revision,omitempty"`
 	Primary       string                 `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
 	LocalBackup   string                 `protobuf:"bytes,4,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
 	RemoteBackup  string                 `protobuf:"bytes,5,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
@@ -1132,9 +1132,9 @@ func (x *BucketChange) GetBucket() uint32 {
 	return 0
 }
 
-func (x *BucketChange) GetPrevEpoch() uint64 {
+func (x *BucketChange) GetPrevRevision() uint64 {
 	if x != nil {
-		return x.PrevEpoch
+		return x.PrevRevision
 	}
 	return 0
 }
@@ -1986,11 +1986,10 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"ReassignOp\x12?\n" +
 	"\amembers\x18\x01 \x03(\v2%.connsync.raftlog.v1.SetMemberStateOpR\amembers\x12;\n" +
 	"\abuckets\x18\x02 \x03(\v2!.connsync.raftlog.v1.BucketChangeR\abuckets\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xe6\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xec\x01\n" +
 	"\fBucketChange\x12\x16\n" +
-	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x1d\n" +
-	"\n" +
-	"prev_epoch\x18\x02 \x01(\x04R\tprevEpoch\x12\x18\n" +
+	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12#\n" +
+	"\rprev_revision\x18\x02 \x01(\x04R\fprevRevision\x12\x18\n" +
 	"\aprimary\x18\x03 \x01(\tR\aprimary\x12!\n" +
 	"\flocal_backup\x18\x04 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x05 \x01(\tR\fremoteBackup\x12#\n" +

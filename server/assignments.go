@@ -1,0 +1,200 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// assignmentService implements AssignmentService from the local state
+// machine.
+type assignmentService struct {
+	pb.UnimplementedAssignmentServiceServer
+	s *Server
+}
+
+func (a *assignmentService) WatchAssignments(req *pb.WatchAssignmentsRequest, st pb.AssignmentService_WatchAssignmentsServer) error {
+	f := a.s.fsm
+	rev, first := req.FromRevision, true
+	for {
+		_, changed := f.Watch()
+		buckets, as, applied := f.ChangedSince(rev)
+		if first || len(buckets) > 0 {
+			resp := &pb.WatchAssignmentsResponse{Revision: applied, FullMap: first && rev == 0,
+				Assignments: make([]*pb.Assignment, len(buckets))}
+			for i, b := range buckets {
+				resp.Assignments[i] = as[i].Proto(b)
+			}
+			if err := st.Send(resp); err != nil {
+				return err
+			}
+			first = false
+		}
+		rev = max(rev, applied)
+		select {
+		case <-st.Context().Done():
+			return nil
+		case <-a.s.stop:
+			return ErrShutdown
+		case <-changed:
+		}
+	}
+}
+
+func (a *assignmentService) ListAssignments(ctx context.Context, req *pb.ListAssignmentsRequest) (*pb.ListAssignmentsResponse, error) {
+	if err := a.s.read(ctx, req.Consistency); err != nil {
+		return nil, err
+	}
+	as, applied := a.s.fsm.Buckets()
+	out := &pb.ListAssignmentsResponse{Revision: applied, Assignments: make([]*pb.Assignment, len(as))}
+	for i, x := range as {
+		out.Assignments[i] = x.Proto(uint32(i))
+	}
+	return out, nil
+}
+
+// ReportSynced records finished full syncs (leader only; the forwarding
+// interceptor sends it there).
+func (m *memberService) ReportSynced(ctx context.Context, req *pb.ReportSyncedRequest) (*pb.ReportSyncedResponse, error) {
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	if len(req.Buckets) == 0 {
+		return nil, invalid("buckets", "at least one bucket is required")
+	}
+	op := &ipb.Op{Op: &ipb.Op_MarkSynced{MarkSynced: &ipb.MarkSyncedOp{MemberId: req.MemberId, Buckets: req.Buckets}}}
+	r, err := m.s.write1(ctx, nil, op)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReportSyncedResponse{Accepted: uint32(r.Epoch)}, nil
+}
+
+// BackupSyncer copies a bucket's connections to this member when it becomes
+// the bucket's local backup. Sync returns nil once this member holds every
+// connection the primary had for the bucket at assignment a (deltas keep
+// flowing meanwhile and are applied by version, so later changes are not
+// lost); the member then reports the bucket synced and the leader may flip a
+// handoff to it. Sync is called from several goroutines; it should return
+// promptly when ctx ends.
+type BackupSyncer interface {
+	Sync(ctx context.Context, bucket uint32, a fsm.Assignment) error
+}
+
+// noData is the syncer until connection-state replication exists: there are
+// no connection states to copy, so a backup holds everything at once.
+type noData struct{}
+
+func (noData) Sync(context.Context, uint32, fsm.Assignment) error { return nil }
+
+// syncLoop runs the member side of full sync: for every bucket this member
+// is the local backup of and that is not yet synced, run the syncer, then
+// report the result to the leader in batches.
+func (s *Server) syncLoop() {
+	defer s.wg.Done()
+	syncer := s.cfg.Syncer
+	if syncer == nil {
+		syncer = noData{}
+	}
+	type job struct {
+		bucket uint32
+		epoch  uint64
+	}
+	var (
+		mu      sync.Mutex
+		running = map[job]bool{} // started and not yet reported
+		done    []*pb.BucketEpoch
+		wake    = make(chan struct{}, 1)
+	)
+	sem := make(chan struct{}, 16)
+	for {
+		_, changed := s.fsm.Watch()
+		as, _ := s.fsm.Buckets()
+		for i, a := range as {
+			j := job{uint32(i), a.Epoch}
+			if a.LocalBackup != s.cfg.MemberID || a.BackupSynced {
+				continue
+			}
+			mu.Lock()
+			started := running[j]
+			running[j] = true
+			mu.Unlock()
+			if started {
+				continue
+			}
+			s.wg.Add(1)
+			go func(j job, a fsm.Assignment) {
+				defer s.wg.Done()
+				select {
+				case sem <- struct{}{}:
+				case <-s.stop:
+					return
+				}
+				err := syncer.Sync(s.ctx, j.bucket, a)
+				<-sem
+				mu.Lock()
+				if err != nil {
+					delete(running, j) // try again on the next change or tick
+				} else {
+					done = append(done, &pb.BucketEpoch{Bucket: j.bucket, Epoch: j.epoch})
+				}
+				mu.Unlock()
+				if err != nil && s.ctx.Err() == nil {
+					s.logger.Warn("full sync failed", "bucket", j.bucket, "error", err)
+				}
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}(j, a)
+		}
+		mu.Lock()
+		batch := done
+		done = nil
+		mu.Unlock()
+		if len(batch) > 0 && !s.reportSynced(batch) {
+			mu.Lock()
+			done = append(batch, done...)
+			mu.Unlock()
+		}
+		// Forget finished jobs whose bucket has moved on, so memory stays
+		// bounded by the buckets this member backs up.
+		mu.Lock()
+		for j := range running {
+			if a := as[j.bucket]; a.Epoch != j.epoch || a.LocalBackup != s.cfg.MemberID {
+				delete(running, j)
+			}
+		}
+		mu.Unlock()
+		select {
+		case <-s.stop:
+			return
+		case <-changed:
+		case <-wake:
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// reportSynced sends finished syncs to the leader; false if it must be
+// retried.
+func (s *Server) reportSynced(batch []*pb.BucketEpoch) bool {
+	conn, err := s.peers.get(s.cfg.grpcAdvertise()) // this member forwards to the leader
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ApplyTimeout)
+	defer cancel()
+	r, err := pb.NewMemberServiceClient(conn).ReportSynced(ctx, &pb.ReportSyncedRequest{MemberId: s.cfg.MemberID, Buckets: batch})
+	if err != nil {
+		s.logger.Debug("report synced", "buckets", len(batch), "error", err)
+		return false
+	}
+	s.logger.Debug("reported synced", "buckets", len(batch), "accepted", r.Accepted, "batch", fmt.Sprint(batch))
+	return true
+}

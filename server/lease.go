@@ -1,0 +1,218 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+)
+
+// leaseKeeper is the member side of the member lease (see MemberService.
+// Heartbeat in api/connsync/v1/member.proto). It keeps one heartbeat stream
+// to the site leader, sends a beat every HeartbeatInterval, and extends the
+// lease to send time + MemberLease for each granted answer. The member acts
+// as primary only while the lease holds and its state machine has applied
+// as far as the leader had when it granted it, so a member that comes back
+// from a pause or a partition learns that its buckets moved before it could
+// act on them again.
+//
+// Only monotonic clock readings are compared, never wall-clock times of two
+// machines.
+type leaseKeeper struct {
+	s *Server
+
+	mu         sync.Mutex
+	expires    time.Time // zero: no lease
+	minApplied uint64    // the state machine must have applied this far
+	state      pb.MemberState
+	sent       map[uint64]time.Time // seq -> send time, for beats in flight
+	seq        uint64
+	rejoin     chan struct{} // signalled when the leader says this member is failed or unknown
+}
+
+func newLeaseKeeper(s *Server) *leaseKeeper {
+	return &leaseKeeper{s: s, sent: map[uint64]time.Time{}, rejoin: make(chan struct{}, 1)}
+}
+
+// valid reports whether the lease holds now.
+func (l *leaseKeeper) valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Now().Before(l.expires)
+}
+
+// acting reports whether the member may act as primary: the lease holds and
+// the state machine has caught up with the grant.
+func (l *leaseKeeper) acting() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Now().Before(l.expires) && l.s.fsm.AppliedIndex() >= l.minApplied
+}
+
+// activeBuckets returns the buckets this member acts as primary for now:
+// none without a lease, else those the state machine assigns it.
+func (l *leaseKeeper) activeBuckets() ([]*pb.BucketEpoch, uint64) {
+	as, applied := l.s.fsm.Buckets()
+	if !l.acting() {
+		return nil, applied
+	}
+	var out []*pb.BucketEpoch
+	for i, a := range as {
+		if a.Primary == l.s.cfg.MemberID {
+			out = append(out, &pb.BucketEpoch{Bucket: uint32(i), Epoch: a.Epoch})
+		}
+	}
+	return out, applied
+}
+
+// drop ends the lease at once (the leader refused it).
+func (l *leaseKeeper) drop() {
+	l.mu.Lock()
+	l.expires = time.Time{}
+	l.mu.Unlock()
+}
+
+// run keeps a heartbeat stream to the current leader until stop.
+func (l *leaseKeeper) run() {
+	s := l.s
+	defer s.wg.Done()
+	backoff := s.cfg.HeartbeatInterval
+	for {
+		err := l.stream()
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		if err != nil && !errors.Is(err, context.Canceled) {
+			s.logger.Debug("lease heartbeat stream ended", "error", err)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 4*s.cfg.HeartbeatInterval)
+	}
+}
+
+// stream runs one heartbeat stream to the leader as this member knows it; it
+// returns when the stream breaks or the leader changes.
+func (l *leaseKeeper) stream() error {
+	s := l.s
+	addr, err := s.leaderGRPCAddr()
+	if err != nil {
+		return err
+	}
+	leaderID := s.leaderID()
+	conn, err := s.peers.get(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	st, err := pb.NewMemberServiceClient(conn).Heartbeat(ctx)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- l.receive(st) }()
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		if s.leaderID() != leaderID {
+			return nil // follow the new leader
+		}
+		l.mu.Lock()
+		l.seq++
+		seq := l.seq
+		l.sent[seq] = time.Now()
+		for old := range l.sent { // answers that never came
+			if old+64 < seq {
+				delete(l.sent, old)
+			}
+		}
+		l.mu.Unlock()
+		req := &pb.HeartbeatRequest{MemberId: s.cfg.MemberID, Incarnation: s.incarnation, Seq: seq,
+			AppliedIndex: s.fsm.AppliedIndex()}
+		if err := st.Send(req); err != nil {
+			return err
+		}
+		select {
+		case <-s.stop:
+			return nil
+		case err := <-errc:
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+func (l *leaseKeeper) receive(st pb.MemberService_HeartbeatClient) error {
+	for {
+		resp, err := st.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		l.answer(resp)
+	}
+}
+
+// answer applies one heartbeat answer.
+func (l *leaseKeeper) answer(resp *pb.HeartbeatResponse) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sent, ok := l.sent[resp.Seq]
+	delete(l.sent, resp.Seq)
+	l.state = resp.MemberState
+	if !resp.Granted {
+		l.expires = time.Time{}
+		switch resp.MemberState {
+		case pb.MemberState_MEMBER_STATE_UNSPECIFIED, pb.MemberState_MEMBER_STATE_FAILED:
+			select {
+			case l.rejoin <- struct{}{}:
+			default:
+			}
+		}
+		return
+	}
+	if !ok {
+		return
+	}
+	if exp := sent.Add(l.s.cfg.MemberLease); exp.After(l.expires) {
+		l.expires = exp
+	}
+	l.minApplied = max(l.minApplied, resp.AppliedIndex)
+}
+
+// rejoinLoop joins the site again whenever the leader says this member is
+// failed or unknown: after a restart, a pause or a partition its buckets have
+// moved, and it comes back as a fresh member that gets buckets make-before-
+// break.
+func (s *Server) rejoinLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.lease.rejoin:
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+		err := s.joinOnce(ctx)
+		cancel()
+		if err != nil {
+			s.logger.Warn("rejoin failed, will retry", "error", err)
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+}

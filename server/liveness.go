@@ -1,0 +1,421 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+)
+
+// liveness is the leader's view of which members are alive. It combines
+// three signals, none of which moves a bucket by itself:
+//
+//   - Lease heartbeats. Every member renews its lease with the leader every
+//     HeartbeatInterval. A member the leader has not heard from for
+//     MemberLease plus a margin has stopped acting as primary (its lease ran
+//     out), so it may be failed. This is the only signal that covers a hung
+//     or partitioned member, and it is safe without any other.
+//   - Broken connections. When a member's heartbeat stream closes, when gossip
+//     reports it dead or gone, or when Raft fails to heartbeat it, the leader
+//     probes it at once: a refused TCP connection to its gRPC address means no
+//     process listens there any more (it crashed), and an answer with another
+//     incarnation means it restarted. Either way the old process cannot act,
+//     so it is failed without waiting for its lease: tens of milliseconds
+//     after a crash. Any other outcome (a timeout: partition, pause, dead
+//     host) proves nothing, and the lease decides.
+//   - Leadership freshness. The leader grants leases only while it has
+//     confirmed its leadership with a quorum within the last freshLimit; a new
+//     leader fails no member on lease grounds for the first grace() of its
+//     term, which covers every lease an earlier leader may have granted. A
+//     member reconnects to a new leader within a heartbeat or two, so a
+//     leader change fails nobody.
+//
+// The reconcile loop (reconcile.go) reads it and commits the failovers.
+type liveness struct {
+	s *Server
+
+	mu       sync.Mutex
+	leading  bool
+	since    time.Time // this term's start as ready leader
+	verified time.Time // start of the last successful leadership check
+	peers    map[string]*peer
+	kick     chan struct{} // buffered(1): wakes the reconcile loop
+}
+
+// peer is what the leader knows of one member in this term.
+type peer struct {
+	heard       time.Time // last heartbeat received
+	incarnation uint64
+	streams     int
+	probing     bool
+	dead        string // why the member is known dead; "" if not
+}
+
+func newLiveness(s *Server) *liveness {
+	return &liveness{s: s, peers: map[string]*peer{}, kick: make(chan struct{}, 1)}
+}
+
+// freshLimit is how recent the leader's last quorum check must be for it to
+// grant a lease.
+func (l *liveness) freshLimit() time.Duration { return l.s.cfg.MemberLease / 4 }
+
+// grace is how long a new leader waits before failing a member it has not
+// heard from: longer than any lease a previous leader can have granted.
+func (l *liveness) grace() time.Duration {
+	return l.s.cfg.MemberLease + l.freshLimit() + 2*l.s.cfg.HeartbeatInterval
+}
+
+// failAfter is how long after the last heartbeat a member's lease has
+// surely run out: the lease counts from the beat's send time, which is
+// before its receipt, plus a margin for clock-rate drift and scheduling.
+func (l *liveness) failAfter() time.Duration {
+	return l.s.cfg.MemberLease + l.s.cfg.HeartbeatInterval
+}
+
+// start resets the view for a new term as leader.
+func (l *liveness) start() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.leading, l.since, l.verified = true, time.Now(), time.Time{}
+	l.peers = map[string]*peer{}
+}
+
+// stop ends the term: no more grants.
+func (l *liveness) stop() {
+	l.mu.Lock()
+	l.leading = false
+	l.mu.Unlock()
+}
+
+func (l *liveness) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (l *liveness) peer(id string) *peer {
+	p := l.peers[id]
+	if p == nil {
+		p = &peer{}
+		l.peers[id] = p
+	}
+	return p
+}
+
+// verifyLoop confirms leadership with a quorum every HeartbeatInterval while
+// ctx lasts, so lease grants stop soon after this member loses leadership.
+func (l *liveness) verifyLoop(ctx context.Context) {
+	defer l.s.wg.Done()
+	t := time.NewTicker(l.s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		start := time.Now()
+		f := l.s.raft.VerifyLeader()
+		done := make(chan error, 1)
+		go func() { done <- f.Error() }() // not waited for: raft may never answer once shut down
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-done:
+			if err == nil {
+				l.mu.Lock()
+				l.verified = start
+				l.mu.Unlock()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// beat records one heartbeat and answers it.
+func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
+	s := l.s
+	resp := &pb.HeartbeatResponse{Seq: req.Seq, LeaderId: s.leaderID(), Term: s.raft.CurrentTerm()}
+	if !s.isReady() {
+		resp.Reason = "not the leader"
+		return resp
+	}
+	m, known := s.fsm.Member(req.MemberId)
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.leading {
+		resp.Reason = "not the leader"
+		return resp
+	}
+	p := l.peer(req.MemberId)
+	p.heard, p.incarnation = now, req.Incarnation
+	resp.MemberState = m.State
+	switch {
+	case !known:
+		resp.Reason = "not a member of this site"
+	case m.State != pb.MemberState_MEMBER_STATE_ALIVE && m.State != pb.MemberState_MEMBER_STATE_DRAINING:
+		resp.Reason = fmt.Sprintf("member is %s", m.State)
+	case m.Incarnation != 0 && req.Incarnation != m.Incarnation:
+		// A new process under the same ID: the old one is gone.
+		if p.dead == "" {
+			p.dead = "restarted (new incarnation)"
+			l.wake()
+		}
+		resp.Reason = "restarted: its buckets are being failed over"
+	case now.Sub(l.verified) > l.freshLimit():
+		resp.Reason = "leadership not confirmed recently"
+	default:
+		resp.Granted = true
+		resp.AppliedIndex = s.fsm.AppliedIndex()
+	}
+	return resp
+}
+
+func (l *liveness) streamOpened(id string) {
+	l.mu.Lock()
+	l.peer(id).streams++
+	l.mu.Unlock()
+}
+
+func (l *liveness) streamClosed(id string) {
+	l.mu.Lock()
+	p := l.peer(id)
+	p.streams--
+	last := p.streams == 0
+	l.mu.Unlock()
+	if last {
+		l.suspect(id, "heartbeat stream closed")
+	}
+}
+
+// suspect probes a member once (at most one probe per member at a time).
+func (l *liveness) suspect(id, why string) {
+	if id == l.s.cfg.MemberID {
+		return
+	}
+	l.mu.Lock()
+	if !l.leading {
+		l.mu.Unlock()
+		return
+	}
+	p := l.peer(id)
+	if p.probing || p.dead != "" {
+		l.mu.Unlock()
+		return
+	}
+	p.probing = true
+	l.mu.Unlock()
+	l.s.wg.Add(1)
+	go func() {
+		defer l.s.wg.Done()
+		dead := l.s.probe(id)
+		l.mu.Lock()
+		p.probing = false
+		if dead != "" && p.dead == "" {
+			p.dead = dead
+		}
+		l.mu.Unlock()
+		if dead != "" {
+			l.s.logger.Info("member confirmed dead", "id", id, "signal", why, "probe", dead)
+			l.wake()
+		}
+	}()
+}
+
+// failures returns the members (of those given) to fail now, with why.
+func (l *liveness) failures(candidates []string) map[string]string {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]string{}
+	if !l.leading {
+		return out
+	}
+	for _, id := range candidates {
+		if id == l.s.cfg.MemberID {
+			continue // never reap yourself
+		}
+		p := l.peers[id]
+		switch {
+		case p != nil && p.dead != "":
+			out[id] = p.dead
+		case now.Sub(l.since) < l.grace():
+		case p == nil || now.Sub(p.heard) > l.failAfter():
+			out[id] = "member lease expired (no heartbeat)"
+		}
+	}
+	return out
+}
+
+// healthy reports whether the leader heard from a member within its lease
+// (or is still in its grace period and has no proof of its death).
+func (l *liveness) healthy(id string) bool {
+	if id == l.s.cfg.MemberID {
+		return true
+	}
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.peers[id]
+	if p != nil && p.dead != "" {
+		return false
+	}
+	if p != nil && now.Sub(p.heard) <= l.s.cfg.MemberLease {
+		return true
+	}
+	return now.Sub(l.since) < l.grace()
+}
+
+// forget drops what is known of a member once it has been failed, so a
+// rejoin starts afresh.
+func (l *liveness) forget(id string) {
+	l.mu.Lock()
+	delete(l.peers, id)
+	l.mu.Unlock()
+}
+
+// heartbeatAge returns how long ago the leader heard from id, or -1.
+func (l *liveness) heartbeatAge(id string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p := l.peers[id]; l.leading && p != nil && !p.heard.IsZero() {
+		return time.Since(p.heard)
+	}
+	return -1
+}
+
+// probe checks whether member id's process is gone. It returns why it is
+// dead, or "" if that cannot be told (it answered as itself, or did not
+// answer at all).
+func (s *Server) probe(id string) string {
+	m, ok := s.fsm.Member(id)
+	if !ok || m.GRPCAddr == "" {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 250*time.Millisecond)
+	defer cancel()
+	c, err := s.network.Dial(ctx, m.GRPCAddr)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return "connection refused at " + m.GRPCAddr
+		}
+		return ""
+	}
+	c.Close()
+	cc, err := grpc.NewClient("passthrough:///"+m.GRPCAddr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) { return s.network.Dial(ctx, a) }))
+	if err != nil {
+		return ""
+	}
+	defer cc.Close()
+	st, err := pb.NewOperatorServiceClient(cc).Status(ctx, &pb.StatusRequest{})
+	switch {
+	case err != nil:
+		return ""
+	case st.MemberId != id:
+		return fmt.Sprintf("%s now answers as %s", m.GRPCAddr, st.MemberId)
+	case m.Incarnation != 0 && st.Incarnation != m.Incarnation:
+		return "restarted (new incarnation)"
+	}
+	return ""
+}
+
+// observeRaft turns Raft's failed heartbeats to a follower into probes.
+func (s *Server) observeRaft() {
+	defer s.wg.Done()
+	ch := make(chan raft.Observation, 64)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.FailedHeartbeatObservation)
+		return ok
+	})
+	s.raft.RegisterObserver(obs)
+	defer s.raft.DeregisterObserver(obs)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case o := <-ch:
+			if f, ok := o.Data.(raft.FailedHeartbeatObservation); ok {
+				s.live.suspect(string(f.PeerID), "raft heartbeat failed")
+			}
+		}
+	}
+}
+
+// memberService implements MemberService.
+type memberService struct {
+	pb.UnimplementedMemberServiceServer
+	s *Server
+}
+
+func (m *memberService) Heartbeat(st pb.MemberService_HeartbeatServer) error {
+	s := m.s
+	reqs := make(chan *pb.HeartbeatRequest)
+	go func() { // ends when the stream does (the handler's return ends it)
+		defer close(reqs)
+		for {
+			req, err := st.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-st.Context().Done():
+				return
+			}
+		}
+	}()
+	var id string
+	defer func() {
+		if id != "" {
+			s.live.streamClosed(id)
+		}
+	}()
+	for {
+		var req *pb.HeartbeatRequest
+		select {
+		case <-s.stop:
+			return ErrShutdown
+		case r, ok := <-reqs:
+			if !ok {
+				return nil // the member went away; streamClosed probes it
+			}
+			req = r
+		}
+		switch {
+		case id == "":
+			if err := checkMemberID("member_id", req.MemberId); err != nil {
+				return err
+			}
+			id = req.MemberId
+			s.live.streamOpened(id)
+		case req.MemberId != id:
+			return invalid("member_id", "%q on a stream opened by %q", req.MemberId, id)
+		}
+		if err := st.Send(s.live.beat(req)); err != nil {
+			return nil
+		}
+	}
+}
+
+// sortedIDs returns map keys in order.
+func sortedIDs[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
