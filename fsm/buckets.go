@@ -48,11 +48,13 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 				b.Bucket, st.buckets[b.Bucket].Revision, b.PrevRevision)}
 		case b.Primary != "" && b.Primary == b.LocalBackup:
 			return Result{Err: errorf(ErrInvalid, "bucket %d: %s cannot be its own local backup", b.Bucket, b.Primary)}
-		case b.Handoff && b.LocalBackup == "":
-			return Result{Err: errorf(ErrInvalid, "bucket %d: a handoff needs a local backup", b.Bucket)}
+		case b.Incoming != "" && (b.Incoming == b.Primary || b.Incoming == b.LocalBackup):
+			return Result{Err: errorf(ErrInvalid, "bucket %d: incoming %s already holds a role", b.Bucket, b.Incoming)}
+		case b.Incoming == "" && (b.IncomingSynced || b.IncomingPrimary):
+			return Result{Err: errorf(ErrInvalid, "bucket %d: incoming flags without an incoming member", b.Bucket)}
 		}
 		seen[b.Bucket] = true
-		for _, id := range []string{b.Primary, b.LocalBackup} {
+		for _, id := range []string{b.Primary, b.LocalBackup, b.Incoming} {
 			if id == "" {
 				continue
 			}
@@ -71,8 +73,10 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 	for _, b := range op.Buckets {
 		cur := &st.buckets[b.Bucket]
 		next := Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
-			Epoch: cur.Epoch, BackupSynced: b.BackupSynced, Handoff: b.Handoff, Revision: index}
-		if next.Primary != cur.Primary || next.LocalBackup != cur.LocalBackup || next.RemoteBackup != cur.RemoteBackup {
+			Epoch: cur.Epoch, BackupSynced: b.BackupSynced, Revision: index,
+			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary}
+		if next.Primary != cur.Primary || next.LocalBackup != cur.LocalBackup || next.RemoteBackup != cur.RemoteBackup ||
+			next.Incoming != cur.Incoming {
 			next.Epoch = index
 		}
 		if next != *cur {
@@ -84,8 +88,9 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 }
 
 // markSynced records that a member finished the full sync of buckets it is
-// the local backup of. Reports that no longer match the bucket (another
-// epoch or backup) are skipped. Result.Epoch is how many were recorded.
+// the local backup or the incoming member of. Reports that no longer match
+// the bucket (another epoch, or the member holds neither role) are skipped.
+// Result.Epoch is how many were recorded.
 func (st *state) markSynced(index uint64, op *ipb.MarkSyncedOp) Result {
 	if err := st.checkMember(op.MemberId); err != nil {
 		if s, ok := st.members[op.MemberId]; !ok || s.State != pb.MemberState_MEMBER_STATE_DRAINING {
@@ -98,10 +103,17 @@ func (st *state) markSynced(index uint64, op *ipb.MarkSyncedOp) Result {
 			continue
 		}
 		b := &st.buckets[be.Bucket]
-		if b.LocalBackup != op.MemberId || b.Epoch != be.Epoch || b.BackupSynced {
+		switch {
+		case b.Epoch != be.Epoch:
+			continue
+		case b.LocalBackup == op.MemberId && !b.BackupSynced:
+			b.BackupSynced = true
+		case b.Incoming == op.MemberId && !b.IncomingSynced:
+			b.IncomingSynced = true
+		default:
 			continue
 		}
-		b.BackupSynced, b.Revision = true, index
+		b.Revision = index
 		st.topologyChanged = true
 		n++
 	}
@@ -142,10 +154,12 @@ func (f *FSM) ChangedSince(rev uint64) (buckets []uint32, as []Assignment, appli
 // Proto converts an assignment of bucket b to its API form.
 func (a Assignment) Proto(b uint32) *pb.Assignment {
 	return &pb.Assignment{Bucket: b, Primary: a.Primary, LocalBackup: a.LocalBackup, RemoteBackup: a.RemoteBackup,
-		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Handoff: a.Handoff, Revision: a.Revision}
+		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Revision: a.Revision,
+		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
 }
 
 func (a Assignment) record(b uint32) *ipb.BucketRecord {
 	return &ipb.BucketRecord{Bucket: b, Primary: a.Primary, LocalBackup: a.LocalBackup, RemoteBackup: a.RemoteBackup,
-		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Handoff: a.Handoff, Revision: a.Revision}
+		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Revision: a.Revision,
+		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
 }

@@ -71,7 +71,10 @@ func TestFSM_ReassignRefusesBadChanges(t *testing.T) {
 		{"bucket twice", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1"},
 			&ipb.BucketChange{Bucket: 3, Primary: "m2"}), ErrInvalid},
 		{"own backup", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", LocalBackup: "m1"}), ErrInvalid},
-		{"handoff without backup", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", Handoff: true}), ErrInvalid},
+		{"incoming flags without incoming", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", IncomingPrimary: true}), ErrInvalid},
+		{"incoming is the primary", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", Incoming: "m1"}), ErrInvalid},
+		{"incoming is the backup", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", LocalBackup: "m2", Incoming: "m2"}), ErrInvalid},
+		{"incoming has left", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", Incoming: "m3"}), ErrMemberNotAlive},
 		{"unknown member", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "ghost"}), ErrUnknownMember},
 		{"left member", reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m3"}), ErrMemberNotAlive},
 		{"member failed in the same op", reassignOp(failed("m2"),
@@ -121,9 +124,9 @@ func TestFSM_ReassignFailoverReleasesLocks(t *testing.T) {
 }
 
 func TestFSM_MarkSynced(t *testing.T) {
-	f, idx := newSite(t, "m1", "m2", "m3")
+	f, idx := newSite(t, "m1", "m2", "m3", "m4")
 	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
-		&ipb.BucketChange{Bucket: 1, Primary: "m1", LocalBackup: "m2", Handoff: true},
+		&ipb.BucketChange{Bucket: 1, Primary: "m1", LocalBackup: "m2", Incoming: "m4", IncomingPrimary: true},
 		&ipb.BucketChange{Bucket: 2, Primary: "m1", LocalBackup: "m3"})))
 	ep := idx
 	idx++
@@ -138,8 +141,16 @@ func TestFSM_MarkSynced(t *testing.T) {
 		t.Fatalf("%d buckets recorded, want 1", r.Epoch)
 	}
 	a, _ := f.Assignment(1)
-	if !a.BackupSynced || !a.Handoff || a.Epoch != ep || a.Revision != idx {
+	if !a.BackupSynced || a.IncomingSynced || a.Epoch != ep || a.Revision != idx {
 		t.Fatalf("bucket 1 = %+v", a)
+	}
+	idx++
+	// The incoming member reports too.
+	if r := apply1(t, f, idx, t0, markSyncedOp("m4", &pb.BucketEpoch{Bucket: 1, Epoch: ep})); r.Epoch != 1 {
+		t.Fatalf("incoming member's report: %+v", r)
+	}
+	if a, _ := f.Assignment(1); !a.IncomingSynced || a.Incoming != "m4" || !a.IncomingPrimary {
+		t.Fatalf("bucket 1 after the incoming member synced = %+v", a)
 	}
 	idx++
 	// A stale epoch is skipped.
@@ -153,17 +164,19 @@ func TestFSM_MarkSynced(t *testing.T) {
 
 // The new assignment fields survive snapshot and restore.
 func TestFSM_SnapshotKeepsAssignmentFlags(t *testing.T) {
-	f, idx := newSite(t, "m1", "m2")
+	f, idx := newSite(t, "m1", "m2", "m3")
 	expectOK(t, apply1(t, f, idx, t0, reassignOp(
 		[]*ipb.SetMemberStateOp{{MemberId: "m2", State: pb.MemberState_MEMBER_STATE_DRAINING}},
-		&ipb.BucketChange{Bucket: 9, Primary: "m2", LocalBackup: "m1", Handoff: true, BackupSynced: true})))
+		&ipb.BucketChange{Bucket: 9, Primary: "m2", LocalBackup: "m1", BackupSynced: true, Incoming: "m3",
+			IncomingSynced: true, IncomingPrimary: true})))
 	g := New()
 	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
 		t.Fatal(err)
 	}
 	sameState(t, "restored", f, g)
 	a, _ := g.Assignment(9)
-	if want := (Assignment{Primary: "m2", LocalBackup: "m1", Handoff: true, BackupSynced: true, Epoch: idx, Revision: idx}); a != want {
+	if want := (Assignment{Primary: "m2", LocalBackup: "m1", BackupSynced: true, Epoch: idx, Revision: idx,
+		Incoming: "m3", IncomingSynced: true, IncomingPrimary: true}); a != want {
 		t.Fatalf("restored bucket 9 = %+v, want %+v", a, want)
 	}
 	if m, _ := g.Member("m2"); m.State != pb.MemberState_MEMBER_STATE_DRAINING {

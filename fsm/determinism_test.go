@@ -174,7 +174,11 @@ func (g *gen) reassign() *ipb.Op {
 			lb = ""
 		}
 		cs = append(cs, &ipb.BucketChange{Bucket: b, PrevRevision: prev, Primary: p,
-			LocalBackup: lb, BackupSynced: g.rng.IntN(2) == 0, Handoff: lb != "" && g.rng.IntN(3) == 0})
+			LocalBackup: lb, BackupSynced: g.rng.IntN(2) == 0})
+		if g.rng.IntN(3) == 0 {
+			c := cs[len(cs)-1]
+			c.Incoming, c.IncomingSynced, c.IncomingPrimary = g.member(), g.rng.IntN(2) == 0, g.rng.IntN(2) == 0
+		}
 		g.epochs[b] = g.index // what MarkSynced will report, if this succeeds
 	}
 	return reassignOp(ms, cs...)

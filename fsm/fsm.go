@@ -45,10 +45,13 @@ type Assignment struct {
 	Epoch uint64
 	// BackupSynced: the local backup holds every connection of the bucket.
 	BackupSynced bool
-	// Handoff: the local backup becomes primary once BackupSynced.
-	Handoff bool
 	// Revision is the Raft index of the last change of any field.
 	Revision uint64
+	// Incoming is a member receiving a full sync to take over as primary
+	// (IncomingPrimary) or local backup; "" when no move is under way.
+	Incoming        string
+	IncomingSynced  bool
+	IncomingPrimary bool
 }
 
 // Claim is an explicit ownership record.

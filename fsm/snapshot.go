@@ -204,7 +204,8 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 			return fmt.Errorf("bucket %d out of range %d", b.Bucket, st.bucketCount)
 		}
 		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
-			Epoch: b.Epoch, BackupSynced: b.BackupSynced, Handoff: b.Handoff, Revision: b.Revision}
+			Epoch: b.Epoch, BackupSynced: b.BackupSynced, Revision: b.Revision,
+			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary}
 	case *ipb.SnapshotRecord_Claim:
 		k, err := KeyFromBytes(r.Claim.Key)
 		if err != nil {

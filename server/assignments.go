@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -80,7 +79,7 @@ func (m *memberService) ReportSynced(ctx context.Context, req *pb.ReportSyncedRe
 // connection the primary had for the bucket at assignment a (deltas keep
 // flowing meanwhile and are applied by version, so later changes are not
 // lost); the member then reports the bucket synced and the leader may flip a
-// handoff to it. Sync is called from several goroutines; it should return
+// move to it. Sync is called from several goroutines; it should return
 // promptly when ctx ends.
 type BackupSyncer interface {
 	Sync(ctx context.Context, bucket uint32, a fsm.Assignment) error
@@ -93,8 +92,8 @@ type noData struct{}
 func (noData) Sync(context.Context, uint32, fsm.Assignment) error { return nil }
 
 // syncLoop runs the member side of full sync: for every bucket this member
-// is the local backup of and that is not yet synced, run the syncer, then
-// report the result to the leader in batches.
+// is the local backup or the incoming member of and has not synced yet, run
+// the syncer, then report the result to the leader in batches.
 func (s *Server) syncLoop() {
 	defer s.wg.Done()
 	syncer := s.cfg.Syncer
@@ -117,7 +116,7 @@ func (s *Server) syncLoop() {
 		as, _ := s.fsm.Buckets()
 		for i, a := range as {
 			j := job{uint32(i), a.Epoch}
-			if a.LocalBackup != s.cfg.MemberID || a.BackupSynced {
+			if !needsSync(a, s.cfg.MemberID) {
 				continue
 			}
 			mu.Lock()
@@ -166,7 +165,7 @@ func (s *Server) syncLoop() {
 		// bounded by the buckets this member backs up.
 		mu.Lock()
 		for j := range running {
-			if a := as[j.bucket]; a.Epoch != j.epoch || a.LocalBackup != s.cfg.MemberID {
+			if a := as[j.bucket]; a.Epoch != j.epoch || (a.LocalBackup != s.cfg.MemberID && a.Incoming != s.cfg.MemberID) {
 				delete(running, j)
 			}
 		}
@@ -179,6 +178,11 @@ func (s *Server) syncLoop() {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// needsSync reports whether member must run a full sync of the bucket a.
+func needsSync(a fsm.Assignment, member string) bool {
+	return (a.LocalBackup == member && !a.BackupSynced) || (a.Incoming == member && !a.IncomingSynced)
 }
 
 // reportSynced sends finished syncs to the leader; false if it must be
@@ -195,6 +199,6 @@ func (s *Server) reportSynced(batch []*pb.BucketEpoch) bool {
 		s.logger.Debug("report synced", "buckets", len(batch), "error", err)
 		return false
 	}
-	s.logger.Debug("reported synced", "buckets", len(batch), "accepted", r.Accepted, "batch", fmt.Sprint(batch))
+	s.logger.Debug("reported synced", "buckets", len(batch), "accepted", r.Accepted)
 	return true
 }

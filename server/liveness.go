@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
 )
 
 // liveness is the leader's view of which members are alive. It combines
@@ -58,7 +59,18 @@ type peer struct {
 	incarnation uint64
 	streams     int
 	probing     bool
-	dead        string // why the member is known dead; "" if not
+	// dead says why the process of incarnation deadInc is known to be gone;
+	// "" if it is not. A later incarnation of the member is not affected.
+	dead    string
+	deadInc uint64
+}
+
+// deadNow reports why the member's recorded incarnation is known dead.
+func (p *peer) deadNow(m fsm.Member) string {
+	if p == nil || p.dead == "" || p.deadInc != m.Incarnation {
+		return ""
+	}
+	return p.dead
 }
 
 func newLiveness(s *Server) *liveness {
@@ -168,8 +180,8 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = fmt.Sprintf("member is %s", m.State)
 	case m.Incarnation != 0 && req.Incarnation != m.Incarnation:
 		// A new process under the same ID: the old one is gone.
-		if p.dead == "" {
-			p.dead = "restarted (new incarnation)"
+		if p.deadNow(m) == "" {
+			p.dead, p.deadInc = "restarted (new incarnation)", m.Incarnation
 			l.wake()
 		}
 		resp.Reason = "restarted: its buckets are being failed over"
@@ -209,8 +221,9 @@ func (l *liveness) suspect(id, why string) {
 		l.mu.Unlock()
 		return
 	}
+	m, ok := l.s.fsm.Member(id)
 	p := l.peer(id)
-	if p.probing || p.dead != "" {
+	if !ok || p.probing || p.deadNow(m) != "" {
 		l.mu.Unlock()
 		return
 	}
@@ -219,11 +232,11 @@ func (l *liveness) suspect(id, why string) {
 	l.s.wg.Add(1)
 	go func() {
 		defer l.s.wg.Done()
-		dead := l.s.probe(id)
+		dead := l.s.probe(m)
 		l.mu.Lock()
 		p.probing = false
-		if dead != "" && p.dead == "" {
-			p.dead = dead
+		if dead != "" && p.deadNow(m) == "" {
+			p.dead, p.deadInc = dead, m.Incarnation
 		}
 		l.mu.Unlock()
 		if dead != "" {
@@ -234,7 +247,7 @@ func (l *liveness) suspect(id, why string) {
 }
 
 // failures returns the members (of those given) to fail now, with why.
-func (l *liveness) failures(candidates []string) map[string]string {
+func (l *liveness) failures(candidates []fsm.Member) map[string]string {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -242,13 +255,14 @@ func (l *liveness) failures(candidates []string) map[string]string {
 	if !l.leading {
 		return out
 	}
-	for _, id := range candidates {
+	for _, m := range candidates {
+		id := m.ID
 		if id == l.s.cfg.MemberID {
 			continue // never reap yourself
 		}
 		p := l.peers[id]
 		switch {
-		case p != nil && p.dead != "":
+		case p.deadNow(m) != "":
 			out[id] = p.dead
 		case now.Sub(l.since) < l.grace():
 		case p == nil || now.Sub(p.heard) > l.failAfter():
@@ -264,11 +278,12 @@ func (l *liveness) healthy(id string) bool {
 	if id == l.s.cfg.MemberID {
 		return true
 	}
+	m, _ := l.s.fsm.Member(id)
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	p := l.peers[id]
-	if p != nil && p.dead != "" {
+	if p.deadNow(m) != "" {
 		return false
 	}
 	if p != nil && now.Sub(p.heard) <= l.s.cfg.MemberLease {
@@ -295,12 +310,12 @@ func (l *liveness) heartbeatAge(id string) time.Duration {
 	return -1
 }
 
-// probe checks whether member id's process is gone. It returns why it is
-// dead, or "" if that cannot be told (it answered as itself, or did not
-// answer at all).
-func (s *Server) probe(id string) string {
-	m, ok := s.fsm.Member(id)
-	if !ok || m.GRPCAddr == "" {
+// probe checks whether the process recorded for member m is gone. It
+// returns why it is dead, or "" if that cannot be told (it answered as
+// itself, or did not answer at all).
+func (s *Server) probe(m fsm.Member) string {
+	id := m.ID
+	if m.GRPCAddr == "" {
 		return ""
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 250*time.Millisecond)

@@ -310,19 +310,21 @@ func (o *operatorService) Rebalance(ctx context.Context, req *pb.RebalanceReques
 	changes := placement.Rebalance(pcur, el, limit)
 	settled := placement.Apply(pcur, changes)
 	for i := range settled {
-		if settled[i].Handoff {
-			settled[i].Synced = true
-		}
+		settled[i].IncomingSynced = settled[i].Incoming != ""
 	}
 	settled = placement.Apply(settled, placement.Flip(settled, el))
 	out := &pb.RebalanceResponse{ImbalanceBefore: placement.Imbalance(pcur, el), ImbalanceAfter: placement.Imbalance(settled, el)}
 	for _, b := range pcur {
-		if b.Handoff {
+		if b.Incoming != "" {
 			out.MovesInProgress++
 		}
 	}
 	for _, c := range changes {
-		out.Moves = append(out.Moves, &pb.BucketMove{Bucket: c.Bucket, FromMember: pcur[c.Bucket].Primary, ToMember: c.To.LocalBackup})
+		to := c.To.Incoming
+		if c.To.Primary != pcur[c.Bucket].Primary { // a swap with the synced backup, done at once
+			to = c.To.Primary
+		}
+		out.Moves = append(out.Moves, &pb.BucketMove{Bucket: c.Bucket, FromMember: pcur[c.Bucket].Primary, ToMember: to})
 	}
 	if req.DryRun || len(changes) == 0 {
 		return out, nil

@@ -24,7 +24,7 @@ import (
 //     entry per member that marks it failed and promotes the local backups of
 //     its buckets (placement.Failover);
 //  2. gives every bucket a primary and a local backup (placement.Assign);
-//  3. completes handoffs whose target has synced (placement.Flip);
+//  3. completes moves whose incoming member has synced (placement.Flip);
 //  4. starts make-before-break moves toward an even spread (placement.
 //     Rebalance), moves the buckets of draining members, and spreads local
 //     backups (placement.RebalanceBackups);
@@ -89,11 +89,10 @@ func (s *Server) reconcile(ctx context.Context, topology, fullPass bool) error {
 	if err := s.reregisterSelf(ctx); err != nil {
 		return err
 	}
-	members := s.fsm.Members()
-	var candidates []string
-	for _, m := range members {
+	var candidates []fsm.Member
+	for _, m := range s.fsm.Members() {
 		if active(m.State) {
-			candidates = append(candidates, m.ID)
+			candidates = append(candidates, m)
 		}
 	}
 	fails := s.live.failures(candidates)
@@ -184,7 +183,7 @@ func (s *Server) eligible(skip map[string]bool) []placement.Member {
 }
 
 // place runs the placement steps that need no failure: roles held by gone
-// members, unfilled roles, synced handoffs, and rebalancing.
+// members, unfilled roles, synced moves, and rebalancing.
 func (s *Server) place(ctx context.Context) error {
 	gone := s.goneMembers()
 	steps := []struct {
@@ -196,7 +195,7 @@ func (s *Server) place(ctx context.Context) error {
 			return c
 		}},
 		{"assign", placement.Assign},
-		{"handoff", placement.Flip},
+		{"complete moves", placement.Flip},
 		{"rebalance", s.rebalancePlan},
 		{"rebalance backups", func(cur []placement.Bucket, el []placement.Member) []placement.Change {
 			if !s.cfg.AutoRebalance {
@@ -241,7 +240,8 @@ func (s *Server) reassign(ctx context.Context, reason string, ms []*ipb.SetMembe
 		a := cur[c.Bucket]
 		op.Buckets = append(op.Buckets, &ipb.BucketChange{Bucket: c.Bucket, PrevRevision: a.Revision,
 			Primary: c.To.Primary, LocalBackup: c.To.LocalBackup, RemoteBackup: a.RemoteBackup,
-			BackupSynced: c.To.Synced, Handoff: c.To.Handoff})
+			BackupSynced: c.To.Synced, Incoming: c.To.Incoming, IncomingSynced: c.To.IncomingSynced,
+			IncomingPrimary: c.To.IncomingPrimary})
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
@@ -261,7 +261,8 @@ func (s *Server) reassign(ctx context.Context, reason string, ms []*ipb.SetMembe
 func toPlacement(as []fsm.Assignment) []placement.Bucket {
 	out := make([]placement.Bucket, len(as))
 	for i, a := range as {
-		out[i] = placement.Bucket{Primary: a.Primary, LocalBackup: a.LocalBackup, Synced: a.BackupSynced, Handoff: a.Handoff}
+		out[i] = placement.Bucket{Primary: a.Primary, LocalBackup: a.LocalBackup, Synced: a.BackupSynced,
+			Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
 	}
 	return out
 }

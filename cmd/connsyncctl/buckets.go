@@ -29,7 +29,7 @@ func newBucketsCommand() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&o.all, "all", false, "list every bucket: primary, backups, epoch, sync and handoff state")
+	cmd.Flags().BoolVar(&o.all, "all", false, "list every bucket: primary, backups, epoch, sync state and moves under way")
 	cmd.Flags().BoolVar(&o.linearizable, "linearizable", false, "read through the leader after it confirmed its leadership")
 	return cmd
 }

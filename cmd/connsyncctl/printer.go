@@ -211,14 +211,14 @@ func (p *printer) buckets(r *pb.ListAssignmentsResponse, all bool) error {
 		return p.json(r)
 	}
 	if all {
-		rows := [][]string{{"BUCKET", "PRIMARY", "LOCAL BACKUP", "REMOTE BACKUP", "EPOCH", "SYNCED", "HANDOFF"}}
+		rows := [][]string{{"BUCKET", "PRIMARY", "LOCAL BACKUP", "SYNCED", "REMOTE BACKUP", "EPOCH", "INCOMING"}}
 		for _, a := range r.Assignments {
 			rows = append(rows, []string{u64(uint64(a.Bucket)), orDash(a.Primary), orDash(a.LocalBackup),
-				orDash(a.RemoteBackup), u64(a.Epoch), yesNo(a.BackupSynced), yesNo(a.Handoff)})
+				yesNo(a.BackupSynced), orDash(a.RemoteBackup), u64(a.Epoch), incoming(a)})
 		}
 		return p.table(rows)
 	}
-	type counts struct{ primary, backup, unsynced, handoffIn, handoffOut int }
+	type counts struct{ primary, backup, unsynced, movingIn int }
 	by := map[string]*counts{}
 	get := func(id string) *counts {
 		if by[id] == nil {
@@ -241,10 +241,9 @@ func (p *printer) buckets(r *pb.ListAssignmentsResponse, all bool) error {
 			if !a.BackupSynced {
 				b.unsynced++
 			}
-			if a.Handoff {
-				b.handoffIn++
-				get(a.Primary).handoffOut++
-			}
+		}
+		if a.Incoming != "" {
+			get(a.Incoming).movingIn++
 		}
 	}
 	ids := make([]string, 0, len(by))
@@ -252,10 +251,10 @@ func (p *printer) buckets(r *pb.ListAssignmentsResponse, all bool) error {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	rows := [][]string{{"MEMBER", "PRIMARY", "BACKUP", "BACKUP UNSYNCED", "MOVING IN", "MOVING OUT"}}
+	rows := [][]string{{"MEMBER", "PRIMARY", "BACKUP", "BACKUP UNSYNCED", "MOVING IN"}}
 	for _, id := range ids {
 		c := by[id]
-		rows = append(rows, []string{id, itoa(c.primary), itoa(c.backup), itoa(c.unsynced), itoa(c.handoffIn), itoa(c.handoffOut)})
+		rows = append(rows, []string{id, itoa(c.primary), itoa(c.backup), itoa(c.unsynced), itoa(c.movingIn)})
 	}
 	if err := p.table(rows); err != nil {
 		return err
@@ -292,6 +291,22 @@ func (p *printer) rebalance(r *pb.RebalanceResponse, dryRun bool) error {
 		return nil
 	}
 	return p.table(rows)
+}
+
+// incoming describes a move under way: "m4 -> primary (synced)".
+func incoming(a *pb.Assignment) string {
+	if a.Incoming == "" {
+		return "-"
+	}
+	role := "backup"
+	if a.IncomingPrimary {
+		role = "primary"
+	}
+	s := a.Incoming + " -> " + role
+	if a.IncomingSynced {
+		s += " (synced)"
+	}
+	return s
 }
 
 func yesNo(b bool) string {

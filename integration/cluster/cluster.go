@@ -341,7 +341,7 @@ func (w *testWriter) stop() {
 
 // WaitPlaced waits until the leader's bucket map is settled: every bucket
 // has a primary among the alive members, and (with two or more) a synced
-// local backup, no handoff is under way, and the primaries are spread
+// local backup, no move is under way, and the primaries are spread
 // evenly by weight.
 func (c *Cluster) WaitPlaced(timeout time.Duration) {
 	c.t.Helper()
@@ -373,8 +373,8 @@ func Placed(f *fsm.FSM) error {
 			return fmt.Errorf("bucket %d: local backup %q (primary %s)", i, a.LocalBackup, a.Primary)
 		case len(alive) > 1 && !a.BackupSynced:
 			return fmt.Errorf("bucket %d: backup %s not synced yet", i, a.LocalBackup)
-		case a.Handoff:
-			return fmt.Errorf("bucket %d: handoff under way", i)
+		case a.Incoming != "":
+			return fmt.Errorf("bucket %d: move to %s under way", i, a.Incoming)
 		}
 	}
 	primaries := map[string]int{}

@@ -3,7 +3,7 @@
 // it is). Its functions are pure: no I/O, no clocks, no randomness, so the
 // same inputs always give the same plan. The site leader calls them with the
 // state machine's bucket table and proposes the result as one Raft entry; the
-// state machine checks each change against the epoch it was planned from.
+// state machine checks each change against the revision it was planned from.
 //
 // The rules:
 //   - Primaries are spread over the eligible members in proportion to their
@@ -14,12 +14,13 @@
 //     primary fails its buckets land evenly on the survivors.
 //   - A change moves as few buckets as possible: failover promotes the
 //     backup that already holds the state; rebalancing only moves buckets
-//     from members above their share to members below it, and prefers
-//     buckets whose backup is already on the receiving member and synced.
-//   - Moves are make-before-break: Rebalance makes the target the local
-//     backup with Handoff set; once the target reports its full sync done
-//     (Synced), Flip swaps the roles, so the old primary becomes the backup
-//     and still holds every connection.
+//     from members above their share to members below it, and swaps primary
+//     and backup outright where the backup is a receiver and synced.
+//   - Moves are make-before-break: the receiving member becomes the bucket's
+//     Incoming member and gets a full sync while primary and local backup keep
+//     their roles, so the bucket never has fewer synced copies than before.
+//     Once the receiver has synced, Flip hands it the role (primary or local
+//     backup) and the member it replaces drops its copy.
 //
 // Ties are broken by a hash of (bucket, member) — rendezvous hashing — so
 // choices are spread rather than piled on the first member in ID order.
@@ -45,9 +46,15 @@ type Bucket struct {
 	Primary, LocalBackup string
 	// Synced: the local backup holds every connection of the bucket.
 	Synced bool
-	// Handoff: the local backup is to become primary once Synced.
-	Handoff bool
+	// Incoming is a member receiving a full sync to take a role: primary if
+	// IncomingPrimary, else local backup. "" when no move is under way.
+	Incoming        string
+	IncomingSynced  bool
+	IncomingPrimary bool
 }
+
+// moving reports whether a move is under way.
+func (b Bucket) moving() bool { return b.Incoming != "" }
 
 // Change is the new roles of one bucket.
 type Change struct {
@@ -65,12 +72,12 @@ func Apply(cur []Bucket, changes []Change) []Bucket {
 }
 
 // tally is the load of each member in a bucket table, kept up to date as a
-// plan is built.
+// plan is built. Moves under way count as done.
 type tally struct {
 	buckets   []Bucket
 	weight    map[string]float64 // eligible members only
 	ids       []string           // eligible members, sorted
-	primaries map[string]int     // counting a handoff as its target's
+	primaries map[string]int
 	backups   map[string]int
 	pairs     map[[2]string]int // (primary, backup) -> buckets
 	changes   map[uint32]Bucket
@@ -90,21 +97,29 @@ func newTally(cur []Bucket, eligible []Member) *tally {
 	return t
 }
 
-// owner is who a bucket's primary is, or will be once its handoff completes.
-func owner(b Bucket) string {
-	if b.Handoff && b.LocalBackup != "" {
-		return b.LocalBackup
+// future is who will be primary and local backup once a move completes.
+func future(b Bucket) (primary, backup string) {
+	switch {
+	case b.Incoming == "":
+		return b.Primary, b.LocalBackup
+	case b.IncomingPrimary:
+		if b.LocalBackup == b.Incoming { // a swap
+			return b.Incoming, b.Primary
+		}
+		return b.Incoming, b.LocalBackup
+	default:
+		return b.Primary, b.Incoming
 	}
-	return b.Primary
 }
 
 func (t *tally) count(b Bucket, d int) {
-	if o := owner(b); o != "" {
-		t.primaries[o] += d
+	p, lb := future(b)
+	if p != "" {
+		t.primaries[p] += d
 	}
-	if b.LocalBackup != "" {
-		t.backups[b.LocalBackup] += d
-		t.pairs[[2]string{b.Primary, b.LocalBackup}] += d
+	if lb != "" {
+		t.backups[lb] += d
+		t.pairs[[2]string{p, lb}] += d
 	}
 }
 
@@ -143,11 +158,14 @@ func rank(bucket uint32, id string) uint64 {
 	return d.Sum64()
 }
 
-// pickPrimary returns the eligible member with the fewest primaries per unit
-// of weight, or "" if there is none.
-func (t *tally) pickPrimary(bucket uint32) string {
+// pickPrimary returns the eligible member not in skip with the fewest
+// primaries per unit of weight, or "" if there is none.
+func (t *tally) pickPrimary(bucket uint32, skip ...string) string {
 	best, bestLoad, bestRank := "", 0.0, uint64(0)
 	for _, id := range t.ids {
+		if slices.Contains(skip, id) {
+			continue
+		}
 		load := float64(t.primaries[id]+1) / t.weight[id]
 		r := rank(bucket, id)
 		if best == "" || load < bestLoad || (load == bestLoad && r > bestRank) {
@@ -157,14 +175,14 @@ func (t *tally) pickPrimary(bucket uint32) string {
 	return best
 }
 
-// pickBackup returns the eligible member other than primary that holds the
-// fewest backups of primary's buckets, then the fewest backups overall (both
-// per unit of weight); "" if there is none.
-func (t *tally) pickBackup(bucket uint32, primary string) string {
+// pickBackup returns the eligible member not in skip (the primary first)
+// that holds the fewest backups of the primary's buckets, then the fewest
+// backups overall (both per unit of weight); "" if there is none.
+func (t *tally) pickBackup(bucket uint32, primary string, skip ...string) string {
 	best, bestRank := "", uint64(0)
 	var bestPair, bestLoad float64
 	for _, id := range t.ids {
-		if id == primary {
+		if id == primary || slices.Contains(skip, id) {
 			continue
 		}
 		w := t.weight[id]
@@ -178,58 +196,95 @@ func (t *tally) pickBackup(bucket uint32, primary string) string {
 	return best
 }
 
-// Failover replaces the members in failed. Every bucket whose primary
-// failed gets its local backup as primary (it holds the state) and a new
-// local backup; every bucket whose local backup failed gets a new one. A
-// bucket whose backup cannot take over (none, failed too, or not synced) gets
-// the least loaded eligible member as primary and is listed in unsynced: its
-// connections had no complete copy. Handoffs to a failed member are
-// cancelled. eligible must not contain failed members.
+// copyOf is one member's copy of a bucket.
+type copyOf struct {
+	id     string
+	synced bool
+}
+
+// Failover replaces the members in failed. A bucket whose primary failed is
+// taken over by its best remaining copy: the synced local backup, else a
+// synced incoming member, else an unsynced one; the next remaining copy
+// becomes its local backup, or a new member if none is left. A bucket whose
+// local backup failed gets its incoming member, or a new member, as backup;
+// a move to a failed member is cancelled. A bucket whose new primary had no
+// complete copy (or got a primary from scratch) is listed in unsynced: its
+// connections were not all backed up. eligible must not contain failed
+// members.
 func Failover(cur []Bucket, failed map[string]bool, eligible []Member) (changes []Change, unsynced []uint32) {
 	t := newTally(cur, eligible)
 	for i := range cur {
 		b, bi := cur[i], uint32(i)
-		switch {
-		case b.Primary != "" && failed[b.Primary]:
-			nb := Bucket{Primary: b.LocalBackup}
-			if b.LocalBackup == "" || failed[b.LocalBackup] || !b.Synced {
+		if !failed[b.Primary] && !failed[b.LocalBackup] && !failed[b.Incoming] {
+			continue
+		}
+		var copies []copyOf // surviving copies, best first
+		if b.LocalBackup != "" && !failed[b.LocalBackup] && b.Synced {
+			copies = append(copies, copyOf{b.LocalBackup, true})
+		}
+		if b.Incoming != "" && !failed[b.Incoming] && b.IncomingSynced {
+			copies = append(copies, copyOf{b.Incoming, true})
+		}
+		if b.LocalBackup != "" && !failed[b.LocalBackup] && !b.Synced {
+			copies = append(copies, copyOf{b.LocalBackup, false})
+		}
+		if b.Incoming != "" && !failed[b.Incoming] && !b.IncomingSynced {
+			copies = append(copies, copyOf{b.Incoming, false})
+		}
+		t.set(bi, Bucket{}) // count it as nobody's while choosing
+		var nb Bucket
+		if b.Primary != "" && !failed[b.Primary] {
+			nb.Primary = b.Primary
+		} else if b.Primary != "" {
+			if len(copies) == 0 || !copies[0].synced {
 				unsynced = append(unsynced, bi)
 			}
-			if nb.Primary == "" || failed[nb.Primary] {
-				t.set(bi, Bucket{}) // count it as nobody's while choosing
+			if len(copies) > 0 {
+				nb.Primary, copies = copies[0].id, copies[1:]
+			} else {
 				nb.Primary = t.pickPrimary(bi)
 			}
-			t.set(bi, nb)
-			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
-			t.set(bi, nb)
-		case b.LocalBackup != "" && failed[b.LocalBackup]:
-			nb := Bucket{Primary: b.Primary}
-			t.set(bi, nb)
-			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
-			t.set(bi, nb)
 		}
+		if len(copies) > 0 {
+			nb.LocalBackup, nb.Synced = copies[0].id, copies[0].synced
+		} else {
+			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
+		}
+		t.set(bi, nb)
 	}
 	return t.result(cur), unsynced
 }
 
-// Assign gives a primary to every bucket that has none and a local backup to
-// every bucket that lacks one (or whose backup is not eligible), balanced by
-// weight. A bucket that gets its first primary has no connections yet, so
-// its new backup counts as synced. Buckets in a handoff keep their backup.
+// Assign gives a primary to every bucket that has none, and a local backup
+// to every bucket that lacks one. A bucket that gets its first primary has no
+// connections yet, so its new backup counts as synced. A local backup that is
+// not eligible (draining) is replaced make-before-break: a new member comes
+// in for the backup role and takes it once synced. A move to a member that is
+// not eligible any more is cancelled.
 func Assign(cur []Bucket, eligible []Member) []Change {
 	t := newTally(cur, eligible)
 	for i := range cur {
 		b, bi := cur[i], uint32(i)
+		nb := b
+		if nb.Incoming != "" && !t.eligible(nb.Incoming) {
+			nb.Incoming, nb.IncomingSynced, nb.IncomingPrimary = "", false, false
+		}
 		switch {
-		case b.Primary == "":
-			nb := Bucket{Primary: t.pickPrimary(bi), Synced: true}
+		case nb.Primary == "":
+			t.set(bi, Bucket{})
+			nb = Bucket{Primary: t.pickPrimary(bi), Synced: true}
 			t.set(bi, nb)
 			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
+		case nb.LocalBackup == "":
 			t.set(bi, nb)
-		case b.LocalBackup == "" || !t.eligible(b.LocalBackup) || b.LocalBackup == b.Primary:
-			nb := Bucket{Primary: b.Primary}
+			nb.LocalBackup, nb.Synced = t.pickBackup(bi, nb.Primary, nb.Incoming), false
+		case !t.eligible(nb.LocalBackup) && nb.Incoming == "":
 			t.set(bi, nb)
-			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
+			if in := t.pickBackup(bi, nb.Primary, nb.LocalBackup); in != "" {
+				nb.Incoming, nb.IncomingSynced, nb.IncomingPrimary = in, false, false
+			}
+		}
+		if nb != b {
 			t.set(bi, nb)
 		}
 	}
@@ -273,17 +328,15 @@ func Targets(n int, eligible []Member) map[string]int {
 	return out
 }
 
-// Rebalance plans make-before-break moves that bring every eligible member to
-// its share of primaries (Targets). Primaries on members that are not
-// eligible (draining) all move. A handoff already under way counts as done.
-// At most maxMoves handoffs are under way after the plan (0: no limit);
-// buckets that must leave a non-eligible member come first.
-//
-// A moved bucket keeps its primary and gets the receiver as local backup with
-// Handoff set; if the receiver already was its synced backup, Synced stays
-// set and Flip can swap the roles at once. Only buckets of members above
-// their share move, and only to members below it, so the number of moves is
-// the least that reaches the shares.
+// Rebalance plans moves that bring every eligible member to its share of
+// primaries (Targets). Primaries on members that are not eligible (draining)
+// all move. Moves under way count as done. A bucket whose local backup is a
+// receiver and synced is swapped at once (both copies are complete); any
+// other move brings the receiver in as Incoming for the primary role. At
+// most maxMoves moves are under way after the plan (0: no limit); buckets
+// that must leave a non-eligible member come first. Only buckets of members
+// above their share move, and only to members below it, so the number of
+// moves is the least that reaches the shares.
 func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 	t := newTally(cur, eligible)
 	if len(t.ids) == 0 {
@@ -292,27 +345,19 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 	target := Targets(len(cur), eligible)
 	inFlight := 0
 	for _, b := range cur {
-		if b.Handoff {
+		if b.moving() {
 			inFlight++
 		}
 	}
 	room := func() bool { return maxMoves <= 0 || inFlight < maxMoves }
 	deficit := func(id string) int { return target[id] - t.primaries[id] }
-	excess := func(b Bucket) bool {
-		o := owner(b)
-		return o != "" && (!t.eligible(o) || t.primaries[o] > target[o])
-	}
-	move := func(bi uint32, to string) {
-		b := t.buckets[bi]
-		t.set(bi, Bucket{Primary: b.Primary, LocalBackup: to, Synced: b.LocalBackup == to && b.Synced, Handoff: true})
-		inFlight++
-	}
-	// Candidates: buckets not already in a handoff, owned by a member above
-	// its share; those of non-eligible members first, then in rank order so
-	// the buckets that move are spread over the bucket space.
+	excess := func(p string) bool { return p != "" && (!t.eligible(p) || t.primaries[p] > target[p]) }
+	// Candidates: buckets not moving, whose primary is above its share; those
+	// of non-eligible members first, then in rank order so the buckets that
+	// move are spread over the bucket space.
 	var cand []uint32
 	for i, b := range cur {
-		if !b.Handoff && b.Primary != "" && excess(b) {
+		if !b.moving() && excess(b.Primary) {
 			cand = append(cand, uint32(i))
 		}
 	}
@@ -323,23 +368,31 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 		}
 		return rank(cand[i], "move") < rank(cand[j], "move")
 	})
-	// First pass: move to the bucket's current backup when it is synced and
-	// below its share: no data has to be copied.
+	// First pass: swap with a synced backup below its share: no copy needed.
 	for _, bi := range cand {
 		b := t.buckets[bi]
-		if room() && excess(b) && b.Synced && t.eligible(b.LocalBackup) && deficit(b.LocalBackup) > 0 {
-			move(bi, b.LocalBackup)
+		if excess(b.Primary) && b.Synced && t.eligible(b.LocalBackup) && deficit(b.LocalBackup) > 0 {
+			nb := Bucket{Primary: b.LocalBackup, LocalBackup: b.Primary, Synced: true}
+			if !t.eligible(b.Primary) && room() { // the old primary is leaving: bring a new backup in
+				t.set(bi, nb)
+				nb.Incoming = t.pickBackup(bi, nb.Primary, nb.LocalBackup)
+				if nb.Incoming != "" {
+					inFlight++
+				}
+			}
+			t.set(bi, nb)
 		}
 	}
-	// Second pass: the receiver furthest below its share (per weight).
+	// Second pass: bring the receiver furthest below its share (per weight)
+	// in as the next primary.
 	for _, bi := range cand {
 		b := t.buckets[bi]
-		if !room() || b.Handoff || !excess(b) {
+		if !room() || b.moving() || !excess(b.Primary) || b != cur[bi] {
 			continue
 		}
 		best, bestGap, bestRank := "", 0.0, uint64(0)
 		for _, id := range t.ids {
-			if id == b.Primary || deficit(id) <= 0 {
+			if id == b.Primary || id == b.LocalBackup || deficit(id) <= 0 {
 				continue
 			}
 			gap := float64(deficit(id)) / t.weight[id]
@@ -349,9 +402,11 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 			}
 		}
 		if best == "" {
-			break // nobody is below their share
+			continue
 		}
-		move(bi, best)
+		b.Incoming, b.IncomingSynced, b.IncomingPrimary = best, false, true
+		t.set(bi, b)
+		inFlight++
 	}
 	return t.result(cur)
 }
@@ -360,22 +415,21 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 // share (Targets over the buckets that have a backup, with a tolerance of
 // tolerance x share + 1) to members below it, never onto the bucket's
 // primary, preferring the receiver that holds the fewest backups of that
-// primary. A moved backup starts unsynced: until the receiver's full sync
-// finishes the bucket has no complete copy, so at most maxMoves buckets
-// (0: no limit) may be without a synced backup after the plan, and buckets in
-// a handoff are left alone.
+// primary. Moves are make-before-break (the receiver comes in as Incoming for
+// the backup role); at most maxMoves moves are under way after the plan (0:
+// no limit).
 func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance float64) []Change {
 	t := newTally(cur, eligible)
 	if len(t.ids) < 2 {
 		return nil
 	}
-	withBackup, unsynced := 0, 0
+	withBackup, inFlight := 0, 0
 	for _, b := range cur {
-		if b.LocalBackup != "" {
+		if _, lb := future(b); lb != "" {
 			withBackup++
-			if !b.Synced {
-				unsynced++
-			}
+		}
+		if b.moving() {
+			inFlight++
 		}
 	}
 	target := Targets(withBackup, eligible)
@@ -384,15 +438,15 @@ func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance f
 	}
 	for i, b := range cur {
 		bi := uint32(i)
-		if maxMoves > 0 && unsynced >= maxMoves {
+		if maxMoves > 0 && inFlight >= maxMoves {
 			break
 		}
-		if b.Handoff || b.LocalBackup == "" || !over(b.LocalBackup) {
+		if b.moving() || b.LocalBackup == "" || !over(b.LocalBackup) {
 			continue
 		}
 		best, bestPair, bestRank := "", 0.0, uint64(0)
 		for _, id := range t.ids {
-			if id == b.Primary || t.backups[id] >= target[id] {
+			if id == b.Primary || id == b.LocalBackup || t.backups[id] >= target[id] {
 				continue
 			}
 			pair := float64(t.pairs[[2]string{b.Primary, id}]) / t.weight[id]
@@ -404,28 +458,35 @@ func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance f
 		if best == "" {
 			continue
 		}
-		t.set(bi, Bucket{Primary: b.Primary, LocalBackup: best})
-		unsynced++
+		b.Incoming, b.IncomingSynced, b.IncomingPrimary = best, false, false
+		t.set(bi, b)
+		inFlight++
 	}
 	return t.result(cur)
 }
 
-// Flip completes the handoffs whose target has synced: the backup becomes
-// primary and the old primary its backup (it holds every connection, so the
-// bucket stays synced). If the old primary is not eligible (draining, failed)
-// a new backup is chosen instead, not yet synced.
+// Flip completes the moves whose incoming member has synced. For the
+// primary role the incoming member becomes primary, and the local backup
+// stays (or, if it is the incoming member itself or not eligible, the old
+// primary becomes the backup; it holds every connection too). For the backup
+// role the incoming member becomes the local backup. The member whose role
+// was taken drops its copy.
 func Flip(cur []Bucket, eligible []Member) []Change {
 	t := newTally(cur, eligible)
 	for i, b := range cur {
-		if !b.Handoff || !b.Synced || b.LocalBackup == "" {
+		if !b.moving() || !b.IncomingSynced {
 			continue
 		}
 		bi := uint32(i)
-		nb := Bucket{Primary: b.LocalBackup, LocalBackup: b.Primary, Synced: true}
-		if !t.eligible(b.Primary) {
-			nb.LocalBackup, nb.Synced = "", false
-			t.set(bi, nb)
-			nb.LocalBackup = t.pickBackup(bi, nb.Primary)
+		var nb Bucket
+		if b.IncomingPrimary {
+			nb = Bucket{Primary: b.Incoming, LocalBackup: b.LocalBackup, Synced: b.Synced}
+			if b.LocalBackup == b.Incoming || b.LocalBackup == "" || (!t.eligible(b.LocalBackup) && t.eligible(b.Primary)) ||
+				(!b.Synced && t.eligible(b.Primary)) {
+				nb.LocalBackup, nb.Synced = b.Primary, true
+			}
+		} else {
+			nb = Bucket{Primary: b.Primary, LocalBackup: b.Incoming, Synced: true}
 		}
 		t.set(bi, nb)
 	}

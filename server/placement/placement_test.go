@@ -32,7 +32,7 @@ func initial(t *testing.T, ms []Member) []Bucket {
 }
 
 // checkValid: every bucket has an eligible primary, a different eligible
-// backup when there are two members or more, and no stray handoff.
+// backup when there are two members or more, and no move under way.
 func checkValid(t *testing.T, cur []Bucket, ms []Member) {
 	t.Helper()
 	ok := map[string]bool{}
@@ -47,18 +47,86 @@ func checkValid(t *testing.T, cur []Bucket, ms []Member) {
 			t.Fatalf("bucket %d: backup %q is not eligible", i, b.LocalBackup)
 		case b.Primary == b.LocalBackup:
 			t.Fatalf("bucket %d: backup is the primary %q", i, b.Primary)
+		case b.Incoming != "":
+			t.Fatalf("bucket %d: move to %s under way", i, b.Incoming)
 		}
 	}
 }
 
-// settle completes every handoff as if each target had synced at once.
+// settle completes every full sync at once (of backups and incoming
+// members), then every move.
 func settle(cur []Bucket, ms []Member) []Bucket {
+	cur = slices.Clone(cur)
 	for i, b := range cur {
-		if b.Handoff {
-			cur[i].Synced = true
-		}
+		cur[i].IncomingSynced = b.Incoming != ""
+		cur[i].Synced = b.LocalBackup != ""
 	}
 	return Apply(cur, Flip(cur, ms))
+}
+
+// converge runs what the leader's reconcile loop runs until nothing changes:
+// assign, rebalance, and complete every move; each step must be
+// make-before-break (checkNoCopyLost).
+func converge(t *testing.T, cur []Bucket, ms []Member) []Bucket {
+	t.Helper()
+	step := func(cur []Bucket, changes []Change) []Bucket {
+		next := Apply(cur, changes)
+		checkNoCopyLost(t, cur, next)
+		synced := slices.Clone(next) // every full sync finishes
+		for i := range synced {
+			synced[i].IncomingSynced = next[i].Incoming != ""
+			synced[i].Synced = next[i].LocalBackup != ""
+		}
+		flipped := Apply(synced, Flip(synced, ms))
+		checkNoCopyLost(t, synced, flipped)
+		return flipped
+	}
+	for range 10 {
+		next := step(cur, Assign(cur, ms))
+		next = step(next, Rebalance(next, ms, 0))
+		next = step(next, RebalanceBackups(next, ms, 0, 0.05))
+		if slices.Equal(next, cur) {
+			return cur
+		}
+		cur = next
+	}
+	t.Fatal("placement did not converge in 10 rounds")
+	return nil
+}
+
+// complete returns the members holding every connection of a bucket: the
+// primary, the synced backup and a synced incoming member.
+func complete(b Bucket) []string {
+	var out []string
+	if b.Primary != "" {
+		out = append(out, b.Primary)
+	}
+	if b.LocalBackup != "" && b.Synced {
+		out = append(out, b.LocalBackup)
+	}
+	if b.Incoming != "" && b.IncomingSynced {
+		out = append(out, b.Incoming)
+	}
+	return out
+}
+
+// checkNoCopyLost: outside failover, a plan never leaves a bucket with fewer
+// complete copies (up to two: primary and backup) than it had, and a new
+// primary always held a complete copy.
+func checkNoCopyLost(t *testing.T, before, after []Bucket) {
+	t.Helper()
+	for i := range before {
+		b, a := before[i], after[i]
+		if b.Primary == "" {
+			continue // first placement: nothing to keep
+		}
+		if a.Primary != b.Primary && !slices.Contains(complete(b), a.Primary) {
+			t.Fatalf("bucket %d: new primary %s held no complete copy: %+v -> %+v", i, a.Primary, b, a)
+		}
+		if len(complete(a)) < min(len(complete(b)), 2) {
+			t.Fatalf("bucket %d: complete copies %v -> %v: %+v -> %+v", i, complete(b), complete(a), b, a)
+		}
+	}
 }
 
 func changed(a, b []Bucket) (primaries, backups int) {
@@ -97,8 +165,8 @@ func TestAssign_EvenByWeight(t *testing.T) {
 				t.Errorf("imbalance %.4f > 1.01", im)
 			}
 			for _, b := range cur {
-				if !b.Synced || b.Handoff {
-					t.Fatalf("fresh bucket %+v: want synced, no handoff", b)
+				if !b.Synced || b.Incoming != "" {
+					t.Fatalf("fresh bucket %+v: want synced, no move", b)
 				}
 			}
 		})
@@ -193,12 +261,15 @@ func TestRebalance_JoinMovesOnlyToNewMember(t *testing.T) {
 		t.Errorf("%d moves, want m5's share %d", len(changes), target["m5"])
 	}
 	for _, c := range changes {
-		if c.To.LocalBackup != "m5" || !c.To.Handoff || c.To.Primary != cur[c.Bucket].Primary {
-			t.Fatalf("move %+v: want primary kept, backup m5, handoff", c)
+		was := cur[c.Bucket]
+		// Make-before-break: primary and synced backup stay while m5 syncs.
+		if c.To.Incoming != "m5" || !c.To.IncomingPrimary || c.To.IncomingSynced ||
+			c.To.Primary != was.Primary || c.To.LocalBackup != was.LocalBackup || !c.To.Synced {
+			t.Fatalf("move %+v of %+v: want roles kept, m5 incoming as primary", c, was)
 		}
 	}
 	mid := Apply(cur, changes)
-	// Nothing flips before the target has synced.
+	// Nothing flips before the incoming member has synced.
 	if f := Flip(mid, grown); len(f) != 0 {
 		t.Fatalf("%d flips before sync", len(f))
 	}
@@ -210,9 +281,9 @@ func TestRebalance_JoinMovesOnlyToNewMember(t *testing.T) {
 	if im > 1.01 {
 		t.Errorf("imbalance %.4f after join", im)
 	}
-	// The old primaries are the new backups: they hold the state.
+	// m5 took over; the synced backup stayed.
 	for _, c := range changes {
-		if b := next[c.Bucket]; b.Primary != "m5" || b.LocalBackup != cur[c.Bucket].Primary || !b.Synced {
+		if b := next[c.Bucket]; b.Primary != "m5" || b.LocalBackup != cur[c.Bucket].LocalBackup || !b.Synced {
 			t.Fatalf("bucket %d after flip: %+v", c.Bucket, b)
 		}
 	}
@@ -229,19 +300,22 @@ func TestRebalance_MaxMovesLimitsHandoffs(t *testing.T) {
 	mid := Apply(cur, Rebalance(cur, grown, 100))
 	n := 0
 	for _, b := range mid {
-		if b.Handoff {
+		if b.Incoming != "" {
 			n++
 		}
 	}
 	if n != 100 {
-		t.Fatalf("%d handoffs under way, want 100", n)
+		t.Fatalf("%d moves under way, want 100", n)
 	}
 	if more := Rebalance(mid, grown, 100); len(more) != 0 {
 		t.Fatalf("%d more moves while 100 are under way", len(more))
 	}
 }
 
-func TestRebalance_DrainPrefersSyncedBackups(t *testing.T) {
+// Draining a member swaps each of its buckets with the synced backup at once
+// (both hold every connection); the drained member stays the backup until a
+// new one has synced.
+func TestRebalance_DrainSwapsWithSyncedBackups(t *testing.T) {
 	ms := members(5)
 	cur := initial(t, ms)
 	prim, _ := Counts(cur)
@@ -251,12 +325,13 @@ func TestRebalance_DrainPrefersSyncedBackups(t *testing.T) {
 		t.Fatalf("%d moves, want all of m2's %d", len(changes), prim["m2"])
 	}
 	for _, c := range changes {
-		if !c.To.Synced || c.To.LocalBackup != cur[c.Bucket].LocalBackup {
-			t.Fatalf("move %+v: want the existing synced backup as target", c)
+		was := cur[c.Bucket]
+		if c.To.Primary != was.LocalBackup || c.To.LocalBackup != "m2" || !c.To.Synced ||
+			c.To.Incoming == "" || c.To.IncomingPrimary {
+			t.Fatalf("move %+v of %+v: want a swap with the synced backup and a new backup coming in", c, was)
 		}
 	}
-	next := settle(Apply(cur, changes), rest)
-	next = Apply(next, Assign(next, rest)) // backups off the draining member
+	next := converge(t, Apply(cur, changes), rest)
 	checkValid(t, next, rest)
 	p, b := Counts(next)
 	if p["m2"] != 0 || b["m2"] != 0 {
@@ -277,7 +352,7 @@ func TestRebalanceBackups_SpreadsSkewedBackups(t *testing.T) {
 		t.Fatalf("%d backup moves, want the limit 100", len(limited))
 	}
 	changes := RebalanceBackups(cur, ms, 0, 0.05)
-	next := Apply(cur, changes)
+	next := settle(Apply(cur, changes), ms)
 	checkValid(t, next, ms)
 	_, after := Counts(next)
 	target := Targets(nBuckets, ms)
@@ -287,8 +362,9 @@ func TestRebalanceBackups_SpreadsSkewedBackups(t *testing.T) {
 		}
 	}
 	for _, c := range changes {
-		if c.To.Synced || c.To.Primary != cur[c.Bucket].Primary {
-			t.Fatalf("backup move %+v: want same primary, unsynced", c)
+		was := cur[c.Bucket]
+		if c.To.Primary != was.Primary || c.To.LocalBackup != was.LocalBackup || c.To.Incoming == "" || c.To.IncomingPrimary {
+			t.Fatalf("backup move %+v of %+v: want roles kept and a backup coming in", c, was)
 		}
 	}
 	t.Logf("backups before %v, after %v: %d moved", before, after, len(changes))
@@ -336,14 +412,11 @@ func TestPlacement_RandomChanges(t *testing.T) {
 		default:
 			victim := ms[rng.IntN(len(ms))].ID
 			ms = without(ms, victim)
-			cur = Apply(cur, Rebalance(cur, ms, 0))
-			cur = settle(cur, ms)
+			cur = settle(Apply(cur, Rebalance(cur, ms, 0)), ms)
 			what = "drain " + victim
 		}
-		cur = Apply(cur, Assign(cur, ms))
 		before := slices.Clone(cur)
-		cur = settle(Apply(cur, Rebalance(cur, ms, 0)), ms)
-		cur = Apply(cur, Assign(cur, ms))
+		cur = converge(t, cur, ms)
 		checkValid(t, cur, ms)
 		target := Targets(nBuckets, ms)
 		prim, _ := Counts(cur)

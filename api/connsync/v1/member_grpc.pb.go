@@ -41,7 +41,8 @@ type MemberServiceClient interface {
 	// granted = false and a leader hint.
 	Heartbeat(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HeartbeatRequest, HeartbeatResponse], error)
 	// ReportSynced says the member finished the full sync of buckets it is the
-	// local backup of, at the given epochs. Stale entries are ignored.
+	// local backup or the incoming member of, at the given epochs. Stale
+	// entries are ignored.
 	ReportSynced(ctx context.Context, in *ReportSyncedRequest, opts ...grpc.CallOption) (*ReportSyncedResponse, error)
 }
 
@@ -94,7 +95,8 @@ type MemberServiceServer interface {
 	// granted = false and a leader hint.
 	Heartbeat(grpc.BidiStreamingServer[HeartbeatRequest, HeartbeatResponse]) error
 	// ReportSynced says the member finished the full sync of buckets it is the
-	// local backup of, at the given epochs. Stale entries are ignored.
+	// local backup or the incoming member of, at the given epochs. Stale
+	// entries are ignored.
 	ReportSynced(context.Context, *ReportSyncedRequest) (*ReportSyncedResponse, error)
 	mustEmbedUnimplementedMemberServiceServer()
 }

@@ -433,14 +433,19 @@ type Assignment struct {
 	// The local backup has finished its full sync of the bucket and holds every
 	// connection of it.
 	BackupSynced bool `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
-	// A make-before-break move is under way: the local backup becomes primary
-	// (and the primary its backup) once backup_synced is set.
-	Handoff bool `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
 	// Raft index of the last change of any field of this assignment (>= epoch);
 	// WatchAssignments resumes from it.
-	Revision      uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// A make-before-break move is under way: incoming receives a full sync of
+	// the bucket (and every delta) while primary and local_backup keep their
+	// roles. Once incoming_synced, incoming takes over as primary
+	// (incoming_primary) or as local backup, and a member whose role it took
+	// drops its copy. "" when no move is under way.
+	Incoming        string `protobuf:"bytes,9,opt,name=incoming,proto3" json:"incoming,omitempty"`
+	IncomingSynced  bool   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
+	IncomingPrimary bool   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -515,18 +520,32 @@ func (x *Assignment) GetBackupSynced() bool {
 	return false
 }
 
-func (x *Assignment) GetHandoff() bool {
-	if x != nil {
-		return x.Handoff
-	}
-	return false
-}
-
 func (x *Assignment) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Assignment) GetIncoming() string {
+	if x != nil {
+		return x.Incoming
+	}
+	return ""
+}
+
+func (x *Assignment) GetIncomingSynced() bool {
+	if x != nil {
+		return x.IncomingSynced
+	}
+	return false
+}
+
+func (x *Assignment) GetIncomingPrimary() bool {
+	if x != nil {
+		return x.IncomingPrimary
+	}
+	return false
 }
 
 // Member is one connsyncd of a site.
@@ -911,7 +930,7 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"ItemStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xf7\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xd3\x02\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
@@ -919,9 +938,12 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\flocal_backup\x18\x03 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x04 \x01(\tR\fremoteBackup\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12#\n" +
-	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
-	"\ahandoff\x18\a \x01(\bR\ahandoff\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"\xb0\x02\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x12\x1a\n" +
+	"\bincoming\x18\t \x01(\tR\bincoming\x12'\n" +
+	"\x0fincoming_synced\x18\n" +
+	" \x01(\bR\x0eincomingSynced\x12)\n" +
+	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimaryJ\x04\b\a\x10\b\"\xb0\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +

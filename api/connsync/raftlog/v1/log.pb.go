@@ -1083,16 +1083,18 @@ func (x *ReassignOp) GetReason() string {
 }
 
 type BucketChange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bucket        uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
-	PrevRevision  uint64                 `protobuf:"varint,2,opt,name=prev_revision,json=prevRevision,proto3" json:"prev_revision,omitempty"`
-	Primary       string                 `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
-	LocalBackup   string                 `protobuf:"bytes,4,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
-	RemoteBackup  string                 `protobuf:"bytes,5,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
-	BackupSynced  bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
-	Handoff       bool                   `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Bucket          uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	PrevRevision    uint64                 `protobuf:"varint,2,opt,name=prev_revision,json=prevRevision,proto3" json:"prev_revision,omitempty"`
+	Primary         string                 `protobuf:"bytes,3,opt,name=primary,proto3" json:"primary,omitempty"`
+	LocalBackup     string                 `protobuf:"bytes,4,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
+	RemoteBackup    string                 `protobuf:"bytes,5,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
+	BackupSynced    bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	Incoming        string                 `protobuf:"bytes,8,opt,name=incoming,proto3" json:"incoming,omitempty"`
+	IncomingSynced  bool                   `protobuf:"varint,9,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
+	IncomingPrimary bool                   `protobuf:"varint,10,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BucketChange) Reset() {
@@ -1167,16 +1169,31 @@ func (x *BucketChange) GetBackupSynced() bool {
 	return false
 }
 
-func (x *BucketChange) GetHandoff() bool {
+func (x *BucketChange) GetIncoming() string {
 	if x != nil {
-		return x.Handoff
+		return x.Incoming
+	}
+	return ""
+}
+
+func (x *BucketChange) GetIncomingSynced() bool {
+	if x != nil {
+		return x.IncomingSynced
+	}
+	return false
+}
+
+func (x *BucketChange) GetIncomingPrimary() bool {
+	if x != nil {
+		return x.IncomingPrimary
 	}
 	return false
 }
 
 // MarkSyncedOp records that member_id finished the full sync of buckets it
-// is the local backup of. A bucket whose epoch or local backup differs from
-// the report is skipped (the report is stale), not an error.
+// is the local backup or the incoming member of. A bucket whose epoch
+// differs from the report, or that member_id holds neither role of, is
+// skipped (the report is stale), not an error.
 type MarkSyncedOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MemberId      string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
@@ -1558,17 +1575,19 @@ func (x *SnapshotHeader) GetLastSweepUnixNano() int64 {
 }
 
 type BucketRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bucket        uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
-	Primary       string                 `protobuf:"bytes,2,opt,name=primary,proto3" json:"primary,omitempty"`
-	LocalBackup   string                 `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
-	RemoteBackup  string                 `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	BackupSynced  bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
-	Handoff       bool                   `protobuf:"varint,7,opt,name=handoff,proto3" json:"handoff,omitempty"`
-	Revision      uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Bucket          uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	Primary         string                 `protobuf:"bytes,2,opt,name=primary,proto3" json:"primary,omitempty"`
+	LocalBackup     string                 `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
+	RemoteBackup    string                 `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
+	Epoch           uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	BackupSynced    bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	Revision        uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Incoming        string                 `protobuf:"bytes,9,opt,name=incoming,proto3" json:"incoming,omitempty"`
+	IncomingSynced  bool                   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
+	IncomingPrimary bool                   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BucketRecord) Reset() {
@@ -1643,18 +1662,32 @@ func (x *BucketRecord) GetBackupSynced() bool {
 	return false
 }
 
-func (x *BucketRecord) GetHandoff() bool {
-	if x != nil {
-		return x.Handoff
-	}
-	return false
-}
-
 func (x *BucketRecord) GetRevision() uint64 {
 	if x != nil {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *BucketRecord) GetIncoming() string {
+	if x != nil {
+		return x.Incoming
+	}
+	return ""
+}
+
+func (x *BucketRecord) GetIncomingSynced() bool {
+	if x != nil {
+		return x.IncomingSynced
+	}
+	return false
+}
+
+func (x *BucketRecord) GetIncomingPrimary() bool {
+	if x != nil {
+		return x.IncomingPrimary
+	}
+	return false
 }
 
 type ClaimRecord struct {
@@ -1986,15 +2019,18 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"ReassignOp\x12?\n" +
 	"\amembers\x18\x01 \x03(\v2%.connsync.raftlog.v1.SetMemberStateOpR\amembers\x12;\n" +
 	"\abuckets\x18\x02 \x03(\v2!.connsync.raftlog.v1.BucketChangeR\abuckets\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xec\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xc8\x02\n" +
 	"\fBucketChange\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12#\n" +
 	"\rprev_revision\x18\x02 \x01(\x04R\fprevRevision\x12\x18\n" +
 	"\aprimary\x18\x03 \x01(\tR\aprimary\x12!\n" +
 	"\flocal_backup\x18\x04 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x05 \x01(\tR\fremoteBackup\x12#\n" +
-	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
-	"\ahandoff\x18\a \x01(\bR\ahandoff\"_\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x1a\n" +
+	"\bincoming\x18\b \x01(\tR\bincoming\x12'\n" +
+	"\x0fincoming_synced\x18\t \x01(\bR\x0eincomingSynced\x12)\n" +
+	"\x10incoming_primary\x18\n" +
+	" \x01(\bR\x0fincomingPrimaryJ\x04\b\a\x10\b\"_\n" +
 	"\fMarkSyncedOp\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x122\n" +
 	"\abuckets\x18\x02 \x03(\v2\x18.connsync.v1.BucketEpochR\abuckets\"\xb4\x01\n" +
@@ -2021,16 +2057,19 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"last_token\x18\x04 \x01(\x04R\tlastToken\x12\"\n" +
 	"\rnow_unix_nano\x18\x05 \x01(\x03R\vnowUnixNano\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12/\n" +
-	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\"\xf9\x01\n" +
+	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\"\xd5\x02\n" +
 	"\fBucketRecord\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +
 	"\flocal_backup\x18\x03 \x01(\tR\vlocalBackup\x12#\n" +
 	"\rremote_backup\x18\x04 \x01(\tR\fremoteBackup\x12\x14\n" +
 	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\x12#\n" +
-	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x18\n" +
-	"\ahandoff\x18\a \x01(\bR\ahandoff\x12\x1a\n" +
-	"\brevision\x18\b \x01(\x04R\brevision\"R\n" +
+	"\rbackup_synced\x18\x06 \x01(\bR\fbackupSynced\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x12\x1a\n" +
+	"\bincoming\x18\t \x01(\tR\bincoming\x12'\n" +
+	"\x0fincoming_synced\x18\n" +
+	" \x01(\bR\x0eincomingSynced\x12)\n" +
+	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimaryJ\x04\b\a\x10\b\"R\n" +
 	"\vClaimRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
