@@ -181,6 +181,18 @@ func (c *Client) WatchAssignments(ctx context.Context, from uint64) (pb.Assignme
 	return pb.NewAssignmentServiceClient(cc).WatchAssignments(ctx, &pb.WatchAssignmentsRequest{FromRevision: from})
 }
 
+// Active reports the buckets the member at the client's first address acts
+// as primary for right now (see AssignmentService.GetActive).
+func (c *Client) Active(ctx context.Context) (r *pb.GetActiveResponse, err error) {
+	cc, err := c.conn(c.cfg.Addrs[0])
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := c.withDeadline(ctx)
+	defer cancel()
+	return pb.NewAssignmentServiceClient(cc).GetActive(ctx, &pb.GetActiveRequest{})
+}
+
 // Rebalance plans (dryRun) or starts the moves that even out the buckets.
 // It is not retried: the plan depends on the state when it runs.
 func (c *Client) Rebalance(ctx context.Context, dryRun bool) (r *pb.RebalanceResponse, err error) {

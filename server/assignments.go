@@ -202,3 +202,9 @@ func (s *Server) reportSynced(batch []*pb.BucketEpoch) bool {
 	s.logger.Debug("reported synced", "buckets", len(batch), "accepted", r.Accepted)
 	return true
 }
+
+func (a *assignmentService) GetActive(ctx context.Context, _ *pb.GetActiveRequest) (*pb.GetActiveResponse, error) {
+	s := a.s
+	buckets, applied := s.lease.activeBuckets()
+	return &pb.GetActiveResponse{MemberId: s.cfg.MemberID, LeaseValid: s.lease.valid(), Buckets: buckets, AppliedIndex: applied}, nil
+}

@@ -75,11 +75,15 @@ func (l *leaseKeeper) drop() {
 	l.mu.Unlock()
 }
 
-// run keeps a heartbeat stream to the current leader until stop.
+// run keeps a heartbeat stream to the current leader until stop. A member
+// that hears from no leader for longer than twice its lease asks to join
+// again: the leader may have removed it from the Raft configuration (a
+// failed voter is replaced), and then no leader will ever contact it.
 func (l *leaseKeeper) run() {
 	s := l.s
 	defer s.wg.Done()
 	backoff := s.cfg.HeartbeatInterval
+	lastLeader := time.Now()
 	for {
 		err := l.stream()
 		select {
@@ -89,6 +93,15 @@ func (l *leaseKeeper) run() {
 		}
 		if err != nil && !errors.Is(err, context.Canceled) {
 			s.logger.Debug("lease heartbeat stream ended", "error", err)
+		}
+		if s.leaderID() != "" {
+			lastLeader = time.Now()
+		} else if time.Since(lastLeader) > 2*s.cfg.MemberLease {
+			lastLeader = time.Now()
+			select {
+			case l.rejoin <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-s.stop:

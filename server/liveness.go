@@ -292,6 +292,15 @@ func (l *liveness) healthy(id string) bool {
 	return now.Sub(l.since) < l.grace()
 }
 
+// joined counts a member's (re)registration as a heartbeat: it gets a full
+// lease's time to start heartbeating before it may be failed.
+func (l *liveness) joined(id string) {
+	l.mu.Lock()
+	p := l.peer(id)
+	p.heard, p.dead, p.deadInc = time.Now(), "", 0
+	l.mu.Unlock()
+}
+
 // forget drops what is known of a member once it has been failed, so a
 // rejoin starts afresh.
 func (l *liveness) forget(id string) {

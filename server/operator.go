@@ -121,7 +121,14 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 		return nil, err
 	}
 	// Check everything before changing anything: a rejected join must leave
-	// the configuration as it was.
+	// the configuration as it was. A removed member does not come back on
+	// its own (its process may simply not have been stopped yet).
+	old, known := s.fsm.Member(req.MemberId)
+	if known && old.State == pb.MemberState_MEMBER_STATE_LEFT && old.Incarnation != 0 && old.Incarnation == req.Incarnation {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"member_id: %s was removed from the site; restart its connsyncd to join again", req.MemberId)
+	}
+
 	id, addr := raft.ServerID(req.MemberId), raft.ServerAddress(req.RaftAddr)
 	var existing *raft.Server
 	for i := range servers {
@@ -160,7 +167,7 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	}
 	// The same member ID from a new process (a restart that lost its data
 	// directory): what the old process held fails over first.
-	if old, ok := s.fsm.Member(req.MemberId); ok && active(old.State) && old.Incarnation != 0 && old.Incarnation != req.Incarnation {
+	if known && active(old.State) && old.Incarnation != 0 && old.Incarnation != req.Incarnation {
 		if err := s.failMember(ctx, req.MemberId, "joined again as a new process"); err != nil {
 			return nil, err
 		}
@@ -170,8 +177,9 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	if _, err := s.write1(ctx, nil, registerMemberOp(m)); err != nil {
 		return nil, err
 	}
+	s.live.joined(req.MemberId)
 	rec, _ := s.fsm.Member(req.MemberId)
-	s.logger.Info("member joined", "id", req.MemberId, "raft_addr", req.RaftAddr, "voter", !req.Nonvoter)
+	s.logger.Info("member joined", "id", req.MemberId, "raft_addr", req.RaftAddr, "voter", vote || (existing != nil && existing.Suffrage == raft.Voter))
 	return &pb.JoinResponse{Member: rec.Proto()}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -211,11 +212,18 @@ func (s *Server) joinRequest() *pb.JoinRequest {
 }
 
 // joinOnce asks the site to add this member: through the current leader if
-// one is known, else through the configured join addresses.
+// one is known, else through the configured join addresses and the members
+// this member's state machine knows (a member the leader removed from the
+// Raft configuration hears from no leader, but still knows its peers).
 func (s *Server) joinOnce(ctx context.Context) error {
 	addrs := append([]string(nil), s.cfg.Join...)
 	if a, err := s.leaderGRPCAddr(); err == nil {
 		addrs = append([]string{a}, addrs...)
+	}
+	for _, m := range s.fsm.Members() {
+		if m.ID != s.cfg.MemberID && m.GRPCAddr != "" && active(m.State) && !slices.Contains(addrs, m.GRPCAddr) {
+			addrs = append(addrs, m.GRPCAddr)
+		}
 	}
 	var err error
 	for _, addr := range addrs {
@@ -463,6 +471,10 @@ func (s *Server) FSM() *fsm.FSM { return s.fsm }
 
 // IsLeader reports whether this member is the leader and ready to serve.
 func (s *Server) IsLeader() bool { return s.isReady() }
+
+// Active returns the buckets this member acts as primary for now (see
+// AssignmentService.GetActive).
+func (s *Server) Active() ([]*pb.BucketEpoch, uint64) { return s.lease.activeBuckets() }
 
 // Shutdown stops the gRPC server (letting RPCs in flight finish for up to a
 // few seconds), Raft, and closes the stores. Safe to call more than once.

@@ -38,6 +38,9 @@ type Cluster struct {
 	t       testing.TB
 	Hub     *faultnet.Hub
 	Members []*Member
+	opts    Options
+	dir     string
+	logs    *testWriter
 }
 
 // Options tune a test cluster.
@@ -51,46 +54,20 @@ type Options struct {
 }
 
 // New starts an n-member site: the first member bootstraps, the others join
-// it, and New returns once every member is in the Raft configuration and has
-// applied the registration of all members. The cluster shuts down when the
-// test ends.
+// it, and New returns once every member is in the Raft configuration, has
+// applied the registration of all members, and the buckets are placed
+// (WaitPlaced). The cluster shuts down when the test ends.
 func New(t testing.TB, n int, opts Options) *Cluster {
 	t.Helper()
 	if opts.Site == "" {
 		opts.Site = "site1"
 	}
-	c := &Cluster{t: t, Hub: faultnet.NewHub()}
-	logs := &testWriter{t: t}
-	t.Cleanup(logs.stop) // registered first, so it runs last: after shutdown
+	c := &Cluster{t: t, Hub: faultnet.NewHub(), opts: opts, dir: t.TempDir()}
+	c.logs = &testWriter{t: t}
+	t.Cleanup(c.logs.stop) // registered first, so it runs last: after shutdown
 	t.Cleanup(c.shutdown)
-	dir := t.TempDir()
 	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("m%d", i)
-		cfg := server.DefaultConfig()
-		cfg.MemberID, cfg.Site = id, opts.Site
-		cfg.DataDir = filepath.Join(dir, id)
-		cfg.GRPCBind = c.reserve(id)
-		cfg.GRPCAdvertise = cfg.GRPCBind
-		cfg.RaftBind = c.reserve(id)
-		cfg.RaftAdvertise = cfg.RaftBind
-		cfg.Network = c.Hub.Node(id)
-		if !opts.NoGossip {
-			addr, err := faultnet.FreeAddr()
-			if err != nil {
-				t.Fatalf("gossip address: %v", err)
-			}
-			cfg.GossipBind = addr
-		}
-		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: logs})
-		if i == 0 {
-			cfg.Bootstrap = true
-		} else {
-			cfg.Join = []string{c.Members[0].Config.GRPCAdvertise}
-		}
-		if opts.Tweak != nil {
-			opts.Tweak(&cfg)
-		}
-		c.Members = append(c.Members, &Member{ID: id, Config: cfg})
+		c.Members = append(c.Members, c.newMember(i == 0))
 	}
 	for i, m := range c.Members {
 		c.Start(m)
@@ -110,6 +87,51 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 	})
 	c.WaitPlaced(30 * time.Second)
 	return c
+}
+
+// newMember configures the next member: m0, m1, ... The first bootstraps,
+// the others join the first.
+func (c *Cluster) newMember(bootstrap bool) *Member {
+	t := c.t
+	id := fmt.Sprintf("m%d", len(c.Members))
+	cfg := server.DefaultConfig()
+	cfg.MemberID, cfg.Site = id, c.opts.Site
+	cfg.DataDir = filepath.Join(c.dir, id)
+	cfg.GRPCBind = c.reserve(id)
+	cfg.GRPCAdvertise = cfg.GRPCBind
+	cfg.RaftBind = c.reserve(id)
+	cfg.RaftAdvertise = cfg.RaftBind
+	cfg.Network = c.Hub.Node(id)
+	if !c.opts.NoGossip {
+		addr, err := faultnet.FreeAddr()
+		if err != nil {
+			t.Fatalf("gossip address: %v", err)
+		}
+		cfg.GossipBind = addr
+	}
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: c.logs})
+	if bootstrap {
+		cfg.Bootstrap = true
+	} else {
+		cfg.Join = []string{c.Members[0].Config.GRPCAdvertise}
+	}
+	if c.opts.Tweak != nil {
+		c.opts.Tweak(&cfg)
+	}
+	return &Member{ID: id, Config: cfg}
+}
+
+// AddMember starts one more member, joining the site; tweak (may be nil)
+// adjusts its config after the cluster's own Tweak.
+func (c *Cluster) AddMember(tweak func(*server.Config)) *Member {
+	c.t.Helper()
+	m := c.newMember(false)
+	if tweak != nil {
+		tweak(&m.Config)
+	}
+	c.Members = append(c.Members, m)
+	c.Start(m)
+	return m
 }
 
 func (c *Cluster) reserve(id string) string {

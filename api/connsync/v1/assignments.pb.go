@@ -226,11 +226,117 @@ func (x *ListAssignmentsResponse) GetRevision() uint64 {
 	return 0
 }
 
+type GetActiveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetActiveRequest) Reset() {
+	*x = GetActiveRequest{}
+	mi := &file_connsync_v1_assignments_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetActiveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetActiveRequest) ProtoMessage() {}
+
+func (x *GetActiveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_assignments_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetActiveRequest.ProtoReflect.Descriptor instead.
+func (*GetActiveRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_assignments_proto_rawDescGZIP(), []int{4}
+}
+
+type GetActiveResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	MemberId   string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	LeaseValid bool                   `protobuf:"varint,2,opt,name=lease_valid,json=leaseValid,proto3" json:"lease_valid,omitempty"`
+	// The bucket and the epoch the member acts at.
+	Buckets []*BucketEpoch `protobuf:"bytes,3,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	// The Raft index the member's state machine had applied.
+	AppliedIndex  uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetActiveResponse) Reset() {
+	*x = GetActiveResponse{}
+	mi := &file_connsync_v1_assignments_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetActiveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetActiveResponse) ProtoMessage() {}
+
+func (x *GetActiveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_assignments_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetActiveResponse.ProtoReflect.Descriptor instead.
+func (*GetActiveResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_assignments_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetActiveResponse) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *GetActiveResponse) GetLeaseValid() bool {
+	if x != nil {
+		return x.LeaseValid
+	}
+	return false
+}
+
+func (x *GetActiveResponse) GetBuckets() []*BucketEpoch {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *GetActiveResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 var File_connsync_v1_assignments_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_assignments_proto_rawDesc = "" +
 	"\n" +
-	"\x1dconnsync/v1/assignments.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\">\n" +
+	"\x1dconnsync/v1/assignments.proto\x12\vconnsync.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\">\n" +
 	"\x17WatchAssignmentsRequest\x12#\n" +
 	"\rfrom_revision\x18\x01 \x01(\x04R\ffromRevision\"\x8c\x01\n" +
 	"\x18WatchAssignmentsResponse\x129\n" +
@@ -241,10 +347,18 @@ const file_connsync_v1_assignments_proto_rawDesc = "" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"p\n" +
 	"\x17ListAssignmentsResponse\x129\n" +
 	"\vassignments\x18\x01 \x03(\v2\x17.connsync.v1.AssignmentR\vassignments\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision2\xd4\x01\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"\x12\n" +
+	"\x10GetActiveRequest\"\xaa\x01\n" +
+	"\x11GetActiveResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x1f\n" +
+	"\vlease_valid\x18\x02 \x01(\bR\n" +
+	"leaseValid\x122\n" +
+	"\abuckets\x18\x03 \x03(\v2\x18.connsync.v1.BucketEpochR\abuckets\x12#\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex2\xa0\x02\n" +
 	"\x11AssignmentService\x12a\n" +
 	"\x10WatchAssignments\x12$.connsync.v1.WatchAssignmentsRequest\x1a%.connsync.v1.WatchAssignmentsResponse0\x01\x12\\\n" +
-	"\x0fListAssignments\x12#.connsync.v1.ListAssignmentsRequest\x1a$.connsync.v1.ListAssignmentsResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\x0fListAssignments\x12#.connsync.v1.ListAssignmentsRequest\x1a$.connsync.v1.ListAssignmentsResponse\x12J\n" +
+	"\tGetActive\x12\x1d.connsync.v1.GetActiveRequest\x1a\x1e.connsync.v1.GetActiveResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_assignments_proto_rawDescOnce sync.Once
@@ -258,28 +372,34 @@ func file_connsync_v1_assignments_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_assignments_proto_rawDescData
 }
 
-var file_connsync_v1_assignments_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_connsync_v1_assignments_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_connsync_v1_assignments_proto_goTypes = []any{
 	(*WatchAssignmentsRequest)(nil),  // 0: connsync.v1.WatchAssignmentsRequest
 	(*WatchAssignmentsResponse)(nil), // 1: connsync.v1.WatchAssignmentsResponse
 	(*ListAssignmentsRequest)(nil),   // 2: connsync.v1.ListAssignmentsRequest
 	(*ListAssignmentsResponse)(nil),  // 3: connsync.v1.ListAssignmentsResponse
-	(*Assignment)(nil),               // 4: connsync.v1.Assignment
-	(ReadConsistency)(0),             // 5: connsync.v1.ReadConsistency
+	(*GetActiveRequest)(nil),         // 4: connsync.v1.GetActiveRequest
+	(*GetActiveResponse)(nil),        // 5: connsync.v1.GetActiveResponse
+	(*Assignment)(nil),               // 6: connsync.v1.Assignment
+	(ReadConsistency)(0),             // 7: connsync.v1.ReadConsistency
+	(*BucketEpoch)(nil),              // 8: connsync.v1.BucketEpoch
 }
 var file_connsync_v1_assignments_proto_depIdxs = []int32{
-	4, // 0: connsync.v1.WatchAssignmentsResponse.assignments:type_name -> connsync.v1.Assignment
-	5, // 1: connsync.v1.ListAssignmentsRequest.consistency:type_name -> connsync.v1.ReadConsistency
-	4, // 2: connsync.v1.ListAssignmentsResponse.assignments:type_name -> connsync.v1.Assignment
-	0, // 3: connsync.v1.AssignmentService.WatchAssignments:input_type -> connsync.v1.WatchAssignmentsRequest
-	2, // 4: connsync.v1.AssignmentService.ListAssignments:input_type -> connsync.v1.ListAssignmentsRequest
-	1, // 5: connsync.v1.AssignmentService.WatchAssignments:output_type -> connsync.v1.WatchAssignmentsResponse
-	3, // 6: connsync.v1.AssignmentService.ListAssignments:output_type -> connsync.v1.ListAssignmentsResponse
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	6, // 0: connsync.v1.WatchAssignmentsResponse.assignments:type_name -> connsync.v1.Assignment
+	7, // 1: connsync.v1.ListAssignmentsRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	6, // 2: connsync.v1.ListAssignmentsResponse.assignments:type_name -> connsync.v1.Assignment
+	8, // 3: connsync.v1.GetActiveResponse.buckets:type_name -> connsync.v1.BucketEpoch
+	0, // 4: connsync.v1.AssignmentService.WatchAssignments:input_type -> connsync.v1.WatchAssignmentsRequest
+	2, // 5: connsync.v1.AssignmentService.ListAssignments:input_type -> connsync.v1.ListAssignmentsRequest
+	4, // 6: connsync.v1.AssignmentService.GetActive:input_type -> connsync.v1.GetActiveRequest
+	1, // 7: connsync.v1.AssignmentService.WatchAssignments:output_type -> connsync.v1.WatchAssignmentsResponse
+	3, // 8: connsync.v1.AssignmentService.ListAssignments:output_type -> connsync.v1.ListAssignmentsResponse
+	5, // 9: connsync.v1.AssignmentService.GetActive:output_type -> connsync.v1.GetActiveResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_assignments_proto_init() }
@@ -287,6 +407,7 @@ func file_connsync_v1_assignments_proto_init() {
 	if File_connsync_v1_assignments_proto != nil {
 		return
 	}
+	file_connsync_v1_member_proto_init()
 	file_connsync_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -294,7 +415,7 @@ func file_connsync_v1_assignments_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_assignments_proto_rawDesc), len(file_connsync_v1_assignments_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	AssignmentService_WatchAssignments_FullMethodName = "/connsync.v1.AssignmentService/WatchAssignments"
 	AssignmentService_ListAssignments_FullMethodName  = "/connsync.v1.AssignmentService/ListAssignments"
+	AssignmentService_GetActive_FullMethodName        = "/connsync.v1.AssignmentService/GetActive"
 )
 
 // AssignmentServiceClient is the client API for AssignmentService service.
@@ -40,6 +41,11 @@ type AssignmentServiceClient interface {
 	WatchAssignments(ctx context.Context, in *WatchAssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAssignmentsResponse], error)
 	// ListAssignments returns the whole map.
 	ListAssignments(ctx context.Context, in *ListAssignmentsRequest, opts ...grpc.CallOption) (*ListAssignmentsResponse, error)
+	// GetActive returns the buckets the answering member acts as primary for
+	// right now: none unless it holds a valid member lease and its state
+	// machine has caught up with the lease grant; then those the map assigns
+	// it. This is what the member's data plane may process.
+	GetActive(ctx context.Context, in *GetActiveRequest, opts ...grpc.CallOption) (*GetActiveResponse, error)
 }
 
 type assignmentServiceClient struct {
@@ -79,6 +85,16 @@ func (c *assignmentServiceClient) ListAssignments(ctx context.Context, in *ListA
 	return out, nil
 }
 
+func (c *assignmentServiceClient) GetActive(ctx context.Context, in *GetActiveRequest, opts ...grpc.CallOption) (*GetActiveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetActiveResponse)
+	err := c.cc.Invoke(ctx, AssignmentService_GetActive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AssignmentServiceServer is the server API for AssignmentService service.
 // All implementations must embed UnimplementedAssignmentServiceServer
 // for forward compatibility.
@@ -96,6 +112,11 @@ type AssignmentServiceServer interface {
 	WatchAssignments(*WatchAssignmentsRequest, grpc.ServerStreamingServer[WatchAssignmentsResponse]) error
 	// ListAssignments returns the whole map.
 	ListAssignments(context.Context, *ListAssignmentsRequest) (*ListAssignmentsResponse, error)
+	// GetActive returns the buckets the answering member acts as primary for
+	// right now: none unless it holds a valid member lease and its state
+	// machine has caught up with the lease grant; then those the map assigns
+	// it. This is what the member's data plane may process.
+	GetActive(context.Context, *GetActiveRequest) (*GetActiveResponse, error)
 	mustEmbedUnimplementedAssignmentServiceServer()
 }
 
@@ -111,6 +132,9 @@ func (UnimplementedAssignmentServiceServer) WatchAssignments(*WatchAssignmentsRe
 }
 func (UnimplementedAssignmentServiceServer) ListAssignments(context.Context, *ListAssignmentsRequest) (*ListAssignmentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAssignments not implemented")
+}
+func (UnimplementedAssignmentServiceServer) GetActive(context.Context, *GetActiveRequest) (*GetActiveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetActive not implemented")
 }
 func (UnimplementedAssignmentServiceServer) mustEmbedUnimplementedAssignmentServiceServer() {}
 func (UnimplementedAssignmentServiceServer) testEmbeddedByValue()                           {}
@@ -162,6 +186,24 @@ func _AssignmentService_ListAssignments_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AssignmentService_GetActive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetActiveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AssignmentServiceServer).GetActive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AssignmentService_GetActive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AssignmentServiceServer).GetActive(ctx, req.(*GetActiveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AssignmentService_ServiceDesc is the grpc.ServiceDesc for AssignmentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -172,6 +214,10 @@ var AssignmentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAssignments",
 			Handler:    _AssignmentService_ListAssignments_Handler,
+		},
+		{
+			MethodName: "GetActive",
+			Handler:    _AssignmentService_GetActive_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
