@@ -14,6 +14,7 @@ import (
 	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/cluster"
+	"github.com/connsync/connsync/server"
 )
 
 func dial(t *testing.T, addr string) *grpc.ClientConn {
@@ -104,9 +105,13 @@ func (w *claimWriters) verify(t *testing.T, ctx context.Context, cl *client.Clie
 	for i := range w.acked {
 		keys, idx = append(keys, key(i)), append(idx, i)
 	}
-	own, err := cl.LookupBatch(ctx, keys, linear)
-	if err != nil {
-		t.Fatalf("lookup of acknowledged claims: %v", err)
+	var own []*pb.Ownership
+	for start := 0; start < len(keys); start += server.MaxBatchKeys {
+		part, err := cl.LookupBatch(ctx, keys[start:min(start+server.MaxBatchKeys, len(keys))], linear)
+		if err != nil {
+			t.Fatalf("lookup of acknowledged claims: %v", err)
+		}
+		own = append(own, part...)
 	}
 	for j, o := range own {
 		if o.Claim == nil || o.Claim.Epoch != w.acked[idx[j]] {

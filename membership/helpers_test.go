@@ -1,99 +1,33 @@
 package membership
 
 import (
-	"bytes"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/connsync/connsync/integration/faultnet"
+	"github.com/connsync/connsync/integration/testkit"
 )
 
-// freeAddr returns a loopback address whose port is free for both TCP and
-// UDP. Ports come from below the kernel's ephemeral range (32768-60999 on
-// Linux), so outgoing connections and :0 listeners of tests running in
-// parallel cannot take the port between this check and the pool binding it;
-// a port handed out once is never handed out again by this test binary.
+// freeAddr returns a loopback address free for both TCP and UDP.
 func freeAddr(tb testing.TB) string {
 	tb.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 1000 {
-		port := 20000 + rand.IntN(12000)
-		if portsUsed[port] {
-			continue
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		pc, err := net.ListenPacket("udp", addr)
-		ln.Close()
-		if err != nil {
-			continue
-		}
-		pc.Close()
-		portsUsed[port] = true
-		return addr
+	a, err := faultnet.FreeAddr()
+	if err != nil {
+		tb.Fatal(err)
 	}
-	tb.Fatal("no free port in 20000-31999")
-	return ""
+	return a
 }
 
-var (
-	portsMu   sync.Mutex
-	portsUsed = map[int]bool{}
-)
-
-// checkFor calls fn every interval until it returns nil, failing the test
-// with fn's last error after timeout.
-func checkFor(tb testing.TB, timeout, interval time.Duration, fn func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
+// checkFor is testkit.CheckFor.
+var checkFor = testkit.CheckFor
 
 // testLogger logs to the test log at Warn and above until the test ends.
 func testLogger(tb testing.TB, name string) hclog.Logger {
-	w := &testWriter{tb: tb}
-	tb.Cleanup(w.stop)
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: w})
-}
-
-// testWriter sends logs to the test log until stop; goroutines that log
-// after the test ended must not call t.Logf (the testing package panics).
-type testWriter struct {
-	tb      testing.TB
-	mu      sync.Mutex
-	stopped bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.stopped {
-		w.tb.Logf("%s", bytes.TrimRight(p, "\n"))
-	}
-	return len(p), nil
-}
-
-func (w *testWriter) stop() {
-	w.mu.Lock()
-	w.stopped = true
-	w.mu.Unlock()
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Warn, Output: testkit.NewLogWriter(tb)})
 }
 
 // testConfig is DefaultConfig for member id on a free loopback port.

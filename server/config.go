@@ -36,7 +36,8 @@ type Config struct {
 	// Join lists gRPC addresses of existing members. A member with no Raft
 	// state asks them, in turn, to add it to the site, until one succeeds.
 	Join []string
-	// Voter says whether a joining member asks to be a voter.
+	// Voter says whether this member may be a Raft voter (the leader keeps
+	// Voters of them); false keeps it a non-voter for good.
 	Voter bool
 
 	// BucketCount is B for a site founded by this member: a power of two.

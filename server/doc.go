@@ -15,8 +15,25 @@
 // so a request is applied entirely or not at all.
 //
 // A new leader serves no writes or linearizable reads until it has applied a
-// barrier in its term (leader.go): its FSM then reflects every entry committed
-// by earlier leaders.
+// barrier in its term (leaderSetup in server.go): its FSM then reflects every
+// entry committed by earlier leaders.
+//
+// # Membership, failover and placement
+//
+// Each member keeps a lease with the leader (lease.go) and may act as primary
+// only while it holds one. The leader combines lease heartbeats, broken
+// connections and gossip (gossip.go, package membership) into its view of
+// which members are alive (liveness.go); its reconcile loop (reconcile.go)
+// commits failovers, placement (package server/placement), make-before-break
+// moves, drains and the Raft voter count. A member's full syncs as a new
+// backup run in assignments.go, which also serves WatchAssignments. The
+// safety argument is in the doc comments of liveness and leaseKeeper: a
+// member is failed only when its process is proven gone or its lease has
+// surely run out, and a member acts again only after its state machine has
+// caught up with the grant that gave it a new lease.
+//
+// Lock order: liveness.mu and leaseKeeper.mu are leaves (nothing is called
+// while holding them but the FSM's read lock, which is itself a leaf).
 //
 // # Reads
 //

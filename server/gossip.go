@@ -28,6 +28,7 @@ func (s *Server) startGossip() error {
 	mc.MemberID, mc.BindAddr, mc.AdvertiseAddr = s.cfg.MemberID, s.cfg.GossipBind, s.cfg.GossipAdvertise
 	mc.Meta = membership.Meta{Site: s.cfg.Site, GRPCAddr: s.cfg.grpcAdvertise(), RaftAddr: s.cfg.raftAdvertise(),
 		Weight: s.cfg.Weight, Incarnation: s.incarnation}
+	mc.Label = s.cfg.Site // pools of different sites never merge
 	mc.Logger = s.logger.Named("gossip")
 	if gn, ok := s.network.(GossipNetwork); ok {
 		t, err := gn.GossipTransport(s.cfg.GossipBind, mc.Logger)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/server/placement"
 )
 
@@ -167,13 +169,17 @@ func (o *operatorService) Join(ctx context.Context, req *pb.JoinRequest) (*pb.Jo
 	}
 	// The same member ID from a new process (a restart that lost its data
 	// directory): what the old process held fails over first.
-	if known && active(old.State) && old.Incarnation != 0 && old.Incarnation != req.Incarnation {
+	if known && active(old.State) && old.Incarnation != 0 && req.Incarnation != 0 && old.Incarnation != req.Incarnation {
 		if err := s.failMember(ctx, req.MemberId, "joined again as a new process"); err != nil {
 			return nil, err
 		}
 	}
+	inc := req.Incarnation
+	if inc == 0 && known { // an operator's join (no process behind it) keeps the recorded one
+		inc = old.Incarnation
+	}
 	m := &pb.Member{Id: req.MemberId, Site: req.Site, RaftAddr: req.RaftAddr, GrpcAddr: req.GrpcAddr, Weight: req.Weight,
-		GossipAddr: req.GossipAddr, Nonvoter: req.Nonvoter, Incarnation: req.Incarnation}
+		GossipAddr: req.GossipAddr, Nonvoter: req.Nonvoter, Incarnation: inc}
 	if _, err := s.write1(ctx, nil, registerMemberOp(m)); err != nil {
 		return nil, err
 	}
@@ -337,7 +343,11 @@ func (o *operatorService) Rebalance(ctx context.Context, req *pb.RebalanceReques
 	if req.DryRun || len(changes) == 0 {
 		return out, nil
 	}
-	if err := s.reassign(ctx, "rebalance (operator)", nil, changes, cur); err != nil {
+	err := s.reassign(ctx, "rebalance (operator)", nil, changes, cur)
+	if errors.Is(err, fsm.ErrAssignmentChanged) {
+		return nil, status.Errorf(codes.Aborted, "the bucket map changed while the plan was made (moves under way complete on their own); run rebalance again: %v", err)
+	}
+	if err != nil {
 		return nil, err
 	}
 	s.logger.Info("rebalance started", "moves", len(changes))

@@ -116,17 +116,36 @@ func (s *Server) reconcile(ctx context.Context, topology, fullPass bool) error {
 	return s.finishDrain()
 }
 
+// replan runs plan, which plans from the current state and commits, again
+// when the commit finds the state changed under it (another writer of
+// assignments, such as a sync report, came first); a few times at most.
+func replan(plan func() error) error {
+	var err error
+	for range 5 {
+		if err = plan(); !errors.Is(err, fsm.ErrAssignmentChanged) {
+			return err
+		}
+	}
+	return err
+}
+
 // failMember commits one entry: id is failed, the local backups of its
 // buckets take over, and every bucket role it (or any other gone member)
 // held gets a new holder.
 func (s *Server) failMember(ctx context.Context, id, why string) error {
 	start := time.Now()
-	cur, _ := s.fsm.Buckets()
-	gone := s.goneMembers()
-	gone[id] = true
-	changes, unsynced := placement.Failover(toPlacement(cur), gone, s.eligible(gone))
-	ms := []*ipb.SetMemberStateOp{{MemberId: id, State: pb.MemberState_MEMBER_STATE_FAILED}}
-	if err := s.reassign(ctx, "failover "+id, ms, changes, cur); err != nil {
+	var cur []fsm.Assignment
+	var changes []placement.Change
+	var unsynced []uint32
+	err := replan(func() error {
+		cur, _ = s.fsm.Buckets()
+		gone := s.goneMembers()
+		gone[id] = true
+		changes, unsynced = placement.Failover(toPlacement(cur), gone, s.eligible(gone))
+		ms := []*ipb.SetMemberStateOp{{MemberId: id, State: pb.MemberState_MEMBER_STATE_FAILED}}
+		return s.reassign(ctx, "failover "+id, ms, changes, cur)
+	})
+	if err != nil {
 		return err
 	}
 	s.live.forget(id)

@@ -185,6 +185,41 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("buckets", func(t *testing.T) {
+		out := mustCtl("buckets")
+		wantLine(out, `^MEMBER\s+PRIMARY\s+BACKUP\s+BACKUP UNSYNCED\s+MOVING IN$`)
+		wantLine(out, `^m0\s+4096\s+0\s+0\s+0$`)
+		wantLine(out, `^4096 buckets, 0 without a primary`)
+		all := mustCtl("buckets", "--all")
+		wantLine(all, `^4095\s+m0\s+-\s+-\s+-\s+\d+\s+-$`)
+		var r map[string]any
+		if err := json.Unmarshal([]byte(mustCtl("buckets", "-o", "json")), &r); err != nil {
+			t.Fatalf("buckets -o json: %v", err)
+		}
+		if as, _ := r["assignments"].([]any); len(as) != 4096 {
+			t.Errorf("buckets JSON has %d assignments", len(as))
+		}
+	})
+
+	t.Run("rebalance", func(t *testing.T) {
+		wantLine(mustCtl("rebalance", "--dry-run"), `^Would start 0 moves \(imbalance 1\.000 -> 1\.000; 0 moves already under way\)$`)
+		wantLine(mustCtl("rebalance"), `^Started 0 moves`)
+	})
+
+	t.Run("drain the only member", func(t *testing.T) {
+		_, err := ctl("drain", "m0")
+		if err == nil || !strings.HasPrefix(err.Error(), "FailedPrecondition: ") || !strings.Contains(err.Error(), "only alive member") {
+			t.Errorf("drain of the only member: %v, want FailedPrecondition", err)
+		}
+		_, err = ctl("drain", "ghost")
+		if err == nil || !strings.HasPrefix(err.Error(), "InvalidArgument: ") || !strings.Contains(err.Error(), "member_id") {
+			t.Errorf("drain of an unknown member: %v, want InvalidArgument naming member_id", err)
+		}
+		if _, err := ctl("drain"); err == nil || !strings.Contains(err.Error(), "drain takes one MEMBER_ID") {
+			t.Errorf("drain without a member: %v", err)
+		}
+	})
+
 	t.Run("transfer-leader to self", func(t *testing.T) {
 		wantLine(mustCtl("transfer-leader", "m0"), `^Leader is now m0$`)
 	})

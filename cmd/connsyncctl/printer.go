@@ -213,8 +213,12 @@ func (p *printer) buckets(r *pb.ListAssignmentsResponse, all bool) error {
 	if all {
 		rows := [][]string{{"BUCKET", "PRIMARY", "LOCAL BACKUP", "SYNCED", "REMOTE BACKUP", "EPOCH", "INCOMING"}}
 		for _, a := range r.Assignments {
+			synced := "-"
+			if a.LocalBackup != "" {
+				synced = yesNo(a.BackupSynced)
+			}
 			rows = append(rows, []string{u64(uint64(a.Bucket)), orDash(a.Primary), orDash(a.LocalBackup),
-				yesNo(a.BackupSynced), orDash(a.RemoteBackup), u64(a.Epoch), incoming(a)})
+				synced, orDash(a.RemoteBackup), u64(a.Epoch), incoming(a)})
 		}
 		return p.table(rows)
 	}

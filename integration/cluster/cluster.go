@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/faultnet"
+	"github.com/connsync/connsync/integration/testkit"
 	"github.com/connsync/connsync/server"
 	"github.com/connsync/connsync/server/placement"
 )
@@ -40,7 +40,7 @@ type Cluster struct {
 	Members []*Member
 	opts    Options
 	dir     string
-	logs    *testWriter
+	logs    *testkit.LogWriter
 }
 
 // Options tune a test cluster.
@@ -63,8 +63,7 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 		opts.Site = "site1"
 	}
 	c := &Cluster{t: t, Hub: faultnet.NewHub(), opts: opts, dir: t.TempDir()}
-	c.logs = &testWriter{t: t}
-	t.Cleanup(c.logs.stop) // registered first, so it runs last: after shutdown
+	c.logs = testkit.NewLogWriter(t) // registered first, so it stops last: after shutdown
 	t.Cleanup(c.shutdown)
 	for i := 0; i < n; i++ {
 		c.Members = append(c.Members, c.newMember(i == 0))
@@ -318,17 +317,7 @@ func (c *Cluster) converged() error {
 // with fn's last error after timeout.
 func CheckFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	testkit.CheckFor(t, timeout, interval, fn)
 }
 
 // Context returns a context for one test step.
@@ -336,29 +325,6 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// testWriter sends logs to the test log until stop; goroutines that log
-// after the test ended must not call t.Logf (the testing package panics).
-type testWriter struct {
-	t       testing.TB
-	mu      sync.Mutex
-	stopped bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.stopped {
-		w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	}
-	return len(p), nil
-}
-
-func (w *testWriter) stop() {
-	w.mu.Lock()
-	w.stopped = true
-	w.mu.Unlock()
 }
 
 // WaitPlaced waits until the leader's bucket map is settled: every bucket

@@ -1,7 +1,6 @@
 package faultnet_test
 
 import (
-	"bytes"
 	"fmt"
 	"sync"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/connsync/connsync/integration/faultnet"
+	"github.com/connsync/connsync/integration/testkit"
 	"github.com/connsync/connsync/membership"
 )
 
@@ -29,7 +29,7 @@ type member struct {
 
 func startMember(t *testing.T, h *faultnet.Hub, id string) *member {
 	t.Helper()
-	logger := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Error, Output: newTestWriter(t)})
+	logger := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Error, Output: testkit.NewLogWriter(t)})
 	tr, err := h.Node(id).GossipTransport("", logger)
 	if err != nil {
 		t.Fatal(err)
@@ -87,17 +87,7 @@ func (m *member) sees(ids ...string) error {
 
 func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.CheckFor(t, timeout, 20*time.Millisecond, fn)
 }
 
 // Isolating a member's gossip makes the others declare it failed (and it
@@ -148,31 +138,4 @@ func TestGossip_IsolateFailsHealRejoins(t *testing.T) {
 			t.Errorf("%s: Node(m2) = %+v, want alive with %+v", m.id, n, ms[2].Meta())
 		}
 	}
-}
-
-// testWriter sends logs to the test log until the test ends; goroutines
-// that log after that must not call t.Logf (the testing package panics).
-type testWriter struct {
-	t       *testing.T
-	mu      sync.Mutex
-	stopped bool
-}
-
-func newTestWriter(t *testing.T) *testWriter {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { // registered before the pools' cleanups, so runs after them
-		w.mu.Lock()
-		w.stopped = true
-		w.mu.Unlock()
-	})
-	return w
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.stopped {
-		w.t.Logf("%s", bytes.TrimRight(p, "\n"))
-	}
-	return len(p), nil
 }
