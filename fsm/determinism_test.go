@@ -33,7 +33,7 @@ func TestFSM_Determinism(t *testing.T) {
 	}
 }
 
-const determinismOps = 2000
+const determinismOps = 4000
 
 // gen generates random operations, steered by what the FSMs answered so that
 // a fair share of them succeed (right epochs and tokens) and the others fail
@@ -129,7 +129,7 @@ func (g *gen) op() *ipb.Op {
 		states := []pb.MemberState{pb.MemberState_MEMBER_STATE_ALIVE, pb.MemberState_MEMBER_STATE_LEFT,
 			pb.MemberState_MEMBER_STATE_FAILED}
 		return setStateOp(g.member(), states[g.rng.IntN(len(states))])
-	case n < 96:
+	case n < 97:
 		return registerOp(g.mems[g.rng.IntN(len(g.mems))])
 	case n < 98:
 		return g.reassign()
@@ -158,7 +158,7 @@ func (g *gen) op() *ipb.Op {
 // the same step.
 func (g *gen) reassign() *ipb.Op {
 	var ms []*ipb.SetMemberStateOp
-	if g.rng.IntN(4) == 0 {
+	if g.rng.IntN(8) == 0 {
 		ms = append(ms, &ipb.SetMemberStateOp{MemberId: g.member(), State: pb.MemberState_MEMBER_STATE_FAILED})
 	}
 	var cs []*ipb.BucketChange

@@ -19,7 +19,7 @@ type failoverResult struct {
 	leader  bool
 	buckets int           // buckets the victim was primary for
 	took    time.Duration // SIGKILL -> the last new primary told by its own WatchAssignments
-	wrong   []string      // buckets whose new primary was not their synced backup
+	wrong   []string      // buckets whose new primary held no complete copy
 }
 
 // failover SIGKILLs victim and measures until every bucket it was primary
@@ -107,9 +107,9 @@ func (ps *procSite) failover(ctx context.Context, cl *client.Client, victim *pro
 	defer mu.Unlock()
 	for b, at := range got {
 		res.took = max(res.took, at.Sub(t0))
-		if a := want[b]; newPrimary[b] != a.LocalBackup || !a.BackupSynced {
-			res.wrong = append(res.wrong, fmt.Sprintf("bucket %d: backup %s (synced %v), new primary %s",
-				b, a.LocalBackup, a.BackupSynced, newPrimary[b]))
+		a, p := want[b], newPrimary[b]
+		if !(a.LocalBackup == p && a.BackupSynced) && !(a.Incoming == p && a.IncomingSynced) {
+			res.wrong = append(res.wrong, fmt.Sprintf("bucket %d: new primary %s held no complete copy: %v", b, p, a))
 		}
 	}
 	return res
@@ -123,7 +123,10 @@ func TestProcess_KillMemberAndLeader(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test skipped in -short mode")
 	}
-	ps := startProcSite(t, 5)
+	// No automatic rebalance: a rebalance right after the failover could
+	// hide which member took a bucket over. The restarted victim gets its
+	// share back through connsyncctl rebalance (in waitPlaced).
+	ps := startProcSite(t, 5, "-auto-rebalance=false")
 	cl := ps.client(20 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -136,7 +139,7 @@ func TestProcess_KillMemberAndLeader(t *testing.T) {
 		r := ps.failover(ctx, cl, victim)
 		t.Logf("SIGKILL of %s (leader %v): %d buckets active on new primaries after %v", r.victim, r.leader, r.buckets, r.took)
 		if len(r.wrong) > 0 {
-			t.Fatalf("%d buckets not taken over by their synced backup, e.g. %s", len(r.wrong), r.wrong[0])
+			t.Fatalf("%d buckets taken over by a member without a complete copy, e.g. %s", len(r.wrong), r.wrong[0])
 		}
 		ps.restart(victim)
 		ps.waitPlaced(60*time.Second, len(ps.procs))
@@ -154,13 +157,15 @@ func TestProcess_KillMemberAndLeader(t *testing.T) {
 // kill=leader: the Raft leader) until the last of its buckets has been
 // delivered, by WatchAssignments on the member that took it over, with that
 // member as primary. Each iteration is one trial; the victim then restarts
-// and the site is rebalanced before the next. Reports p50, p99 and max.
+// and the site is rebalanced (connsyncctl rebalance: automatic rebalancing
+// is off, so none runs during a measurement) before the next. Reports p50,
+// p99 and max.
 //
 //	go test ./integration -run XXX -bench Failover -benchtime 20x
 func BenchmarkFailover(b *testing.B) {
 	for _, kill := range []string{"member", "leader"} {
 		b.Run("kill="+kill, func(b *testing.B) {
-			ps := startProcSite(b, 5)
+			ps := startProcSite(b, 5, "-auto-rebalance=false")
 			cl := ps.client(20 * time.Second)
 			ctx := context.Background()
 			var took []time.Duration
@@ -173,7 +178,7 @@ func BenchmarkFailover(b *testing.B) {
 				}
 				r := ps.failover(ctx, cl, victim)
 				if len(r.wrong) > 0 {
-					b.Fatalf("%d buckets not taken over by their synced backup, e.g. %s", len(r.wrong), r.wrong[0])
+					b.Fatalf("%d buckets taken over by a member without a complete copy, e.g. %s", len(r.wrong), r.wrong[0])
 				}
 				took = append(took, r.took)
 				b.Logf("trial %d: SIGKILL %s (leader %v), %d buckets, %v", i, r.victim, r.leader, r.buckets, r.took)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -95,14 +96,15 @@ func (p *proc) kill() {
 // procSite is a site of real connsyncd processes on loopback: the first
 // bootstraps, the others join it, and all gossip.
 type procSite struct {
-	t     testing.TB
-	bin   string
-	procs []*proc
+	t      testing.TB
+	bin    string
+	procs  []*proc
+	manual bool // started with -auto-rebalance=false: waitPlaced asks for rebalances
 }
 
 func startProcSite(t testing.TB, n int, extra ...string) *procSite {
 	t.Helper()
-	ps := &procSite{t: t, bin: connsyncdBinary(t)}
+	ps := &procSite{t: t, bin: connsyncdBinary(t), manual: slices.Contains(extra, "-auto-rebalance=false")}
 	base := t.TempDir()
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("p%d", i)
@@ -161,9 +163,13 @@ func (ps *procSite) client(timeout time.Duration) *client.Client {
 	return cl
 }
 
-// restart starts a killed member again from its data directory.
+// restart starts a killed member again from its data directory, with the
+// flags it was started with (but -bootstrap and -join).
 func (ps *procSite) restart(p *proc) {
-	p.args = nil
+	p.args = slices.DeleteFunc(p.args, func(a string) bool { return a == "-bootstrap" })
+	if i := slices.Index(p.args, "-join"); i >= 0 {
+		p.args = slices.Delete(p.args, i, i+2)
+	}
 	p.start(ps.t, ps.bin)
 }
 
@@ -207,7 +213,11 @@ func (ps *procSite) waitPlaced(timeout time.Duration, n int) {
 		if err != nil {
 			return err
 		}
-		return settled(r.Assignments, alive)
+		err = settled(r.Assignments, alive)
+		if err != nil && ps.manual {
+			_, _ = cl.Rebalance(ctx, false) // Aborted when the map changed meanwhile: the next poll asks again
+		}
+		return err
 	})
 }
 

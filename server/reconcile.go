@@ -32,7 +32,8 @@ import (
 //
 // Failures are checked every HeartbeatInterval/2 and on every liveness
 // signal; steps 2-5 run when the state machine's members or assignments
-// change and once a second. Every entry names the revisions it was planned
+// change and once a second (a failed voter is replaced at once, so that a
+// second failure soon after finds a full set of voters). Every entry names the revisions it was planned
 // from, so a plan from a stale view is refused by the state machine and made
 // again.
 func (s *Server) reconcileLoop(ctx context.Context) {
@@ -108,10 +109,8 @@ func (s *Server) reconcile(ctx context.Context, topology, fullPass bool) error {
 	if err := s.place(ctx); err != nil {
 		return err
 	}
-	if fullPass {
-		if err := s.reconcileVoters(); err != nil {
-			return fmt.Errorf("voters: %w", err)
-		}
+	if err := s.reconcileVoters(); err != nil {
+		return fmt.Errorf("voters: %w", err)
 	}
 	return s.finishDrain()
 }

@@ -105,8 +105,9 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startGossip(); err != nil {
 		return nil, err
 	}
-	s.wg.Add(5)
+	s.wg.Add(6)
 	go s.tickLoop()
+	go s.peersLoop()
 	go s.lease.run()
 	go s.rejoinLoop()
 	go s.syncLoop()
@@ -212,17 +213,17 @@ func (s *Server) joinRequest() *pb.JoinRequest {
 }
 
 // joinOnce asks the site to add this member: through the current leader if
-// one is known, else through the configured join addresses and the members
-// this member's state machine knows (a member the leader removed from the
-// Raft configuration hears from no leader, but still knows its peers).
+// one is known, else through the configured join addresses and the peers
+// this member knows (knownPeers): a member the leader removed from the Raft
+// configuration hears from no leader, but still knows where its peers are.
 func (s *Server) joinOnce(ctx context.Context) error {
 	addrs := append([]string(nil), s.cfg.Join...)
 	if a, err := s.leaderGRPCAddr(); err == nil {
 		addrs = append([]string{a}, addrs...)
 	}
-	for _, m := range s.fsm.Members() {
-		if m.ID != s.cfg.MemberID && m.GRPCAddr != "" && active(m.State) && !slices.Contains(addrs, m.GRPCAddr) {
-			addrs = append(addrs, m.GRPCAddr)
+	for _, a := range s.knownPeers() {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
 		}
 	}
 	var err error

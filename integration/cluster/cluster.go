@@ -330,15 +330,27 @@ func Context(t testing.TB, d time.Duration) context.Context {
 // WaitPlaced waits until the leader's bucket map is settled: every bucket
 // has a primary among the alive members, and (with two or more) a synced
 // local backup, no move is under way, and the primaries are spread
-// evenly by weight.
+// evenly by weight. With AutoRebalance off it asks for rebalances, as an
+// operator would (connsyncctl rebalance).
 func (c *Cluster) WaitPlaced(timeout time.Duration) {
 	c.t.Helper()
+	manual := len(c.Members) > 0 && !c.Members[0].Config.AutoRebalance
+	var cl *client.Client
+	if manual {
+		cl = c.Client()
+	}
 	CheckFor(c.t, timeout, 20*time.Millisecond, func() error {
 		l := c.Leader()
 		if l == nil {
 			return fmt.Errorf("no leader")
 		}
-		return Placed(l.Server.FSM())
+		err := Placed(l.Server.FSM())
+		if err != nil && manual {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, _ = cl.Rebalance(ctx, false) // Aborted when the map changed meanwhile: the next poll asks again
+		}
+		return err
 	})
 }
 
