@@ -56,6 +56,7 @@ type liveness struct {
 // peer is what the leader knows of one member in this term.
 type peer struct {
 	heard       time.Time // last heartbeat received
+	joined      time.Time // last (re)registration through Join
 	incarnation uint64
 	streams     int
 	probing     bool
@@ -93,6 +94,12 @@ func (l *liveness) grace() time.Duration {
 func (l *liveness) failAfter() time.Duration {
 	return l.s.cfg.MemberLease + l.s.cfg.HeartbeatInterval
 }
+
+// idleFailAfter is how long a member that holds no bucket role may stay
+// silent before it is marked failed. Nothing moves when it is, so there is
+// no hurry; a member that just joined (and is still catching up with the
+// log before it can find the leader) is not failed again and again.
+func (l *liveness) idleFailAfter() time.Duration { return 10 * l.s.cfg.MemberLease }
 
 // start resets the view for a new term as leader.
 func (l *liveness) start() {
@@ -171,6 +178,9 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		return resp
 	}
 	p := l.peer(req.MemberId)
+	if p.heard.IsZero() {
+		l.wake() // a member heard for the first time may now take buckets
+	}
 	p.heard, p.incarnation = now, req.Incarnation
 	resp.MemberState = m.State
 	switch {
@@ -247,7 +257,8 @@ func (l *liveness) suspect(id, why string) {
 }
 
 // failures returns the members (of those given) to fail now, with why.
-func (l *liveness) failures(candidates []fsm.Member) map[string]string {
+// holding says which members hold a bucket role (see idleFailAfter).
+func (l *liveness) failures(candidates []fsm.Member, holding map[string]bool) map[string]string {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -261,11 +272,22 @@ func (l *liveness) failures(candidates []fsm.Member) map[string]string {
 			continue // never reap yourself
 		}
 		p := l.peers[id]
-		switch {
-		case p.deadNow(m) != "":
+		if p.deadNow(m) != "" {
 			out[id] = p.dead
-		case now.Sub(l.since) < l.grace():
-		case p == nil || now.Sub(p.heard) > l.failAfter():
+			continue
+		}
+		if now.Sub(l.since) < l.grace() {
+			continue
+		}
+		last := l.since
+		if p != nil {
+			last = latest(last, p.heard, p.joined)
+		}
+		limit := l.idleFailAfter()
+		if holding[id] {
+			limit = l.failAfter()
+		}
+		if now.Sub(last) > limit {
 			out[id] = "member lease expired (no heartbeat)"
 		}
 	}
@@ -292,13 +314,23 @@ func (l *liveness) healthy(id string) bool {
 	return now.Sub(l.since) < l.grace()
 }
 
-// joined counts a member's (re)registration as a heartbeat: it gets a full
-// lease's time to start heartbeating before it may be failed.
+// joined records a member's (re)registration: it holds no bucket yet, and
+// gets idleFailAfter to start heartbeating; it may take buckets once it has.
 func (l *liveness) joined(id string) {
 	l.mu.Lock()
 	p := l.peer(id)
-	p.heard, p.dead, p.deadInc = time.Now(), "", 0
+	p.joined, p.dead, p.deadInc = time.Now(), "", 0
 	l.mu.Unlock()
+}
+
+func latest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
+	}
+	return out
 }
 
 // forget drops what is known of a member once it has been failed, so a

@@ -72,6 +72,7 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.live.kick:
+			topology = true
 		case <-changed:
 			topology = true
 		case <-tick.C:
@@ -96,7 +97,12 @@ func (s *Server) reconcile(ctx context.Context, topology, fullPass bool) error {
 			candidates = append(candidates, m)
 		}
 	}
-	fails := s.live.failures(candidates)
+	holding := map[string]bool{}
+	as, _ := s.fsm.Buckets()
+	for _, a := range as {
+		holding[a.Primary], holding[a.LocalBackup], holding[a.Incoming] = true, true, true
+	}
+	fails := s.live.failures(candidates, holding)
 	for _, id := range sortedIDs(fails) {
 		if err := s.failMember(ctx, id, fails[id]); err != nil {
 			return err
