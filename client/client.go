@@ -213,7 +213,17 @@ func (c *Client) callOnce(ctx context.Context, fn func(ctx context.Context, cc *
 	return c.callN(ctx, 1, fn)
 }
 
-// callN is call with at most attempts tries (0: until ctx ends).
+// notDelivered reports whether err says the call never reached a member:
+// the connection could not even be dialled. Such a call may be sent again
+// even when its outcome would otherwise be unknown.
+func notDelivered(err error) bool {
+	return connError(err) && strings.Contains(status.Convert(err).Message(), "Error while dialing")
+}
+
+// callN is call with at most attempts tries (0: until ctx ends). A try that
+// could not reach a member at all (notDelivered) does not count: the next
+// address is tried, so even a call that must not be repeated gets past a
+// dead member.
 func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Context, cc *grpc.ClientConn, opts ...grpc.CallOption) error) error {
 	ctx, cancel := c.withDeadline(ctx)
 	defer cancel()
@@ -227,7 +237,7 @@ func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Co
 		}
 		var hdr metadata.MD
 		err = fn(ctx, cc, grpc.Header(&hdr))
-		if err == nil || !retryable(err) || attempt == attempts {
+		if err == nil || !retryable(err) {
 			return err
 		}
 		if connError(err) {
@@ -235,6 +245,11 @@ func (c *Client) callN(ctx context.Context, attempts int, fn func(ctx context.Co
 			if c.allRefused(refused) {
 				return err
 			}
+		}
+		if notDelivered(err) {
+			attempt-- // the member never saw it
+		} else if attempt == attempts {
+			return err
 		}
 		c.moveOn(addr, hdr)
 		select {

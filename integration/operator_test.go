@@ -232,3 +232,23 @@ func TestCluster_WrongSiteAloneNeverServes(t *testing.T) {
 		t.Fatal("a leader whose configured site contradicts its state reports ready")
 	}
 }
+
+// TestCluster_CallOnceSkipsDeadMember: a call that must not be repeated
+// (rebalance, leadership transfer) still gets past a member that refuses
+// connections: the call never reached it, so sending it on is safe.
+func TestCluster_CallOnceSkipsDeadMember(t *testing.T) {
+	c := cluster.New(t, 1, cluster.Options{})
+	dead := freeAddr(t) // nothing listens there
+	cl, err := client.New(client.Config{Addrs: []string{dead, c.Members[0].Addr()}, Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := cluster.Context(t, 20*time.Second)
+	if _, err := cl.Rebalance(ctx, true); err != nil {
+		t.Fatalf("rebalance with a dead first address: %v", err)
+	}
+	if _, err := cl.TransferLeadership(ctx, c.Members[0].ID); err != nil {
+		t.Fatalf("transfer-leader with a dead first address: %v", err)
+	}
+}

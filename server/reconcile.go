@@ -291,35 +291,40 @@ func toPlacement(as []fsm.Assignment) []placement.Bucket {
 	return out
 }
 
-// reconcileVoters keeps cfg.Voters healthy voters: it promotes healthy
-// non-voters while there are fewer, and then removes voters that have failed
-// or left while there are more. A failed voter is only removed once a
-// replacement votes, so the quorum never shrinks below what it was.
+// reconcileVoters keeps cfg.Voters voters that are members in good standing
+// (alive or draining in the state machine): it promotes alive, heard-from
+// non-voters while there are fewer, then removes voters that have failed or
+// left while there are more, then demotes surplus voters (draining ones
+// first, never itself). A
+// failed voter is only removed once a replacement votes, so the quorum never
+// shrinks below what it was. A voter that is merely slow to heartbeat still
+// counts: only a committed failure replaces it.
 func (s *Server) reconcileVoters() error {
 	cf := s.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return err
 	}
 	servers := cf.Configuration().Servers
-	healthy := func(id string) bool {
+	standing := func(id string) bool {
 		m, ok := s.fsm.Member(id)
-		return ok && m.State == pb.MemberState_MEMBER_STATE_ALIVE && s.live.healthy(id)
+		return ok && active(m.State)
 	}
-	voters, healthyVoters := 0, 0
+	voters, good := 0, 0
 	for _, srv := range servers {
 		if srv.Suffrage == raft.Voter {
 			voters++
-			if healthy(string(srv.ID)) {
-				healthyVoters++
+			if standing(string(srv.ID)) {
+				good++
 			}
 		}
 	}
 	for _, srv := range servers {
-		if healthyVoters >= s.cfg.Voters {
+		if good >= s.cfg.Voters {
 			break
 		}
 		m, _ := s.fsm.Member(string(srv.ID))
-		if srv.Suffrage != raft.Nonvoter || m.Nonvoter || !healthy(string(srv.ID)) {
+		if srv.Suffrage != raft.Nonvoter || m.Nonvoter || m.State != pb.MemberState_MEMBER_STATE_ALIVE ||
+			!s.live.healthy(string(srv.ID)) {
 			continue
 		}
 		if err := s.raft.AddVoter(srv.ID, srv.Address, 0, s.cfg.ApplyTimeout).Error(); err != nil {
@@ -327,13 +332,10 @@ func (s *Server) reconcileVoters() error {
 		}
 		s.logger.Info("promoted to voter", "id", srv.ID)
 		voters++
-		healthyVoters++
+		good++
 	}
 	for _, srv := range servers {
-		if voters <= s.cfg.Voters || srv.Suffrage != raft.Voter || string(srv.ID) == s.cfg.MemberID {
-			continue
-		}
-		if m, ok := s.fsm.Member(string(srv.ID)); ok && active(m.State) {
+		if voters <= s.cfg.Voters || srv.Suffrage != raft.Voter || string(srv.ID) == s.cfg.MemberID || standing(string(srv.ID)) {
 			continue
 		}
 		if err := s.raft.RemoveServer(srv.ID, 0, s.cfg.ApplyTimeout).Error(); err != nil {
@@ -341,6 +343,19 @@ func (s *Server) reconcileVoters() error {
 		}
 		s.logger.Info("removed failed voter", "id", srv.ID)
 		voters--
+	}
+	for _, want := range []pb.MemberState{pb.MemberState_MEMBER_STATE_DRAINING, pb.MemberState_MEMBER_STATE_ALIVE} {
+		for _, srv := range servers {
+			m, _ := s.fsm.Member(string(srv.ID))
+			if voters <= s.cfg.Voters || srv.Suffrage != raft.Voter || string(srv.ID) == s.cfg.MemberID || m.State != want {
+				continue
+			}
+			if err := s.raft.DemoteVoter(srv.ID, 0, s.cfg.ApplyTimeout).Error(); err != nil {
+				return err
+			}
+			s.logger.Info("demoted surplus voter", "id", srv.ID)
+			voters--
+		}
 	}
 	return nil
 }
