@@ -15,7 +15,7 @@ func BenchmarkSnapshot(b *testing.B) {
 	const n = 1 << 20
 	keys := make([][]byte, 0, 4096)
 	for i := 0; i < n; i++ {
-		k := makeKey("", 6, addr4(i), uint16(1+i%60000), addr4(0x7f000001), 443)
+		k, _ := makeKey("", 6, addr4(i), uint16(1+i%60000), addr4(0x7f000001), 443)
 		keys = append(keys, []byte(k))
 		if len(keys) == cap(keys) || i == n-1 {
 			idx++

@@ -68,7 +68,23 @@ func ParseKey(k *pb.ConnKey, field string) (Key, error) {
 			return "", &FieldError{field + p.name, "must be non-zero for " + name}
 		}
 	}
-	return makeKey(k.Zone, uint8(k.Protocol), src, uint16(k.SrcPort), dst, uint16(k.DstPort)), nil
+	key, _ := makeKey(k.Zone, uint8(k.Protocol), src, uint16(k.SrcPort), dst, uint16(k.DstPort))
+	return key, nil
+}
+
+// ParseKeyDirection is ParseKey that also reports whether k runs the other
+// way from the canonical key (its source is the canonical key's second
+// endpoint), so the original direction can be restored (ProtoDirection).
+func ParseKeyDirection(k *pb.ConnKey, field string) (Key, bool, error) {
+	key, err := ParseKey(k, field)
+	if err != nil {
+		return "", false, err
+	}
+	// ParseKey has validated both addresses.
+	src, _ := netip.ParseAddr(k.SrcIp)
+	dst, _ := netip.ParseAddr(k.DstIp)
+	_, swapped := makeKey(k.Zone, uint8(k.Protocol), src.Unmap(), uint16(k.SrcPort), dst.Unmap(), uint16(k.DstPort))
+	return key, swapped, nil
 }
 
 func parseAddr(s, field string) (netip.Addr, error) {
@@ -85,10 +101,14 @@ func parseAddr(s, field string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
-func makeKey(zone string, proto uint8, a netip.Addr, ap uint16, b netip.Addr, bp uint16) Key {
+// makeKey builds the canonical key of a flow from a to b, and says whether
+// it had to swap them.
+func makeKey(zone string, proto uint8, a netip.Addr, ap uint16, b netip.Addr, bp uint16) (Key, bool) {
 	ab, bb := a.AsSlice(), b.AsSlice()
+	swapped := false
 	if c := bytes.Compare(ab, bb); c > 0 || (c == 0 && ap > bp) {
 		ab, bb, ap, bp = bb, ab, bp, ap
+		swapped = true
 	}
 	fam := byte(4)
 	if len(ab) == 16 {
@@ -101,7 +121,7 @@ func makeKey(zone string, proto uint8, a netip.Addr, ap uint16, b netip.Addr, bp
 	buf = binary.BigEndian.AppendUint16(buf, ap)
 	buf = append(buf, bb...)
 	buf = binary.BigEndian.AppendUint16(buf, bp)
-	return Key(buf)
+	return Key(buf), swapped
 }
 
 var errBadKey = errors.New("fsm: malformed key encoding")
@@ -177,6 +197,16 @@ func (k Key) Proto() *pb.ConnKey {
 		SrcIp: k.addr(0).String(), SrcPort: uint32(k.port(0)),
 		DstIp: k.addr(1).String(), DstPort: uint32(k.port(1)),
 	}
+}
+
+// ProtoDirection is Proto, with the endpoints swapped if reversed: the key
+// in the direction it was given to ParseKeyDirection.
+func (k Key) ProtoDirection(reversed bool) *pb.ConnKey {
+	p := k.Proto()
+	if reversed {
+		p.SrcIp, p.SrcPort, p.DstIp, p.DstPort = p.DstIp, p.DstPort, p.SrcIp, p.SrcPort
+	}
+	return p
 }
 
 // String formats the key for logs: "zone/proto a:p-b:p".

@@ -366,3 +366,25 @@ func FuzzKeyFromBytes(f *testing.F) {
 		}
 	})
 }
+
+func TestKey_DirectionRoundTrip(t *testing.T) {
+	for _, k := range []*pb.ConnKey{
+		{Protocol: 6, SrcIp: "10.0.0.1", SrcPort: 1234, DstIp: "10.0.0.2", DstPort: 80},
+		{Protocol: 6, SrcIp: "10.0.0.2", SrcPort: 80, DstIp: "10.0.0.1", DstPort: 1234},
+		{Protocol: 17, SrcIp: "2001:db8::2", SrcPort: 53, DstIp: "2001:db8::1", DstPort: 5353, Zone: "vrf1"},
+		{Protocol: 1, SrcIp: "10.0.0.9", DstIp: "10.0.0.9"},
+	} {
+		key, rev, err := ParseKeyDirection(k, "key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		canon, _ := ParseKey(k, "key")
+		if key != canon {
+			t.Fatalf("%v: key differs from ParseKey's", k)
+		}
+		back := key.ProtoDirection(rev)
+		if back.SrcIp != k.SrcIp || back.SrcPort != k.SrcPort || back.DstIp != k.DstIp || back.DstPort != k.DstPort || back.Zone != k.Zone {
+			t.Fatalf("%v: direction not restored: %v (reversed %v)", k, back, rev)
+		}
+	}
+}

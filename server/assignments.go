@@ -85,21 +85,12 @@ type BackupSyncer interface {
 	Sync(ctx context.Context, bucket uint32, a fsm.Assignment) error
 }
 
-// noData is the syncer until connection-state replication exists: there are
-// no connection states to copy, so a backup holds everything at once.
-type noData struct{}
-
-func (noData) Sync(context.Context, uint32, fsm.Assignment) error { return nil }
-
 // syncLoop runs the member side of full sync: for every bucket this member
 // is the local backup or the incoming member of and has not synced yet, run
 // the syncer, then report the result to the leader in batches.
 func (s *Server) syncLoop() {
 	defer s.wg.Done()
 	syncer := s.cfg.Syncer
-	if syncer == nil {
-		syncer = noData{}
-	}
 	type job struct {
 		bucket uint32
 		epoch  uint64

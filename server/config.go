@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/server/repl"
 )
 
 // Config configures one member. Start from DefaultConfig and set the
@@ -79,8 +80,15 @@ type Config struct {
 	// (failover and drains always do).
 	AutoRebalance bool
 	// Syncer copies a bucket's connections to this member when it becomes the
-	// bucket's local backup (nil: nothing to copy; see BackupSyncer).
+	// bucket's local backup or incoming member (nil: the replicator's full
+	// sync; tests substitute their own, see BackupSyncer).
 	Syncer BackupSyncer
+	// DelayClasses say how long new connections of each service wait before
+	// they are replicated (nil: repl.DefaultDelayClasses).
+	DelayClasses []repl.DelayClass
+	// OnReplicaApply, if set, is called for every connection-state record
+	// this member applies as a backup (for measuring replication lag).
+	OnReplicaApply func(bucket uint32, key fsm.Key, version uint64)
 	// SnapshotThreshold is how many log entries pass between snapshots.
 	SnapshotThreshold uint64
 	// SnapshotInterval is how often Raft checks whether to snapshot.

@@ -27,10 +27,12 @@ func (s *Server) startGRPC() error {
 	pb.RegisterOperatorServiceServer(s.grpcServer, &operatorService{s: s})
 	pb.RegisterAssignmentServiceServer(s.grpcServer, &assignmentService{s: s})
 	pb.RegisterMemberServiceServer(s.grpcServer, &memberService{s: s})
+	pb.RegisterDataPlaneServiceServer(s.grpcServer, &dataPlaneService{s: s})
 	hs := health.NewServer()
 	for _, svc := range []string{"", pb.OwnershipService_ServiceDesc.ServiceName,
 		pb.LockService_ServiceDesc.ServiceName, pb.OperatorService_ServiceDesc.ServiceName,
-		pb.AssignmentService_ServiceDesc.ServiceName, pb.MemberService_ServiceDesc.ServiceName} {
+		pb.AssignmentService_ServiceDesc.ServiceName, pb.MemberService_ServiceDesc.ServiceName,
+		pb.DataPlaneService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpcServer, hs)

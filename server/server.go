@@ -49,6 +49,7 @@ type Server struct {
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
 	pool        *membership.Pool // gossip; nil without GossipBind
+	repl        replHolder       // connection-state replication
 
 	// ready is closed once this member, as leader, has applied a barrier in
 	// its current term; replaced on every leadership change. Guarded by mu.
@@ -80,6 +81,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, network: cfg.Network, logger: cfg.Logger, fsm: fsm.New(),
 		ready: make(chan struct{}), stop: make(chan struct{}), incarnation: newIncarnation()}
+	s.repl.ready = make(chan struct{})
+	if s.cfg.Syncer == nil {
+		s.cfg.Syncer = replSyncer{s}
+	}
 	s.live, s.lease = newLiveness(s), newLeaseKeeper(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
@@ -105,7 +110,8 @@ func New(cfg Config) (*Server, error) {
 	if err := s.startGossip(); err != nil {
 		return nil, err
 	}
-	s.wg.Add(6)
+	s.wg.Add(7)
+	go s.runReplicator()
 	go s.tickLoop()
 	go s.peersLoop()
 	go s.lease.run()

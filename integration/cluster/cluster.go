@@ -176,6 +176,16 @@ func (c *Cluster) shutdown() {
 	c.Hub.Close()
 }
 
+// Member returns the member with the given ID, or nil.
+func (c *Cluster) Member(id string) *Member {
+	for _, m := range c.Members {
+		if m.ID == id {
+			return m
+		}
+	}
+	return nil
+}
+
 // Running returns the members that are running.
 func (c *Cluster) Running() []*Member {
 	var out []*Member

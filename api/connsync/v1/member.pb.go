@@ -336,6 +336,123 @@ func (x *ReportSyncedResponse) GetAccepted() uint32 {
 	return 0
 }
 
+type ReplicateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1, 2, 3, ... on one stream.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Framed records (see server/repl/wire.go).
+	Records       []byte `protobuf:"bytes,2,opt,name=records,proto3" json:"records,omitempty"`
+	Count         uint32 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateRequest) Reset() {
+	*x = ReplicateRequest{}
+	mi := &file_connsync_v1_member_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateRequest) ProtoMessage() {}
+
+func (x *ReplicateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_member_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateRequest.ProtoReflect.Descriptor instead.
+func (*ReplicateRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_member_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReplicateRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *ReplicateRequest) GetRecords() []byte {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ReplicateRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type ReplicateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every batch up to this seq has been applied.
+	AckedSeq uint64 `protobuf:"varint,1,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
+	// Records refused so far on this stream (stale epoch, not this member's
+	// bucket, malformed).
+	Refused       uint64 `protobuf:"varint,2,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicateResponse) Reset() {
+	*x = ReplicateResponse{}
+	mi := &file_connsync_v1_member_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicateResponse) ProtoMessage() {}
+
+func (x *ReplicateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_member_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicateResponse.ProtoReflect.Descriptor instead.
+func (*ReplicateResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_member_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReplicateResponse) GetAckedSeq() uint64 {
+	if x != nil {
+		return x.AckedSeq
+	}
+	return 0
+}
+
+func (x *ReplicateResponse) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
 var File_connsync_v1_member_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_member_proto_rawDesc = "" +
@@ -361,10 +478,18 @@ const file_connsync_v1_member_proto_rawDesc = "" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x122\n" +
 	"\abuckets\x18\x02 \x03(\v2\x18.connsync.v1.BucketEpochR\abuckets\"2\n" +
 	"\x14ReportSyncedResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\rR\baccepted2\xb4\x01\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted\"T\n" +
+	"\x10ReplicateRequest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\fR\arecords\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"J\n" +
+	"\x11ReplicateResponse\x12\x1b\n" +
+	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\x12\x18\n" +
+	"\arefused\x18\x02 \x01(\x04R\arefused2\x84\x02\n" +
 	"\rMemberService\x12N\n" +
 	"\tHeartbeat\x12\x1d.connsync.v1.HeartbeatRequest\x1a\x1e.connsync.v1.HeartbeatResponse(\x010\x01\x12S\n" +
-	"\fReportSynced\x12 .connsync.v1.ReportSyncedRequest\x1a!.connsync.v1.ReportSyncedResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\fReportSynced\x12 .connsync.v1.ReportSyncedRequest\x1a!.connsync.v1.ReportSyncedResponse\x12N\n" +
+	"\tReplicate\x12\x1d.connsync.v1.ReplicateRequest\x1a\x1e.connsync.v1.ReplicateResponse(\x010\x01B9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_member_proto_rawDescOnce sync.Once
@@ -378,24 +503,28 @@ func file_connsync_v1_member_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_member_proto_rawDescData
 }
 
-var file_connsync_v1_member_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_connsync_v1_member_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_connsync_v1_member_proto_goTypes = []any{
 	(*HeartbeatRequest)(nil),     // 0: connsync.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),    // 1: connsync.v1.HeartbeatResponse
 	(*BucketEpoch)(nil),          // 2: connsync.v1.BucketEpoch
 	(*ReportSyncedRequest)(nil),  // 3: connsync.v1.ReportSyncedRequest
 	(*ReportSyncedResponse)(nil), // 4: connsync.v1.ReportSyncedResponse
-	(MemberState)(0),             // 5: connsync.v1.MemberState
+	(*ReplicateRequest)(nil),     // 5: connsync.v1.ReplicateRequest
+	(*ReplicateResponse)(nil),    // 6: connsync.v1.ReplicateResponse
+	(MemberState)(0),             // 7: connsync.v1.MemberState
 }
 var file_connsync_v1_member_proto_depIdxs = []int32{
-	5, // 0: connsync.v1.HeartbeatResponse.member_state:type_name -> connsync.v1.MemberState
+	7, // 0: connsync.v1.HeartbeatResponse.member_state:type_name -> connsync.v1.MemberState
 	2, // 1: connsync.v1.ReportSyncedRequest.buckets:type_name -> connsync.v1.BucketEpoch
 	0, // 2: connsync.v1.MemberService.Heartbeat:input_type -> connsync.v1.HeartbeatRequest
 	3, // 3: connsync.v1.MemberService.ReportSynced:input_type -> connsync.v1.ReportSyncedRequest
-	1, // 4: connsync.v1.MemberService.Heartbeat:output_type -> connsync.v1.HeartbeatResponse
-	4, // 5: connsync.v1.MemberService.ReportSynced:output_type -> connsync.v1.ReportSyncedResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	5, // 4: connsync.v1.MemberService.Replicate:input_type -> connsync.v1.ReplicateRequest
+	1, // 5: connsync.v1.MemberService.Heartbeat:output_type -> connsync.v1.HeartbeatResponse
+	4, // 6: connsync.v1.MemberService.ReportSynced:output_type -> connsync.v1.ReportSyncedResponse
+	6, // 7: connsync.v1.MemberService.Replicate:output_type -> connsync.v1.ReplicateResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -413,7 +542,7 @@ func file_connsync_v1_member_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_member_proto_rawDesc), len(file_connsync_v1_member_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	MemberService_Heartbeat_FullMethodName    = "/connsync.v1.MemberService/Heartbeat"
 	MemberService_ReportSynced_FullMethodName = "/connsync.v1.MemberService/ReportSynced"
+	MemberService_Replicate_FullMethodName    = "/connsync.v1.MemberService/Replicate"
 )
 
 // MemberServiceClient is the client API for MemberService service.
@@ -44,6 +45,12 @@ type MemberServiceClient interface {
 	// local backup or the incoming member of, at the given epochs. Stale
 	// entries are ignored.
 	ReportSynced(ctx context.Context, in *ReportSyncedRequest, opts ...grpc.CallOption) (*ReportSyncedResponse, error)
+	// Replicate carries connection-state records from a bucket's primary to
+	// one of its backups: batches of records (deltas and full-sync snapshots,
+	// each with its bucket epoch), answered by cumulative acknowledgements.
+	// The opening request's metadata names the sending member
+	// (connsync-member) and its incarnation (connsync-incarnation).
+	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicateRequest, ReplicateResponse], error)
 }
 
 type memberServiceClient struct {
@@ -77,6 +84,19 @@ func (c *memberServiceClient) ReportSynced(ctx context.Context, in *ReportSynced
 	return out, nil
 }
 
+func (c *memberServiceClient) Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicateRequest, ReplicateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &MemberService_ServiceDesc.Streams[1], MemberService_Replicate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReplicateRequest, ReplicateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemberService_ReplicateClient = grpc.BidiStreamingClient[ReplicateRequest, ReplicateResponse]
+
 // MemberServiceServer is the server API for MemberService service.
 // All implementations must embed UnimplementedMemberServiceServer
 // for forward compatibility.
@@ -98,6 +118,12 @@ type MemberServiceServer interface {
 	// local backup or the incoming member of, at the given epochs. Stale
 	// entries are ignored.
 	ReportSynced(context.Context, *ReportSyncedRequest) (*ReportSyncedResponse, error)
+	// Replicate carries connection-state records from a bucket's primary to
+	// one of its backups: batches of records (deltas and full-sync snapshots,
+	// each with its bucket epoch), answered by cumulative acknowledgements.
+	// The opening request's metadata names the sending member
+	// (connsync-member) and its incarnation (connsync-incarnation).
+	Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]) error
 	mustEmbedUnimplementedMemberServiceServer()
 }
 
@@ -113,6 +139,9 @@ func (UnimplementedMemberServiceServer) Heartbeat(grpc.BidiStreamingServer[Heart
 }
 func (UnimplementedMemberServiceServer) ReportSynced(context.Context, *ReportSyncedRequest) (*ReportSyncedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportSynced not implemented")
+}
+func (UnimplementedMemberServiceServer) Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]) error {
+	return status.Error(codes.Unimplemented, "method Replicate not implemented")
 }
 func (UnimplementedMemberServiceServer) mustEmbedUnimplementedMemberServiceServer() {}
 func (UnimplementedMemberServiceServer) testEmbeddedByValue()                       {}
@@ -160,6 +189,13 @@ func _MemberService_ReportSynced_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MemberService_Replicate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(MemberServiceServer).Replicate(&grpc.GenericServerStream[ReplicateRequest, ReplicateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type MemberService_ReplicateServer = grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]
+
 // MemberService_ServiceDesc is the grpc.ServiceDesc for MemberService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -176,6 +212,12 @@ var MemberService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Heartbeat",
 			Handler:       _MemberService_Heartbeat_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Replicate",
+			Handler:       _MemberService_Replicate_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1179,11 +1179,420 @@ func (x *DrainResponse) GetMember() *Member {
 	return nil
 }
 
+type SyncStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncStatusRequest) Reset() {
+	*x = SyncStatusRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncStatusRequest) ProtoMessage() {}
+
+func (x *SyncStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncStatusRequest.ProtoReflect.Descriptor instead.
+func (*SyncStatusRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{19}
+}
+
+// ReplicationStream is one stream from this member to a backup.
+type ReplicationStream struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Target    string                 `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	Connected bool                   `protobuf:"varint,2,opt,name=connected,proto3" json:"connected,omitempty"`
+	// Connections waiting to be sent (each once, however often it changed).
+	Queued        uint64 `protobuf:"varint,3,opt,name=queued,proto3" json:"queued,omitempty"`
+	SentRecords   uint64 `protobuf:"varint,4,opt,name=sent_records,json=sentRecords,proto3" json:"sent_records,omitempty"`
+	AckedBatches  uint64 `protobuf:"varint,5,opt,name=acked_batches,json=ackedBatches,proto3" json:"acked_batches,omitempty"`
+	Refused       uint64 `protobuf:"varint,6,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicationStream) Reset() {
+	*x = ReplicationStream{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationStream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationStream) ProtoMessage() {}
+
+func (x *ReplicationStream) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationStream.ProtoReflect.Descriptor instead.
+func (*ReplicationStream) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ReplicationStream) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *ReplicationStream) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *ReplicationStream) GetQueued() uint64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *ReplicationStream) GetSentRecords() uint64 {
+	if x != nil {
+		return x.SentRecords
+	}
+	return 0
+}
+
+func (x *ReplicationStream) GetAckedBatches() uint64 {
+	if x != nil {
+		return x.AckedBatches
+	}
+	return 0
+}
+
+func (x *ReplicationStream) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+// FullSync is one bucket being copied to a new backup.
+type FullSync struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Bucket uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// The member receiving it.
+	Target           string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	ConnectionsTotal uint64 `protobuf:"varint,4,opt,name=connections_total,json=connectionsTotal,proto3" json:"connections_total,omitempty"`
+	ConnectionsSent  uint64 `protobuf:"varint,5,opt,name=connections_sent,json=connectionsSent,proto3" json:"connections_sent,omitempty"`
+	BytesSent        uint64 `protobuf:"varint,6,opt,name=bytes_sent,json=bytesSent,proto3" json:"bytes_sent,omitempty"`
+	// Estimated time to finish at the rate so far; 0 if unknown.
+	EtaMs         int64 `protobuf:"varint,7,opt,name=eta_ms,json=etaMs,proto3" json:"eta_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FullSync) Reset() {
+	*x = FullSync{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FullSync) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FullSync) ProtoMessage() {}
+
+func (x *FullSync) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FullSync.ProtoReflect.Descriptor instead.
+func (*FullSync) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *FullSync) GetBucket() uint32 {
+	if x != nil {
+		return x.Bucket
+	}
+	return 0
+}
+
+func (x *FullSync) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *FullSync) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *FullSync) GetConnectionsTotal() uint64 {
+	if x != nil {
+		return x.ConnectionsTotal
+	}
+	return 0
+}
+
+func (x *FullSync) GetConnectionsSent() uint64 {
+	if x != nil {
+		return x.ConnectionsSent
+	}
+	return 0
+}
+
+func (x *FullSync) GetBytesSent() uint64 {
+	if x != nil {
+		return x.BytesSent
+	}
+	return 0
+}
+
+func (x *FullSync) GetEtaMs() int64 {
+	if x != nil {
+		return x.EtaMs
+	}
+	return 0
+}
+
+// DelayClass says how long a new connection of a service waits before it is
+// replicated: delay_ms 0 is immediate, -1 never.
+type DelayClass struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// 0 matches every protocol.
+	Protocol uint32 `protobuf:"varint,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// Empty matches every port.
+	Ports         []uint32 `protobuf:"varint,3,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	DelayMs       int64    `protobuf:"varint,4,opt,name=delay_ms,json=delayMs,proto3" json:"delay_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DelayClass) Reset() {
+	*x = DelayClass{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelayClass) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelayClass) ProtoMessage() {}
+
+func (x *DelayClass) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelayClass.ProtoReflect.Descriptor instead.
+func (*DelayClass) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DelayClass) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DelayClass) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *DelayClass) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *DelayClass) GetDelayMs() int64 {
+	if x != nil {
+		return x.DelayMs
+	}
+	return 0
+}
+
+type SyncStatusResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MemberId    string                 `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Connections uint64                 `protobuf:"varint,2,opt,name=connections,proto3" json:"connections,omitempty"`
+	Tombstones  uint64                 `protobuf:"varint,3,opt,name=tombstones,proto3" json:"tombstones,omitempty"`
+	StateBytes  uint64                 `protobuf:"varint,4,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
+	Streams     []*ReplicationStream   `protobuf:"bytes,5,rep,name=streams,proto3" json:"streams,omitempty"`
+	// Full syncs this member sends.
+	Sending []*FullSync `protobuf:"bytes,6,rep,name=sending,proto3" json:"sending,omitempty"`
+	// Buckets this member waits to be fully synced.
+	Waiting      []*BucketEpoch `protobuf:"bytes,7,rep,name=waiting,proto3" json:"waiting,omitempty"`
+	DelayClasses []*DelayClass  `protobuf:"bytes,8,rep,name=delay_classes,json=delayClasses,proto3" json:"delay_classes,omitempty"`
+	// Connections held back by their delay class right now.
+	Delayed uint64 `protobuf:"varint,9,opt,name=delayed,proto3" json:"delayed,omitempty"`
+	// Records refused so far (publish and replication).
+	Refused       uint64 `protobuf:"varint,10,opt,name=refused,proto3" json:"refused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncStatusResponse) Reset() {
+	*x = SyncStatusResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncStatusResponse) ProtoMessage() {}
+
+func (x *SyncStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncStatusResponse.ProtoReflect.Descriptor instead.
+func (*SyncStatusResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SyncStatusResponse) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *SyncStatusResponse) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *SyncStatusResponse) GetTombstones() uint64 {
+	if x != nil {
+		return x.Tombstones
+	}
+	return 0
+}
+
+func (x *SyncStatusResponse) GetStateBytes() uint64 {
+	if x != nil {
+		return x.StateBytes
+	}
+	return 0
+}
+
+func (x *SyncStatusResponse) GetStreams() []*ReplicationStream {
+	if x != nil {
+		return x.Streams
+	}
+	return nil
+}
+
+func (x *SyncStatusResponse) GetSending() []*FullSync {
+	if x != nil {
+		return x.Sending
+	}
+	return nil
+}
+
+func (x *SyncStatusResponse) GetWaiting() []*BucketEpoch {
+	if x != nil {
+		return x.Waiting
+	}
+	return nil
+}
+
+func (x *SyncStatusResponse) GetDelayClasses() []*DelayClass {
+	if x != nil {
+		return x.DelayClasses
+	}
+	return nil
+}
+
+func (x *SyncStatusResponse) GetDelayed() uint64 {
+	if x != nil {
+		return x.Delayed
+	}
+	return 0
+}
+
+func (x *SyncStatusResponse) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
 var File_connsync_v1_operator_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\"\x0f\n" +
+	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\"\x0f\n" +
 	"\rStatusRequest\"\xd6\x04\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
@@ -1266,7 +1675,45 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\fDrainRequest\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\"<\n" +
 	"\rDrainResponse\x12+\n" +
-	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member2\x83\x05\n" +
+	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member\"\x13\n" +
+	"\x11SyncStatusRequest\"\xc3\x01\n" +
+	"\x11ReplicationStream\x12\x16\n" +
+	"\x06target\x18\x01 \x01(\tR\x06target\x12\x1c\n" +
+	"\tconnected\x18\x02 \x01(\bR\tconnected\x12\x16\n" +
+	"\x06queued\x18\x03 \x01(\x04R\x06queued\x12!\n" +
+	"\fsent_records\x18\x04 \x01(\x04R\vsentRecords\x12#\n" +
+	"\racked_batches\x18\x05 \x01(\x04R\fackedBatches\x12\x18\n" +
+	"\arefused\x18\x06 \x01(\x04R\arefused\"\xde\x01\n" +
+	"\bFullSync\x12\x16\n" +
+	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\x12+\n" +
+	"\x11connections_total\x18\x04 \x01(\x04R\x10connectionsTotal\x12)\n" +
+	"\x10connections_sent\x18\x05 \x01(\x04R\x0fconnectionsSent\x12\x1d\n" +
+	"\n" +
+	"bytes_sent\x18\x06 \x01(\x04R\tbytesSent\x12\x15\n" +
+	"\x06eta_ms\x18\a \x01(\x03R\x05etaMs\"m\n" +
+	"\n" +
+	"DelayClass\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\x12\x14\n" +
+	"\x05ports\x18\x03 \x03(\rR\x05ports\x12\x19\n" +
+	"\bdelay_ms\x18\x04 \x01(\x03R\adelayMs\"\xa5\x03\n" +
+	"\x12SyncStatusResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12 \n" +
+	"\vconnections\x18\x02 \x01(\x04R\vconnections\x12\x1e\n" +
+	"\n" +
+	"tombstones\x18\x03 \x01(\x04R\n" +
+	"tombstones\x12\x1f\n" +
+	"\vstate_bytes\x18\x04 \x01(\x04R\n" +
+	"stateBytes\x128\n" +
+	"\astreams\x18\x05 \x03(\v2\x1e.connsync.v1.ReplicationStreamR\astreams\x12/\n" +
+	"\asending\x18\x06 \x03(\v2\x15.connsync.v1.FullSyncR\asending\x122\n" +
+	"\awaiting\x18\a \x03(\v2\x18.connsync.v1.BucketEpochR\awaiting\x12<\n" +
+	"\rdelay_classes\x18\b \x03(\v2\x17.connsync.v1.DelayClassR\fdelayClasses\x12\x18\n" +
+	"\adelayed\x18\t \x01(\x04R\adelayed\x12\x18\n" +
+	"\arefused\x18\n" +
+	" \x01(\x04R\arefused2\xd2\x05\n" +
 	"\x0fOperatorService\x12A\n" +
 	"\x06Status\x12\x1a.connsync.v1.StatusRequest\x1a\x1b.connsync.v1.StatusResponse\x12P\n" +
 	"\vListMembers\x12\x1f.connsync.v1.ListMembersRequest\x1a .connsync.v1.ListMembersResponse\x12;\n" +
@@ -1275,7 +1722,9 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\rListRaftPeers\x12!.connsync.v1.ListRaftPeersRequest\x1a\".connsync.v1.ListRaftPeersResponse\x12e\n" +
 	"\x12TransferLeadership\x12&.connsync.v1.TransferLeadershipRequest\x1a'.connsync.v1.TransferLeadershipResponse\x12J\n" +
 	"\tRebalance\x12\x1d.connsync.v1.RebalanceRequest\x1a\x1e.connsync.v1.RebalanceResponse\x12>\n" +
-	"\x05Drain\x12\x19.connsync.v1.DrainRequest\x1a\x1a.connsync.v1.DrainResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\x05Drain\x12\x19.connsync.v1.DrainRequest\x1a\x1a.connsync.v1.DrainResponse\x12M\n" +
+	"\n" +
+	"SyncStatus\x12\x1e.connsync.v1.SyncStatusRequest\x1a\x1f.connsync.v1.SyncStatusResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_operator_proto_rawDescOnce sync.Once
@@ -1289,7 +1738,7 @@ func file_connsync_v1_operator_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_operator_proto_rawDescData
 }
 
-var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_connsync_v1_operator_proto_goTypes = []any{
 	(*StatusRequest)(nil),              // 0: connsync.v1.StatusRequest
 	(*StatusResponse)(nil),             // 1: connsync.v1.StatusResponse
@@ -1310,38 +1759,50 @@ var file_connsync_v1_operator_proto_goTypes = []any{
 	(*RebalanceResponse)(nil),          // 16: connsync.v1.RebalanceResponse
 	(*DrainRequest)(nil),               // 17: connsync.v1.DrainRequest
 	(*DrainResponse)(nil),              // 18: connsync.v1.DrainResponse
-	(ReadConsistency)(0),               // 19: connsync.v1.ReadConsistency
-	(*Member)(nil),                     // 20: connsync.v1.Member
+	(*SyncStatusRequest)(nil),          // 19: connsync.v1.SyncStatusRequest
+	(*ReplicationStream)(nil),          // 20: connsync.v1.ReplicationStream
+	(*FullSync)(nil),                   // 21: connsync.v1.FullSync
+	(*DelayClass)(nil),                 // 22: connsync.v1.DelayClass
+	(*SyncStatusResponse)(nil),         // 23: connsync.v1.SyncStatusResponse
+	(ReadConsistency)(0),               // 24: connsync.v1.ReadConsistency
+	(*Member)(nil),                     // 25: connsync.v1.Member
+	(*BucketEpoch)(nil),                // 26: connsync.v1.BucketEpoch
 }
 var file_connsync_v1_operator_proto_depIdxs = []int32{
-	19, // 0: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
-	20, // 1: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
+	24, // 0: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	25, // 1: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
 	4,  // 2: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
-	20, // 3: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
+	25, // 3: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
 	10, // 4: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
 	15, // 5: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
-	20, // 6: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
-	0,  // 7: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
-	2,  // 8: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
-	5,  // 9: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
-	7,  // 10: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
-	9,  // 11: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
-	12, // 12: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
-	14, // 13: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
-	17, // 14: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
-	1,  // 15: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
-	3,  // 16: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
-	6,  // 17: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
-	8,  // 18: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
-	11, // 19: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
-	13, // 20: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
-	16, // 21: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
-	18, // 22: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
-	15, // [15:23] is the sub-list for method output_type
-	7,  // [7:15] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	25, // 6: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
+	20, // 7: connsync.v1.SyncStatusResponse.streams:type_name -> connsync.v1.ReplicationStream
+	21, // 8: connsync.v1.SyncStatusResponse.sending:type_name -> connsync.v1.FullSync
+	26, // 9: connsync.v1.SyncStatusResponse.waiting:type_name -> connsync.v1.BucketEpoch
+	22, // 10: connsync.v1.SyncStatusResponse.delay_classes:type_name -> connsync.v1.DelayClass
+	0,  // 11: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
+	2,  // 12: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
+	5,  // 13: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
+	7,  // 14: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
+	9,  // 15: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
+	12, // 16: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
+	14, // 17: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
+	17, // 18: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
+	19, // 19: connsync.v1.OperatorService.SyncStatus:input_type -> connsync.v1.SyncStatusRequest
+	1,  // 20: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
+	3,  // 21: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
+	6,  // 22: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
+	8,  // 23: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
+	11, // 24: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
+	13, // 25: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
+	16, // 26: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
+	18, // 27: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
+	23, // 28: connsync.v1.OperatorService.SyncStatus:output_type -> connsync.v1.SyncStatusResponse
+	20, // [20:29] is the sub-list for method output_type
+	11, // [11:20] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_operator_proto_init() }
@@ -1349,6 +1810,7 @@ func file_connsync_v1_operator_proto_init() {
 	if File_connsync_v1_operator_proto != nil {
 		return
 	}
+	file_connsync_v1_member_proto_init()
 	file_connsync_v1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1356,7 +1818,7 @@ func file_connsync_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_operator_proto_rawDesc), len(file_connsync_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	OperatorService_TransferLeadership_FullMethodName = "/connsync.v1.OperatorService/TransferLeadership"
 	OperatorService_Rebalance_FullMethodName          = "/connsync.v1.OperatorService/Rebalance"
 	OperatorService_Drain_FullMethodName              = "/connsync.v1.OperatorService/Drain"
+	OperatorService_SyncStatus_FullMethodName         = "/connsync.v1.OperatorService/SyncStatus"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -59,6 +60,10 @@ type OperatorServiceClient interface {
 	// moves away make-before-break (leadership too, if it leads). Idempotent;
 	// poll ListMembers until its bucket counts reach zero, then RemoveMember.
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
+	// SyncStatus reports the answering member's connection-state replication:
+	// its table, its replication streams and the full syncs it is sending or
+	// waiting for, and the delay classes it applies.
+	SyncStatus(ctx context.Context, in *SyncStatusRequest, opts ...grpc.CallOption) (*SyncStatusResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -149,6 +154,16 @@ func (c *operatorServiceClient) Drain(ctx context.Context, in *DrainRequest, opt
 	return out, nil
 }
 
+func (c *operatorServiceClient) SyncStatus(ctx context.Context, in *SyncStatusRequest, opts ...grpc.CallOption) (*SyncStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SyncStatusResponse)
+	err := c.cc.Invoke(ctx, OperatorService_SyncStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -179,6 +194,10 @@ type OperatorServiceServer interface {
 	// moves away make-before-break (leadership too, if it leads). Idempotent;
 	// poll ListMembers until its bucket counts reach zero, then RemoveMember.
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
+	// SyncStatus reports the answering member's connection-state replication:
+	// its table, its replication streams and the full syncs it is sending or
+	// waiting for, and the delay classes it applies.
+	SyncStatus(context.Context, *SyncStatusRequest) (*SyncStatusResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -212,6 +231,9 @@ func (UnimplementedOperatorServiceServer) Rebalance(context.Context, *RebalanceR
 }
 func (UnimplementedOperatorServiceServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Drain not implemented")
+}
+func (UnimplementedOperatorServiceServer) SyncStatus(context.Context, *SyncStatusRequest) (*SyncStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SyncStatus not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -378,6 +400,24 @@ func _OperatorService_Drain_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_SyncStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).SyncStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_SyncStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).SyncStatus(ctx, req.(*SyncStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -416,6 +456,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Drain",
 			Handler:    _OperatorService_Drain_Handler,
+		},
+		{
+			MethodName: "SyncStatus",
+			Handler:    _OperatorService_SyncStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,368 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/integration/cluster"
+	"github.com/connsync/connsync/server"
+	"github.com/connsync/connsync/server/repl"
+)
+
+// conn returns the i-th test connection: TCP from ports 10000-59999 to port
+// 5000, so no default delay class matches it.
+func conn(i int, version byte) *pb.ConnState {
+	src := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+	return &pb.ConnState{
+		Key:        &pb.ConnKey{Protocol: 6, SrcIp: src.String(), SrcPort: uint32(10000 + i%50000), DstIp: "198.51.100.9", DstPort: 5000},
+		TcpState:   pb.TcpState_TCP_STATE_ESTABLISHED,
+		TcpWindows: []*pb.TcpWindow{{End: uint32(i), MaxEnd: uint32(i) + 1000, MaxWin: 65535}, {End: 7, MaxEnd: 9, MaxWin: 512}},
+		TimeoutMs:  3600_000,
+		Blob:       []byte{version},
+	}
+}
+
+func bucketOf(t testing.TB, st *pb.ConnState) (fsm.Key, uint32) {
+	t.Helper()
+	k, err := fsm.ParseKey(st.Key, "key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, k.Bucket(fsm.DefaultBucketCount)
+}
+
+// publisher publishes through each member's DataPlaneService, routing every
+// event to its bucket's primary, and tracks which batches each member has
+// confirmed as replicated.
+type publisher struct {
+	t       testing.TB
+	c       *cluster.Cluster
+	mu      sync.Mutex
+	streams map[string]pb.DataPlaneService_PublishClient
+	seq     map[string]uint64
+	// sent[member][seq] lists the connections (indexes) of that batch.
+	sent    map[string]map[uint64][]int
+	acked   map[int]bool // connections whose batch was reported replicated
+	version map[int]byte // last version byte published per connection
+}
+
+func newPublisher(t testing.TB, c *cluster.Cluster) *publisher {
+	return &publisher{t: t, c: c, streams: map[string]pb.DataPlaneService_PublishClient{}, seq: map[string]uint64{},
+		sent: map[string]map[uint64][]int{}, acked: map[int]bool{}, version: map[int]byte{}}
+}
+
+func (p *publisher) stream(m *cluster.Member) pb.DataPlaneService_PublishClient {
+	if st := p.streams[m.ID]; st != nil {
+		return st
+	}
+	st, err := pb.NewDataPlaneServiceClient(dial(p.t, m.Addr())).Publish(context.Background())
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.streams[m.ID] = st
+	p.sent[m.ID] = map[uint64][]int{}
+	return st
+}
+
+// publish sends connections idx (with version byte v) to their primaries, in
+// batches, and returns how many were refused.
+func (p *publisher) publish(idx []int, v byte, typ pb.ConnEventType) int {
+	p.t.Helper()
+	as := p.c.Assignments()
+	byMember := map[string][]int{}
+	for _, i := range idx {
+		_, b := bucketOf(p.t, conn(i, v))
+		byMember[as[b].Primary] = append(byMember[as[b].Primary], i)
+	}
+	refused := 0
+	for id, list := range byMember {
+		m := p.c.Member(id)
+		if m == nil || m.Server == nil {
+			refused += len(list)
+			continue
+		}
+		st := p.stream(m)
+		for start := 0; start < len(list); start += 5000 {
+			part := list[start:min(start+5000, len(list))]
+			p.seq[id]++
+			req := &pb.PublishRequest{Seq: p.seq[id]}
+			for _, i := range part {
+				req.Events = append(req.Events, &pb.ConnEvent{Type: typ, State: conn(i, v)})
+			}
+			if err := st.Send(req); err != nil {
+				p.t.Fatalf("publish to %s: %v", id, err)
+			}
+			resp, err := st.Recv()
+			if err != nil {
+				p.t.Fatalf("publish answer from %s: %v", id, err)
+			}
+			refused += int(resp.Refused)
+			p.sent[id][resp.Seq] = part
+			for _, i := range part {
+				p.version[i] = v
+			}
+			p.confirm(id, resp.ReplicatedThrough)
+		}
+	}
+	return refused
+}
+
+func (p *publisher) confirm(id string, through uint64) {
+	for seq, part := range p.sent[id] {
+		if seq <= through {
+			for _, i := range part {
+				p.acked[i] = true
+			}
+			delete(p.sent[id], seq)
+		}
+	}
+}
+
+// waitReplicated polls every stream (empty batches) until every batch sent
+// has been confirmed replicated.
+func (p *publisher) waitReplicated(timeout time.Duration) {
+	p.t.Helper()
+	cluster.CheckFor(p.t, timeout, 10*time.Millisecond, func() error {
+		left := 0
+		for id, st := range p.streams {
+			if len(p.sent[id]) == 0 {
+				continue
+			}
+			p.seq[id]++
+			if err := st.Send(&pb.PublishRequest{Seq: p.seq[id]}); err != nil {
+				return err
+			}
+			resp, err := st.Recv()
+			if err != nil {
+				return err
+			}
+			p.confirm(id, resp.ReplicatedThrough)
+			left += len(p.sent[id])
+		}
+		if left > 0 {
+			return fmt.Errorf("%d batches not confirmed replicated", left)
+		}
+		return nil
+	})
+}
+
+// holds returns the states member m holds, by canonical key.
+func holds(t testing.TB, m *cluster.Member, buckets map[uint32]bool) map[fsm.Key]*pb.ConnState {
+	t.Helper()
+	out := map[fsm.Key]*pb.ConnState{}
+	dp := pb.NewDataPlaneServiceClient(dial(t, m.Addr()))
+	for b := range buckets {
+		r, err := dp.Dump(context.Background(), &pb.DumpRequest{Bucket: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range r.States {
+			k, _ := bucketOf(t, st)
+			out[k] = st
+		}
+	}
+	return out
+}
+
+// TestCluster_ReplicationSurvivesPrimaryCrash (S5): connections published on
+// a 3-member site and confirmed replicated are all at the new primaries
+// after their primary is stopped, at the version published; the stopped
+// member, restarted, is refilled by full sync.
+func TestCluster_ReplicationSurvivesPrimaryCrash(t *testing.T) {
+	n := 20000
+	if testing.Short() {
+		n = 2000
+	}
+	c := cluster.New(t, 3, cluster.Options{})
+	p := newPublisher(t, c)
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	if r := p.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
+		t.Fatalf("%d connections refused", r)
+	}
+	if r := p.publish(idx[:n/2], 2, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED); r != 0 {
+		t.Fatalf("%d updates refused", r)
+	}
+	p.waitReplicated(20 * time.Second)
+	before := c.Assignments()
+	victim := c.Followers()[0]
+	lost := map[uint32]bool{}
+	for b, a := range before {
+		if a.Primary == victim.ID {
+			lost[uint32(b)] = true
+		}
+	}
+	c.Stop(victim)
+	cluster.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		for b := range lost {
+			if c.Assignments()[b].Primary == victim.ID {
+				return fmt.Errorf("bucket %d still on %s", b, victim.ID)
+			}
+		}
+		return nil
+	})
+	after := c.Assignments()
+	got := map[fsm.Key]*pb.ConnState{}
+	for _, m := range c.Running() {
+		mine := map[uint32]bool{}
+		for b := range lost {
+			if after[b].Primary == m.ID {
+				mine[b] = true
+			}
+		}
+		for k, st := range holds(t, m, mine) {
+			got[k] = st
+		}
+	}
+	missing, stale, checked := 0, 0, 0
+	for _, i := range idx {
+		k, b := bucketOf(t, conn(i, 0))
+		if !lost[b] || !p.acked[i] {
+			continue
+		}
+		checked++
+		st := got[k]
+		switch {
+		case st == nil:
+			missing++
+			t.Logf("missing %s in bucket %d: before %+v after %+v", k, b, before[b], after[b])
+		case st.Blob[0] < p.version[i]:
+			stale++
+		}
+	}
+	t.Logf("%d connections on the stopped primary, all confirmed replicated: %d missing, %d stale at the new primaries", checked, missing, stale)
+	if checked == 0 || missing > 0 || stale > 0 {
+		t.Fatalf("S5 violated: %d of %d lost, %d stale", missing, checked, stale)
+	}
+	// The member comes back, gets buckets as a backup, and is refilled.
+	c.Start(victim)
+	cluster.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if m, _ := c.WaitForLeader(10 * time.Second).Server.FSM().Member(victim.ID); m.State != pb.MemberState_MEMBER_STATE_ALIVE {
+			return fmt.Errorf("%s is %s", victim.ID, m.State)
+		}
+		return nil
+	})
+	c.WaitPlaced(60 * time.Second)
+	now := c.Assignments()
+	mine := map[uint32]bool{}
+	for b, a := range now {
+		if a.LocalBackup == victim.ID {
+			mine[uint32(b)] = true
+		}
+	}
+	held := holds(t, victim, mine)
+	want := 0
+	for _, i := range idx {
+		if _, b := bucketOf(t, conn(i, 0)); mine[b] {
+			want++
+		}
+	}
+	if len(mine) == 0 || len(held) != want {
+		t.Fatalf("restarted %s backs up %d buckets holding %d connections, want %d", victim.ID, len(mine), len(held), want)
+	}
+}
+
+// TestCluster_DelayedConnectionsNeverSent: a connection of a delayed service
+// closed within its delay never reaches the backup; one that lives longer is
+// sent when its delay passes.
+func TestCluster_DelayedConnectionsNeverSent(t *testing.T) {
+	classes, err := repl.ParseDelayClasses("test=tcp:5000=300ms;default=any=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cluster.New(t, 2, cluster.Options{Tweak: func(cfg *server.Config) { cfg.DelayClasses = classes }})
+	p := newPublisher(t, c)
+	short, long := []int{1, 2, 3}, []int{4, 5, 6}
+	if r := p.publish(append(short, long...), 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
+		t.Fatalf("%d refused", r)
+	}
+	if r := p.publish(short, 1, pb.ConnEventType_CONN_EVENT_TYPE_CLOSED); r != 0 {
+		t.Fatalf("%d closes refused", r)
+	}
+	as := c.Assignments()
+	backupHolds := func(i int) bool {
+		k, b := bucketOf(t, conn(i, 0))
+		return holds(t, c.Member(as[b].LocalBackup), map[uint32]bool{b: true})[k] != nil
+	}
+	for _, i := range long {
+		if backupHolds(i) {
+			t.Fatalf("connection %d reached its backup before its delay", i)
+		}
+	}
+	cluster.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		for _, i := range long {
+			if !backupHolds(i) {
+				return fmt.Errorf("connection %d not at its backup after its delay", i)
+			}
+		}
+		return nil
+	})
+	for _, i := range short {
+		if backupHolds(i) {
+			t.Fatalf("short-lived connection %d reached its backup", i)
+		}
+	}
+	st, err := pb.NewOperatorServiceClient(dial(t, c.Members[0].Addr())).SyncStatus(context.Background(), &pb.SyncStatusRequest{})
+	if err != nil || len(st.DelayClasses) != 2 || st.DelayClasses[0].DelayMs != 300 {
+		t.Fatalf("sync status: %v, %v", st, err)
+	}
+}
+
+// TestCluster_BadEventsRefusedOneByOne: malformed or foreign events are
+// refused with a reason naming the field; the good ones in the same batch
+// are applied.
+func TestCluster_BadEventsRefusedOneByOne(t *testing.T) {
+	c := cluster.New(t, 2, cluster.Options{})
+	m := c.Members[0]
+	st, err := pb.NewDataPlaneServiceClient(dial(t, m.Addr())).Publish(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := c.Assignments()
+	var mineI, otherI = -1, -1
+	for i := 0; mineI < 0 || otherI < 0; i++ {
+		_, b := bucketOf(t, conn(i, 0))
+		if as[b].Primary == m.ID && mineI < 0 {
+			mineI = i
+		} else if as[b].Primary != m.ID && otherI < 0 {
+			otherI = i
+		}
+	}
+	big := conn(mineI, 1)
+	big.Blob = make([]byte, 2000)
+	badIP := conn(mineI, 1)
+	badIP.Key = &pb.ConnKey{Protocol: 6, SrcIp: "300.1.1.1", SrcPort: 1, DstIp: "10.0.0.1", DstPort: 2}
+	req := &pb.PublishRequest{Seq: 1, Events: []*pb.ConnEvent{
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: conn(mineI, 1)},
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: big},
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: badIP},
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: conn(otherI, 1)},
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_UNSPECIFIED, State: conn(mineI, 1)},
+		{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED},
+	}}
+	if err := st.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint32]string{1: "events[1].state.blob", 2: "events[2].state.key.src_ip", 3: "is not active on", 4: "events[4].type", 5: "events[5].state.key"}
+	if resp.Accepted != 1 || resp.Refused != 5 || len(resp.Errors) != 5 {
+		t.Fatalf("answer %v", resp)
+	}
+	for _, e := range resp.Errors {
+		if w := want[e.Index]; w == "" || !strings.Contains(e.Message, w) {
+			t.Errorf("event %d refused with %q, want a message with %q", e.Index, e.Message, w)
+		}
+	}
+}

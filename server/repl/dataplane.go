@@ -1,0 +1,283 @@
+package repl
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/server/conntable"
+)
+
+// Limits of the data-plane API.
+const (
+	MaxEventsPerBatch = 10000
+	MaxBlobBytes      = 1024
+	maxErrors         = 16 // refusals detailed per answer
+	activationChunk   = 1000
+)
+
+// Publish serves one DataPlaneService.Publish stream: it applies each
+// batch, answers it, and reports how far replication has got.
+func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
+	type waiting struct{ seq, mark uint64 }
+	var queue []waiting
+	var through uint64
+	for {
+		req, err := st.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp := r.publishBatch(req)
+		queue = append(queue, waiting{req.Seq, r.marks.Load()})
+		w := r.watermark()
+		for len(queue) > 0 && queue[0].mark <= w {
+			through = queue[0].seq
+			queue = queue[1:]
+		}
+		resp.ReplicatedThrough = through
+		if err := st.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+func refuse(resp *pb.PublishResponse, i int, code codes.Code, format string, args ...any) {
+	resp.Refused++
+	if len(resp.Errors) < maxErrors {
+		resp.Errors = append(resp.Errors, &pb.EventError{Index: uint32(i), Code: int32(code), Message: fmt.Sprintf(format, args...)})
+	}
+}
+
+// publishBatch applies one batch of events, each on its own: a refused event
+// changes nothing and does not affect the others.
+func (r *Replicator) publishBatch(req *pb.PublishRequest) *pb.PublishResponse {
+	resp := &pb.PublishResponse{Seq: req.Seq}
+	if len(req.Events) > MaxEventsPerBatch {
+		for i := range req.Events {
+			refuse(resp, i, codes.InvalidArgument, "events: %d events in one batch, at most %d", len(req.Events), MaxEventsPerBatch)
+		}
+		r.refused.Add(uint64(resp.Refused))
+		return resp
+	}
+	now := time.Now()
+	for i, ev := range req.Events {
+		if code, msg := r.publishOne(i, ev, now); code != codes.OK {
+			refuse(resp, i, code, "%s", msg)
+			continue
+		}
+		resp.Accepted++
+	}
+	r.refused.Add(uint64(resp.Refused))
+	return resp
+}
+
+func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time) (codes.Code, string) {
+	field := fmt.Sprintf("events[%d]", i)
+	if ev == nil || ev.State == nil || ev.State.Key == nil {
+		return codes.InvalidArgument, field + ".state.key: is required"
+	}
+	key, reversed, err := fsm.ParseKeyDirection(ev.State.Key, field+".state.key")
+	if err != nil {
+		return codes.InvalidArgument, err.Error()
+	}
+	b := key.Bucket(r.table.Buckets())
+	if !r.planOf(b).primary {
+		return codes.FailedPrecondition, fmt.Sprintf("%s: bucket %d of %s is not active on %s (its primary is another member, or this member holds no lease)",
+			field, b, key, r.self)
+	}
+	switch ev.Type {
+	case pb.ConnEventType_CONN_EVENT_TYPE_CREATED, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED:
+		st := ev.State
+		if len(st.Blob) > MaxBlobBytes {
+			return codes.InvalidArgument, fmt.Sprintf("%s.state.blob: %d bytes, at most %d", field, len(st.Blob), MaxBlobBytes)
+		}
+		if len(st.TcpWindows) > 2 {
+			return codes.InvalidArgument, fmt.Sprintf("%s.state.tcp_windows: %d windows, at most 2 (original and reply direction)", field, len(st.TcpWindows))
+		}
+		k, v := st.Key, st.Version
+		st.Key, st.Version = nil, 0 // stored apart: the canonical key is the table's, versions are ours
+		data, err := proto.Marshal(st)
+		st.Key, st.Version = k, v
+		if err != nil || len(data) > MaxStateBytes {
+			return codes.InvalidArgument, fmt.Sprintf("%s.state: %d bytes encoded, at most %d", field, len(data), MaxStateBytes)
+		}
+		prev, existed := r.table.Get(b, key)
+		pending := existed && prev.Pending
+		if !existed {
+			switch d := classify(r.cfg.Delays, key.Protocol(), uint16(k.SrcPort), uint16(k.DstPort)); {
+			case d == Never:
+				pending = true
+			case d > 0:
+				pending = true
+				r.delayer.add(b, key, now.Add(d))
+			}
+		}
+		r.table.Update(b, key, conntable.Record{State: string(data), Reversed: reversed, Pending: pending}, now.UnixNano())
+		if !pending {
+			r.mark(b, key)
+		}
+	case pb.ConnEventType_CONN_EVENT_TYPE_CLOSED:
+		prev, existed := r.table.Get(b, key)
+		if !existed {
+			return codes.OK, "" // closing twice, or a connection never published: nothing to do
+		}
+		r.table.Update(b, key, conntable.Record{Deleted: true}, now.UnixNano())
+		if !prev.Pending { // the backups have it: tell them it is gone
+			r.mark(b, key)
+		}
+	default:
+		return codes.InvalidArgument, fmt.Sprintf("%s.type: %v is not CREATED, UPDATED or CLOSED", field, ev.Type)
+	}
+	return codes.OK, ""
+}
+
+// states decodes a bucket's records for the firewall.
+func (r *Replicator) states(b uint32) []*pb.ConnState {
+	items := r.table.Snapshot(b)
+	out := make([]*pb.ConnState, 0, len(items))
+	for _, it := range items {
+		st := &pb.ConnState{}
+		if err := proto.Unmarshal([]byte(it.State), st); err != nil {
+			r.cfg.Logger.Error("undecodable connection state in the table", "bucket", b, "key", it.Key, "error", err)
+			continue
+		}
+		st.Key, st.Version = it.Key.ProtoDirection(it.Reversed), it.Version
+		out = append(out, st)
+	}
+	return out
+}
+
+// WatchActivations serves one DataPlaneService.WatchActivations stream.
+func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataPlaneService_WatchActivationsServer) error {
+	told := map[uint32]uint64{} // active buckets the firewall knows, with their epochs
+	tick := time.NewTicker(25 * time.Millisecond) // leases end without a state machine change
+	defer tick.Stop()
+	for {
+		_, changed := r.cfg.View.Watch()
+		as, _ := r.cfg.View.Assignments()
+		active := map[uint32]uint64{}
+		if r.cfg.View.Acting() {
+			for i, a := range as {
+				if a.Primary == r.self {
+					active[uint32(i)] = a.Epoch
+				}
+			}
+		}
+		for _, b := range sortedBuckets(told) {
+			if _, ok := active[b]; !ok {
+				if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: told[b], Active: false}); err != nil {
+					return err
+				}
+				delete(told, b)
+			}
+		}
+		for _, b := range sortedBuckets(active) {
+			e := active[b]
+			old, ok := told[b]
+			switch {
+			case !ok:
+				if err := r.sendActivation(st, b, e); err != nil {
+					return err
+				}
+			case old != e:
+				if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
+					return err
+				}
+			}
+			told[b] = e
+		}
+		select {
+		case <-st.Context().Done():
+			return nil
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Replicator) sendActivation(st pb.DataPlaneService_WatchActivationsServer, b uint32, epoch uint64) error {
+	states := r.states(b)
+	for {
+		n := min(len(states), activationChunk)
+		msg := &pb.WatchActivationsResponse{Bucket: b, Epoch: epoch, Active: true, States: states[:n], More: n < len(states)}
+		if err := st.Send(msg); err != nil {
+			return err
+		}
+		states = states[n:]
+		if len(states) == 0 {
+			return nil
+		}
+	}
+}
+
+func sortedBuckets(m map[uint32]uint64) []uint32 {
+	out := make([]uint32, 0, len(m))
+	for b := range m {
+		out = append(out, b)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Dump returns the states this member holds for a bucket.
+func (r *Replicator) Dump(req *pb.DumpRequest) (*pb.DumpResponse, error) {
+	if req.Bucket >= r.table.Buckets() {
+		return nil, status.Errorf(codes.InvalidArgument, "bucket: %d is out of range (the site has %d buckets)", req.Bucket, r.table.Buckets())
+	}
+	role := "none"
+	if as := *r.assign.Load(); int(req.Bucket) < len(as) {
+		switch a := as[req.Bucket]; r.self {
+		case a.Primary:
+			role = "primary"
+		case a.LocalBackup:
+			role = "local_backup"
+		case a.Incoming:
+			role = "incoming"
+		}
+	}
+	return &pb.DumpResponse{States: r.states(req.Bucket), Tombstones: uint32(r.table.Stats(int(req.Bucket)).Tombstones), Role: role}, nil
+}
+
+// Status reports this member's replication.
+func (r *Replicator) Status() *pb.SyncStatusResponse {
+	ts := r.table.Stats(-1)
+	out := &pb.SyncStatusResponse{MemberId: r.self, Connections: uint64(ts.Live), Tombstones: uint64(ts.Tombstones),
+		StateBytes: uint64(ts.StateBytes), Delayed: uint64(r.delayer.len()), Refused: r.refused.Load()}
+	r.mu.Lock()
+	targets := make([]string, 0, len(r.senders))
+	for t := range r.senders {
+		targets = append(targets, t)
+	}
+	slices.Sort(targets)
+	for _, t := range targets {
+		st, syncs := r.senders[t].status()
+		out.Streams = append(out.Streams, st)
+		out.Sending = append(out.Sending, syncs...)
+	}
+	r.mu.Unlock()
+	w := r.waiting()
+	for _, b := range sortedBuckets(w) {
+		out.Waiting = append(out.Waiting, &pb.BucketEpoch{Bucket: b, Epoch: w[b]})
+	}
+	for _, c := range r.cfg.Delays {
+		dc := &pb.DelayClass{Name: c.Name, Protocol: uint32(c.Protocol), DelayMs: c.Delay.Milliseconds()}
+		if c.Delay == Never {
+			dc.DelayMs = -1
+		}
+		for _, p := range c.Ports {
+			dc.Ports = append(dc.Ports, uint32(p))
+		}
+		out.DelayClasses = append(out.DelayClasses, dc)
+	}
+	return out
+}

@@ -1,0 +1,83 @@
+package repl
+
+import (
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+var errNoAddr = errors.New("repl: no address known for the member")
+
+// Receive serves one Replicate stream from a bucket primary: it applies each
+// batch's records that this member should take, counts the others, and
+// acknowledges every batch once applied.
+func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
+	md, _ := metadata.FromIncomingContext(st.Context())
+	var from string
+	if v := md.Get(mdMember); len(v) > 0 {
+		from = v[0]
+	}
+	if !fsm.ValidID(from) {
+		return status.Errorf(codes.InvalidArgument, "metadata %s: %q is not a member ID", mdMember, from)
+	}
+	var refused uint64
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return nil // the sender went away; it resends what was not acknowledged
+		}
+		now := time.Now().UnixNano()
+		as := *r.assign.Load()
+		var batchRefused uint64
+		bad, ferr := decodeRecords(req.Records, func(w *wireRecord) {
+			if !r.accepts(as, w, from) {
+				batchRefused++
+				return
+			}
+			for e := r.recvEpoch[w.bucket].Load(); w.epoch > e && !r.recvEpoch[w.bucket].CompareAndSwap(e, w.epoch); e = r.recvEpoch[w.bucket].Load() {
+			}
+			if w.marker {
+				r.noteMarker(w.bucket, w.epoch)
+				return
+			}
+			if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
+				r.cfg.OnApply(w.bucket, w.key, w.rec.Version)
+			}
+		})
+		if bad > 0 {
+			batchRefused += uint64(bad)
+			r.cfg.Logger.Warn("malformed replication records skipped", "from", from, "count", bad, "error", ferr)
+		}
+		refused += batchRefused
+		r.refused.Add(batchRefused)
+		if err := st.Send(&pb.ReplicateResponse{AckedSeq: req.Seq, Refused: refused}); err != nil {
+			return nil
+		}
+	}
+}
+
+// accepts decides whether this member applies a record sent by member from.
+// A record from the bucket's primary (as this member's state machine knows
+// it) is taken if this member is a target of the bucket. A record from any
+// other member is taken only if it carries a newer epoch than this member
+// knows (its state machine lags the sender's); otherwise the sender is a
+// deposed primary and the record is refused (fencing by epoch).
+func (r *Replicator) accepts(as []fsm.Assignment, w *wireRecord, from string) bool {
+	if w.bucket >= r.table.Buckets() {
+		return false
+	}
+	if int(w.bucket) >= len(as) {
+		return w.epoch > 0 // this member's state machine has not got the table yet
+	}
+	a := as[w.bucket]
+	if a.Primary == from && (a.LocalBackup == r.self || a.Incoming == r.self) {
+		return true
+	}
+	return w.epoch > a.Epoch
+}

@@ -1,0 +1,396 @@
+// Package repl replicates connection states outside the Raft log. The
+// firewall on a member publishes the changes of the connections it processes
+// (DataPlaneService.Publish); for each connection's bucket, the member — if
+// it is the bucket's active primary — gives the change the next version,
+// stores it in its connection table, and streams it to the bucket's local
+// backup and incoming member (MemberService.Replicate), which apply it if it
+// is newer than what they hold. When a member becomes primary of a bucket it
+// hands the states it backed up to its firewall at once
+// (DataPlaneService.WatchActivations).
+//
+// # Streams
+//
+// A member keeps one stream per backup member (sender.go), carrying every
+// bucket that member backs up. It does not queue deltas: it queues
+// connections, each at most once, and reads a connection's latest state from
+// the table when it sends it. Repeated changes of one connection before it is
+// sent coalesce into one record, and a backup that falls behind costs memory
+// in proportion to the connections that changed, not to the rate of change.
+// Batches carry sequence numbers and are acknowledged cumulatively; after a
+// reconnect, whatever was not acknowledged is sent again (versions make
+// repeats harmless). Every record carries its bucket's epoch: a backup
+// refuses a record whose epoch is older than the one its state machine has,
+// or equal to it but from a member that is not the primary (fencing, S2).
+//
+// # Full sync
+//
+// When a member becomes a bucket's local backup or incoming member before it
+// has the bucket's connections (the assignment says not synced), the
+// primary sends it a snapshot of the bucket, then a marker; deltas keep
+// flowing meanwhile, and versions make the order irrelevant. On the marker
+// the receiver's Syncer reports the bucket synced to the leader, which may
+// then complete a make-before-break move.
+//
+// # Delayed notifications
+//
+// A new connection of a service with a delay class is held back (pending)
+// until its delay has passed; if it closes before that, it is never sent.
+// Pending connections are not in snapshots.
+package repl
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+
+	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/server/conntable"
+)
+
+// View is what the replicator reads of its member.
+type View interface {
+	// Self is this member's ID; Incarnation its process's incarnation.
+	Self() string
+	Incarnation() uint64
+	// Assignments returns the state machine's bucket table and applied index.
+	Assignments() ([]fsm.Assignment, uint64)
+	// Watch returns a channel closed when members or assignments change.
+	Watch() (uint64, <-chan struct{})
+	// Acting reports whether this member may act as primary (lease held).
+	Acting() bool
+	// Addr returns a member's gRPC address.
+	Addr(member string) (string, bool)
+}
+
+// Config configures a Replicator.
+type Config struct {
+	View        View
+	BucketCount uint32
+	// Dial returns a connection to a member's gRPC address.
+	Dial   func(addr string) (*grpc.ClientConn, error)
+	Delays []DelayClass
+	Logger hclog.Logger
+	// MaxBatchRecords and MaxBatchBytes bound one batch; Window is how many
+	// batches a stream may have unacknowledged.
+	MaxBatchRecords, MaxBatchBytes, Window int
+	// OnApply, if set, is called for every record a backup applies (for
+	// measuring replication lag); it must be fast.
+	OnApply func(bucket uint32, key fsm.Key, version uint64)
+}
+
+func (c *Config) defaults() {
+	if c.MaxBatchRecords == 0 {
+		c.MaxBatchRecords = 2048
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = 256 << 10
+	}
+	if c.Window == 0 {
+		c.Window = 8
+	}
+	if c.Delays == nil {
+		c.Delays = DefaultDelayClasses()
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+}
+
+// plan is what this member does for one bucket, as of the last planning.
+type plan struct {
+	epoch uint64
+	// owner: the state machine makes this member the bucket's primary; it
+	// sends what it accepted to the targets even while its lease lapses (the
+	// receivers fence it by epoch once another member is primary). primary:
+	// it is the owner and holds a lease, so it may accept new events.
+	owner, primary bool
+	targets        []string // members to replicate to (local backup, incoming)
+}
+
+// Replicator is one member's replication. Create it with New, start it with
+// Run; it stops when Run's context ends.
+type Replicator struct {
+	cfg   Config
+	self  string
+	table *conntable.Table
+
+	plans  atomic.Pointer[[]plan]          // by bucket
+	assign atomic.Pointer[[]fsm.Assignment] // the state machine's table as last read
+
+	mu      sync.Mutex
+	senders map[string]*sender
+	started map[syncKey]bool // full syncs scheduled: (bucket, target, epoch)
+
+	markMu  sync.Mutex
+	markers map[uint32]uint64 // bucket -> highest epoch a full-sync marker arrived for
+	markCh  chan struct{}     // closed and replaced when a marker arrives
+
+	// recvEpoch[b] is the highest epoch of any record applied for bucket b:
+	// a bucket is dropped only once the state machine has caught up with it
+	// and still gives this member no role (its records may arrive before the
+	// assignment that sent them).
+	recvEpoch []atomic.Uint64
+
+	marks   atomic.Uint64 // global mark sequence (see sender watermarks)
+	delayer *delayer
+	refused atomic.Uint64
+
+	wake       chan struct{} // replanning
+	lastActing bool          // Run's goroutine only
+	ctx        context.Context
+	wg   sync.WaitGroup
+}
+
+type syncKey struct {
+	bucket uint32
+	target string
+	epoch  uint64
+}
+
+// New returns a Replicator over an empty table.
+func New(cfg Config) *Replicator {
+	cfg.defaults()
+	r := &Replicator{cfg: cfg, self: cfg.View.Self(), table: conntable.New(cfg.BucketCount),
+		senders: map[string]*sender{}, started: map[syncKey]bool{}, markers: map[uint32]uint64{},
+		markCh: make(chan struct{}), delayer: newDelayer(50 * time.Millisecond), wake: make(chan struct{}, 1),
+		recvEpoch: make([]atomic.Uint64, cfg.BucketCount)}
+	empty := make([]plan, cfg.BucketCount)
+	r.plans.Store(&empty)
+	none := []fsm.Assignment{}
+	r.assign.Store(&none)
+	return r
+}
+
+// Table exposes the connection table (read-only use).
+func (r *Replicator) Table() *conntable.Table { return r.table }
+
+// Run plans replication from the state machine until ctx ends, then stops
+// every stream and waits for them.
+func (r *Replicator) Run(ctx context.Context) {
+	r.ctx = ctx
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	purge := time.NewTicker(5 * time.Second)
+	defer purge.Stop()
+	replan := true
+	for {
+		_, changed := r.cfg.View.Watch()
+		if acting := r.cfg.View.Acting(); replan || acting != r.lastActing {
+			r.replan()
+			replan = false
+		}
+		select {
+		case <-ctx.Done():
+			r.mu.Lock()
+			for _, s := range r.senders {
+				s.close()
+			}
+			r.mu.Unlock()
+			r.wg.Wait()
+			return
+		case <-changed:
+			replan = true
+		case <-r.wake:
+			replan = true
+		case now := <-tick.C:
+			r.releaseDue(now)
+		case now := <-purge.C:
+			r.purge(now)
+		}
+	}
+}
+
+// replan reads the state machine and the lease and updates what this member
+// replicates: the targets of each bucket it is active primary of, the full
+// syncs they need, and the buckets it holds no role for any more (dropped).
+func (r *Replicator) replan() {
+	as, _ := r.cfg.View.Assignments()
+	acting := r.cfg.View.Acting()
+	r.lastActing = acting
+	plans := make([]plan, len(as))
+	need := map[string]bool{}
+	var syncs []syncKey
+	for i, a := range as {
+		b := uint32(i)
+		p := plan{epoch: a.Epoch}
+		switch {
+		case a.Primary == r.self:
+			p.owner, p.primary = true, acting
+			for _, t := range []string{a.LocalBackup, a.Incoming} {
+				if t == "" || t == r.self {
+					continue
+				}
+				p.targets = append(p.targets, t)
+				need[t] = true
+				if (t == a.LocalBackup && !a.BackupSynced) || (t == a.Incoming && !a.IncomingSynced) {
+					syncs = append(syncs, syncKey{b, t, a.Epoch})
+				}
+			}
+		case a.LocalBackup == r.self || a.Incoming == r.self:
+		case int(b) < len(r.recvEpoch) && a.Epoch >= r.recvEpoch[b].Load():
+			r.table.Drop(b)
+		}
+		plans[i] = p
+	}
+	r.assign.Store(&as)
+	r.plans.Store(&plans)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for t := range need {
+		if r.senders[t] == nil && r.ctx != nil {
+			r.senders[t] = r.newSender(t)
+		}
+	}
+	for t, s := range r.senders {
+		if !need[t] {
+			s.close()
+			delete(r.senders, t)
+		}
+	}
+	for _, k := range syncs {
+		if !acting || r.started[k] {
+			continue
+		}
+		if s := r.senders[k.target]; s != nil {
+			r.started[k] = true
+			s.addSync(k.bucket, k.epoch)
+		}
+	}
+	for k := range r.started { // forget syncs of assignments that moved on
+		if int(k.bucket) >= len(as) || as[k.bucket].Epoch != k.epoch {
+			delete(r.started, k)
+		}
+	}
+}
+
+// kick asks for a replan soon.
+func (r *Replicator) kick() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// planOf returns this member's plan for bucket b.
+func (r *Replicator) planOf(b uint32) plan {
+	ps := *r.plans.Load()
+	if int(b) >= len(ps) {
+		return plan{}
+	}
+	return ps[b]
+}
+
+// mark queues (bucket, key) on the stream of every target of the bucket.
+func (r *Replicator) mark(b uint32, key fsm.Key) {
+	p := r.planOf(b)
+	if len(p.targets) == 0 {
+		return
+	}
+	seq := r.marks.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range p.targets {
+		if s := r.senders[t]; s != nil {
+			s.enqueue(b, key, seq)
+		}
+	}
+}
+
+// watermark is the highest mark sequence up to which every queued change has
+// been acknowledged by every backup.
+func (r *Replicator) watermark() uint64 {
+	w := r.marks.Load()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.senders {
+		w = min(w, s.watermark())
+	}
+	return w
+}
+
+// releaseDue sends the held-back connections whose delay has passed.
+func (r *Replicator) releaseDue(now time.Time) {
+	for _, d := range r.delayer.due(now) {
+		if r.table.Release(d.bucket, d.key) {
+			r.mark(d.bucket, d.key)
+		}
+	}
+}
+
+// purge removes tombstones old enough that no full sync can still carry an
+// older state (a full sync sends a snapshot taken after it started).
+func (r *Replicator) purge(now time.Time) {
+	r.mu.Lock()
+	busy := map[uint32]bool{}
+	for _, s := range r.senders {
+		for _, b := range s.syncing() {
+			busy[b] = true
+		}
+	}
+	r.mu.Unlock()
+	cutoff := now.Add(-30 * time.Second).UnixNano()
+	for b := uint32(0); b < r.table.Buckets(); b++ {
+		if !busy[b] {
+			r.table.Purge(b, cutoff)
+		}
+	}
+}
+
+// noteMarker records that bucket b's full sync at epoch arrived.
+func (r *Replicator) noteMarker(b uint32, epoch uint64) {
+	r.markMu.Lock()
+	defer r.markMu.Unlock()
+	if epoch > r.markers[b] {
+		r.markers[b] = epoch
+		close(r.markCh)
+		r.markCh = make(chan struct{})
+	}
+}
+
+// ErrSuperseded: the assignment a full sync was waited for has moved on.
+var ErrSuperseded = errors.New("repl: the bucket's assignment moved on before its full sync arrived")
+
+// Sync implements the server's BackupSyncer: it returns once the primary's
+// full sync of bucket b, as of epoch a.Epoch or later, has been applied here;
+// ErrSuperseded if the bucket's epoch moves past a.Epoch meanwhile.
+func (r *Replicator) Sync(ctx context.Context, b uint32, a fsm.Assignment) error {
+	for {
+		r.markMu.Lock()
+		got, ch := r.markers[b], r.markCh
+		r.markMu.Unlock()
+		if got >= a.Epoch {
+			return nil
+		}
+		if as := *r.assign.Load(); int(b) < len(as) && as[b].Epoch > a.Epoch {
+			return ErrSuperseded
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-time.After(100 * time.Millisecond): // the assignment may have moved on
+		}
+	}
+}
+
+// waiting returns the buckets this member backs up without having their
+// full sync yet.
+func (r *Replicator) waiting() map[uint32]uint64 {
+	as := *r.assign.Load()
+	r.markMu.Lock()
+	defer r.markMu.Unlock()
+	out := map[uint32]uint64{}
+	for i, a := range as {
+		if (a.LocalBackup == r.self && !a.BackupSynced) || (a.Incoming == r.self && !a.IncomingSynced) {
+			if r.markers[uint32(i)] < a.Epoch {
+				out[uint32(i)] = a.Epoch
+			}
+		}
+	}
+	return out
+}
