@@ -159,7 +159,7 @@ func (r *Replicator) states(b uint32) []*pb.ConnState {
 
 // WatchActivations serves one DataPlaneService.WatchActivations stream.
 func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataPlaneService_WatchActivationsServer) error {
-	told := map[uint32]uint64{} // active buckets the firewall knows, with their epochs
+	told := map[uint32]uint64{}                   // active buckets the firewall knows, with their epochs
 	tick := time.NewTicker(25 * time.Millisecond) // leases end without a state machine change
 	defer tick.Stop()
 	for {

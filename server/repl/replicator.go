@@ -119,7 +119,7 @@ type Replicator struct {
 	self  string
 	table *conntable.Table
 
-	plans  atomic.Pointer[[]plan]          // by bucket
+	plans  atomic.Pointer[[]plan]           // by bucket
 	assign atomic.Pointer[[]fsm.Assignment] // the state machine's table as last read
 
 	mu      sync.Mutex
@@ -143,7 +143,7 @@ type Replicator struct {
 	wake       chan struct{} // replanning
 	lastActing bool          // Run's goroutine only
 	ctx        context.Context
-	wg   sync.WaitGroup
+	wg         sync.WaitGroup
 }
 
 type syncKey struct {
