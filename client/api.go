@@ -193,6 +193,15 @@ func (c *Client) Active(ctx context.Context) (r *pb.GetActiveResponse, err error
 	return pb.NewAssignmentServiceClient(cc).GetActive(ctx, &pb.GetActiveRequest{})
 }
 
+// SyncStatus reports the replication of the member the client talks to.
+func (c *Client) SyncStatus(ctx context.Context) (st *pb.SyncStatusResponse, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		st, err = pb.NewOperatorServiceClient(cc).SyncStatus(ctx, &pb.SyncStatusRequest{}, o...)
+		return err
+	})
+	return st, err
+}
+
 // Rebalance plans (dryRun) or starts the moves that even out the buckets.
 // It is not retried: the plan depends on the state when it runs.
 func (c *Client) Rebalance(ctx context.Context, dryRun bool) (r *pb.RebalanceResponse, err error) {

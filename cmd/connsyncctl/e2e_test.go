@@ -220,6 +220,18 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("sync status", func(t *testing.T) {
+		out := mustCtl("sync", "status")
+		wantLine(out, `^MEMBER\s+CONNECTIONS\s+TOMBSTONES\s+STATE BYTES\s+DELAYED\s+REFUSED\s+WAITING FOR SYNC$`)
+		wantLine(out, `^m0\s+0\s+0\s+0\s+0\s+0\s+0$`)
+		wantLine(out, `^web\s+tcp\s+80,443,8080,8443\s+3s$`)
+		wantLine(out, `^default\s+any\s+any\s+immediate$`)
+		var st []map[string]any
+		if err := json.Unmarshal([]byte(mustCtl("sync", "status", "-o", "json")), &st); err != nil || len(st) != 1 {
+			t.Fatalf("sync status -o json: %v %v", st, err)
+		}
+	})
+
 	t.Run("transfer-leader to self", func(t *testing.T) {
 		wantLine(mustCtl("transfer-leader", "m0"), `^Leader is now m0$`)
 	})

@@ -108,6 +108,7 @@ IPv6 endpoints are written [IP]:PORT.`,
 		newBucketsCommand(),
 		newRebalanceCommand(),
 		newDrainCommand(),
+		newSyncCommand(),
 		newClaimCommand(),
 		newReleaseCommand(),
 		newLookupCommand(),
@@ -172,6 +173,19 @@ func withClient(cmd *cobra.Command, fn func(ctx context.Context, c *client.Clien
 		return err
 	}
 	addrs, _ := parseAddrs(g.addr) // validated above
+	return withAddrs(cmd, g, addrs, fn)
+}
+
+// withAddr is withClient talking to the one member at addr.
+func withAddr(cmd *cobra.Command, addr string, fn func(ctx context.Context, c *client.Client, p *printer) error) error {
+	g, err := globals(cmd)
+	if err != nil {
+		return err
+	}
+	return withAddrs(cmd, g, []string{addr}, fn)
+}
+
+func withAddrs(cmd *cobra.Command, g *globalFlags, addrs []string, fn func(ctx context.Context, c *client.Client, p *printer) error) error {
 	c, err := client.New(client.Config{Addrs: addrs, Timeout: g.timeout})
 	if err != nil {
 		return err

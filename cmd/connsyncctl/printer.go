@@ -417,6 +417,14 @@ func (p *printer) unlocked(k *pb.ConnKey) error {
 
 var protocolNames = map[uint32]string{1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 
+// protocolName returns a protocol's name, or its number.
+func protocolName(p uint32) string {
+	if n, ok := protocolNames[p]; ok {
+		return n
+	}
+	return strconv.FormatUint(uint64(p), 10)
+}
+
 // formatKey writes a key the way the commands take it, "tcp 10.0.0.1:1234
 // 192.0.2.1:80", with " zone Z" appended outside the default zone.
 func formatKey(k *pb.ConnKey) string {

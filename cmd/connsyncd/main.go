@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/connsync/connsync/server"
+	"github.com/connsync/connsync/server/repl"
 )
 
 // Defaults for addresses: -dev listens here and connsyncctl looks here.
@@ -88,6 +89,16 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&c.Voters, "voters", c.Voters, "Raft voters the leader keeps: 3 or 5 (other members are non-voters)")
 	fs.IntVar(&c.MaxMoves, "max-moves", c.MaxMoves, "most make-before-break bucket moves under way at once")
 	fs.BoolVar(&c.AutoRebalance, "auto-rebalance", c.AutoRebalance, "rebalance buckets when members join (false: only on 'connsyncctl rebalance')")
+	fs.Func("delay-classes", "how long new connections of each service wait before they are replicated, first match wins: "+
+		"name=proto[:port,...]=delay;... with delay a duration, never or immediate (default \""+
+		repl.FormatDelayClasses(repl.DefaultDelayClasses())+"\")", func(s string) error {
+		cs, err := repl.ParseDelayClasses(s)
+		if err != nil {
+			return err
+		}
+		c.DelayClasses = cs
+		return nil
+	})
 	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")

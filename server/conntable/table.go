@@ -212,14 +212,29 @@ func (bk *bucket) put(k fsm.Key, r Record, now int64) {
 // whatever the table holds, tombstones included), applies r with it and
 // returns the new record and what the table held before.
 func (t *Table) Update(b uint32, k fsm.Key, r Record, now int64) (cur Record, prev Record, existed bool) {
+	return t.UpdateFunc(b, k, now, func(Record, bool) (Record, bool) { return r, true })
+}
+
+// UpdateFunc is Update with the new record decided by fn from the live
+// record the table holds (existed false if none): one lookup, one write,
+// under the bucket's lock. fn returns ok false to change nothing.
+func (t *Table) UpdateFunc(b uint32, k fsm.Key, now int64, fn func(prev Record, existed bool) (Record, bool)) (cur Record, prev Record, existed bool) {
 	bk := t.bucket(b)
 	if bk == nil {
 		return Record{}, Record{}, false
 	}
 	bk.mu.Lock()
 	defer bk.mu.Unlock()
-	prev, existed = bk.get(k)
-	v, _ := bk.current(k)
+	var v uint64
+	if e, ok := bk.live(k); ok {
+		prev, existed, v = e.record(), true, e.version()
+	} else if ts, ok := bk.tombs[k]; ok {
+		v = ts.version
+	}
+	r, ok := fn(prev, existed)
+	if !ok {
+		return prev, prev, existed
+	}
 	r.Version = v + 1
 	bk.put(k, r, now)
 	return r, prev, existed

@@ -111,28 +111,26 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time) (codes.C
 		if err != nil || len(data) > MaxStateBytes {
 			return codes.InvalidArgument, fmt.Sprintf("%s.state: %d bytes encoded, at most %d", field, len(data), MaxStateBytes)
 		}
-		prev, existed := r.table.Get(b, key)
-		pending := existed && prev.Pending
-		if !existed {
-			switch d := classify(r.cfg.Delays, key.Protocol(), uint16(k.SrcPort), uint16(k.DstPort)); {
-			case d == Never:
-				pending = true
-			case d > 0:
-				pending = true
-				r.delayer.add(b, key, now.Add(d))
+		var delay time.Duration
+		cur, _, _ := r.table.UpdateFunc(b, key, now.UnixNano(), func(prev conntable.Record, existed bool) (conntable.Record, bool) {
+			pending := existed && prev.Pending
+			if !existed { // a new connection: its service's delay class applies
+				delay = classify(r.cfg.Delays, key.Protocol(), uint16(k.SrcPort), uint16(k.DstPort))
+				pending = delay != 0
 			}
+			return conntable.Record{State: string(data), Reversed: reversed, Pending: pending}, true
+		})
+		if delay > 0 {
+			r.delayer.add(b, key, now.Add(delay))
 		}
-		r.table.Update(b, key, conntable.Record{State: string(data), Reversed: reversed, Pending: pending}, now.UnixNano())
-		if !pending {
+		if !cur.Pending {
 			r.mark(b, key)
 		}
 	case pb.ConnEventType_CONN_EVENT_TYPE_CLOSED:
-		prev, existed := r.table.Get(b, key)
-		if !existed {
-			return codes.OK, "" // closing twice, or a connection never published: nothing to do
-		}
-		r.table.Update(b, key, conntable.Record{Deleted: true}, now.UnixNano())
-		if !prev.Pending { // the backups have it: tell them it is gone
+		_, prev, existed := r.table.UpdateFunc(b, key, now.UnixNano(), func(_ conntable.Record, existed bool) (conntable.Record, bool) {
+			return conntable.Record{Deleted: true}, existed // closing twice, or a connection never published: nothing to do
+		})
+		if existed && !prev.Pending { // the backups have it: tell them it is gone
 			r.mark(b, key)
 		}
 	default:
