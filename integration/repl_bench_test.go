@@ -6,7 +6,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/cluster"
 	"github.com/connsync/connsync/server"
-	"github.com/connsync/connsync/server/repl"
 )
 
 // lagRecorder stamps when each connection was last published and measures,
@@ -190,128 +188,4 @@ func BenchmarkReplicationThroughput(b *testing.B) {
 		b.ReportMetric(float64(sent)/el.Seconds(), "published/s")
 	}
 	b.ReportMetric(0, "ns/op")
-}
-
-// cpuTime is the process's user+system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// BenchmarkSelectiveSync runs one connection mix three times on a 3-member
-// site — delay classes off (everything replicated at once), on (3 s for the
-// test service), and "never" (nothing replicated: the cost of publishing
-// alone) — and reports how much of the replication CPU and of the records
-// sent the delay classes save. The mix: 2,000 new connections/s for 8 s,
-// 70% closed after 1 s, 30% after 5 s, each updated twice in its first
-// second and every second after.
-//
-//	go test ./integration -run XXX -bench SelectiveSync -benchtime 1x -count 3
-func BenchmarkSelectiveSync(b *testing.B) {
-	run := func(classes string) (cpu time.Duration, records int64) {
-		cs, err := repl.ParseDelayClasses(classes)
-		if err != nil {
-			b.Fatal(err)
-		}
-		lag := newLagRecorder()
-		c := cluster.New(b, 3, cluster.Options{Tweak: func(cfg *server.Config) {
-			cfg.DelayClasses = cs
-			cfg.OnReplicaApply = lag.apply
-		}})
-		before := cpuTime()
-		connMix(b, c, 2000, 8*time.Second)
-		time.Sleep(500 * time.Millisecond) // let the last records drain: part of the measured work
-		return cpuTime() - before, lag.applied.Load()
-	}
-	for b.Loop() {
-		cpuOff, recOff := run("all=any=immediate")
-		cpuOn, recOn := run("test=tcp:5000=3s;rest=any=immediate")
-		cpuNone, _ := run("all=any=never")
-		saved := 1 - float64(cpuOn-cpuNone)/float64(cpuOff-cpuNone)
-		b.ReportMetric(saved, "cpu_saved_fraction")
-		b.ReportMetric(1-float64(recOn)/float64(recOff), "records_saved_fraction")
-		b.ReportMetric(cpuOff.Seconds(), "cpu_s_off")
-		b.ReportMetric(cpuOn.Seconds(), "cpu_s_on")
-		b.ReportMetric(cpuNone.Seconds(), "cpu_s_publish_only")
-	}
-	b.ReportMetric(0, "ns/op")
-}
-
-// connMix drives the selective-sync mix for d.
-func connMix(b testing.TB, c *cluster.Cluster, perSec int, d time.Duration) {
-	as := c.Assignments()
-	streams := map[string]pb.DataPlaneService_PublishClient{}
-	var wg sync.WaitGroup
-	for _, m := range c.Running() {
-		st, err := pb.NewDataPlaneServiceClient(dial(b, m.Addr())).Publish(context.Background())
-		if err != nil {
-			b.Fatal(err)
-		}
-		streams[m.ID] = st
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				if _, err := st.Recv(); err != nil {
-					return
-				}
-			}
-		}()
-	}
-	type conn1 struct {
-		i     int
-		birth time.Time
-		life  time.Duration
-	}
-	var live []conn1
-	start, next, seq := time.Now(), 0, uint64(0)
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for now := range tick.C {
-		if now.Sub(start) > d+6*time.Second {
-			break
-		}
-		batches := map[string][]*pb.ConnEvent{}
-		add := func(i int, typ pb.ConnEventType, v byte) {
-			st := conn(i, v)
-			_, bk := bucketOf(b, st)
-			id := as[bk].Primary
-			batches[id] = append(batches[id], &pb.ConnEvent{Type: typ, State: st})
-		}
-		if now.Sub(start) < d {
-			for range perSec / 10 {
-				life := time.Second
-				if next%10 >= 7 {
-					life = 5 * time.Second
-				}
-				live = append(live, conn1{next, now, life})
-				add(next, pb.ConnEventType_CONN_EVENT_TYPE_CREATED, 0)
-				next++
-			}
-		}
-		kept := live[:0]
-		for _, cn := range live {
-			age := now.Sub(cn.birth)
-			switch {
-			case age >= cn.life:
-				add(cn.i, pb.ConnEventType_CONN_EVENT_TYPE_CLOSED, 0)
-				continue
-			case age > 0 && (age < time.Second && age.Milliseconds()/100%5 == 2 || age.Milliseconds()%1000 < 100):
-				add(cn.i, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, byte(age/(100*time.Millisecond)))
-			}
-			kept = append(kept, cn)
-		}
-		live = kept
-		for id, evs := range batches {
-			seq++
-			if err := streams[id].Send(&pb.PublishRequest{Seq: seq, Events: evs}); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	for _, st := range streams {
-		st.CloseSend()
-	}
-	wg.Wait()
 }

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/server/repl"
 )
 
 // assignmentService implements AssignmentService from the local state
@@ -134,7 +136,11 @@ func (s *Server) syncLoop() {
 					done = append(done, &pb.BucketEpoch{Bucket: j.bucket, Epoch: j.epoch})
 				}
 				mu.Unlock()
-				if err != nil && s.ctx.Err() == nil {
+				switch {
+				case err == nil || s.ctx.Err() != nil:
+				case errors.Is(err, repl.ErrSuperseded): // a newer assignment has its own sync
+					s.logger.Debug("full sync superseded", "bucket", j.bucket)
+				default:
 					s.logger.Warn("full sync failed", "bucket", j.bucket, "error", err)
 				}
 				select {

@@ -166,6 +166,9 @@ func (c *Cluster) Stop(m *Member) {
 	m.Server = nil
 }
 
+// Close shuts every member down now (it also happens when the test ends).
+func (c *Cluster) Close() { c.shutdown() }
+
 func (c *Cluster) shutdown() {
 	for _, m := range c.Members {
 		if m.Server != nil {

@@ -3,8 +3,11 @@ package repl
 import (
 	"context"
 	"net"
+	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,8 +51,17 @@ type receiverServer struct {
 func (s receiverServer) Replicate(st pb.MemberService_ReplicateServer) error { return s.r.Receive(st) }
 
 // pair starts a primary "a" and a backup "b" replicating over real gRPC on
-// loopback; applied counts what b applies.
+// loopback; applied counts what b applies. They stop when the test ends.
 func pair(tb testing.TB) (a, b *Replicator, applied *atomic.Int64) {
+	tb.Helper()
+	a, b, applied, stop := pairWith(tb, nil)
+	tb.Cleanup(stop)
+	return a, b, applied
+}
+
+// pairWith is pair with the primary's delay classes (nil: the defaults),
+// stopped by calling stop.
+func pairWith(tb testing.TB, delays []DelayClass) (a, b *Replicator, applied *atomic.Int64, stop func()) {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -74,22 +86,22 @@ func pair(tb testing.TB) (a, b *Replicator, applied *atomic.Int64) {
 		conns[addr] = c
 		return c, err
 	}
-	a = New(Config{View: newStaticView("a", addrs, 4096), BucketCount: 4096, Dial: dialer})
+	a = New(Config{View: newStaticView("a", addrs, 4096), BucketCount: 4096, Dial: dialer, Delays: delays})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, r := range []*Replicator{a, b} {
 		wg.Add(1)
 		go func() { defer wg.Done(); r.Run(ctx) }()
 	}
-	tb.Cleanup(func() {
+	stop = func() {
 		cancel()
 		wg.Wait()
 		srv.Stop()
 		for _, c := range conns {
 			c.Close()
 		}
-	})
-	return a, b, applied
+	}
+	return a, b, applied, stop
 }
 
 // write is what Publish does once an event is validated: next version in
@@ -160,5 +172,126 @@ func BenchmarkPair(b *testing.B) {
 	el := time.Since(start)
 	b.ReportMetric(float64(applied.Load())/el.Seconds(), "deltas/s")
 	b.ReportMetric(float64(b.N)/el.Seconds(), "writes/s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// mixConn is the i-th connection of the selective-sync mix: TCP to port
+// 5000 (the delayed service of the runs that delay).
+func mixConn(i int, v byte) *pb.ConnState {
+	return &pb.ConnState{
+		Key: &pb.ConnKey{Protocol: 6, SrcIp: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String(),
+			SrcPort: uint32(10000 + i%50000), DstIp: "198.51.100.9", DstPort: 5000},
+		TcpState:   pb.TcpState_TCP_STATE_ESTABLISHED,
+		TcpWindows: []*pb.TcpWindow{{End: uint32(i), MaxEnd: uint32(i) + 1000, MaxWin: 65535}, {End: 7, MaxEnd: 9, MaxWin: 512}},
+		TimeoutMs:  3600_000,
+		Blob:       []byte{v},
+	}
+}
+
+// runMix drives the selective-sync mix through the primary's publish path,
+// on the scale of a delay of delay: 50,000 new connections/s for 3 delays'
+// worth of time; 70% close after a third of the delay, 30% after three
+// delays and a third; each is updated at 1/15 and 1/5 of the delay, and the
+// long ones every 2/3 of a delay after.
+func runMix(a *Replicator, delay time.Duration) {
+	type live struct {
+		i           int
+		birth, life time.Duration
+		next        time.Duration
+	}
+	const perTick = 500 // every 10 ms
+	tick := 10 * time.Millisecond
+	var conns []live
+	start := time.Now()
+	n := 0
+	for seq := uint64(1); ; seq++ {
+		now := time.Since(start)
+		if now > 3*delay+4*delay {
+			return
+		}
+		var evs []*pb.ConnEvent
+		if now < 3*delay {
+			for range perTick {
+				life := delay / 3
+				if n%10 >= 7 {
+					life = 3*delay + delay/3
+				}
+				conns = append(conns, live{i: n, birth: now, life: life, next: delay / 15})
+				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: mixConn(n, 0)})
+				n++
+			}
+		}
+		kept := conns[:0]
+		for _, c := range conns {
+			age := now - c.birth
+			switch {
+			case age >= c.life:
+				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CLOSED, State: mixConn(c.i, 0)})
+				continue
+			case age >= c.next:
+				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, State: mixConn(c.i, byte(age/tick))})
+				if c.next == delay/15 {
+					c.next = delay / 5
+				} else {
+					c.next += 2 * delay / 3
+				}
+			}
+			kept = append(kept, c)
+		}
+		conns = kept
+		for start := 0; start < len(evs); start += MaxEventsPerBatch {
+			a.publishBatch(&pb.PublishRequest{Seq: seq, Events: evs[start:min(start+MaxEventsPerBatch, len(evs))]})
+		}
+		time.Sleep(time.Until(start.Add(now + tick)))
+	}
+}
+
+// BenchmarkSelectiveSync runs the same connection mix (70% of connections
+// live a third of the delay, 30% over three delays) through a member pair
+// three times: delay classes off, on, and "never" (nothing replicated: the
+// cost of publishing alone), and reports how much of the replication CPU
+// (process CPU above the "never" run) and of the records sent the delays
+// save. The delay is 300 ms instead of 3 s to keep the run short; all the
+// lifetimes scale with it.
+//
+//	go test ./server/repl -run XXX -bench SelectiveSync -benchtime 1x -count 3
+func BenchmarkSelectiveSync(b *testing.B) {
+	const delay = 300 * time.Millisecond
+	run := func(classes string) (cpu time.Duration, records int64) {
+		cs, err := ParseDelayClasses(classes)
+		if err != nil {
+			b.Fatal(err)
+		}
+		a, _, applied, stop := pairWith(b, cs)
+		runtime.GC()
+		before := cpuTime()
+		runMix(a, delay)
+		for q := uint64(1); q > 0; { // until the stream is idle
+			time.Sleep(10 * time.Millisecond)
+			st, _ := a.senders["b"].status()
+			q = st.Queued
+		}
+		cpu, records = cpuTime()-before, applied.Load()
+		stop()
+		return cpu, records
+	}
+	for b.Loop() {
+		cpuNone, _ := run("all=any=never")
+		cpuOff, recOff := run("all=any=immediate")
+		cpuOn, recOn := run("test=tcp:5000=300ms;rest=any=immediate")
+		b.ReportMetric(1-float64(cpuOn-cpuNone)/float64(cpuOff-cpuNone), "cpu_saved_fraction")
+		b.ReportMetric(1-float64(recOn)/float64(recOff), "records_saved_fraction")
+		b.ReportMetric(1-float64(cpuOn)/float64(cpuOff), "process_cpu_saved_fraction")
+		b.ReportMetric(cpuNone.Seconds(), "cpu_s_publish_only")
+		b.ReportMetric(cpuOff.Seconds(), "cpu_s_off")
+		b.ReportMetric(cpuOn.Seconds(), "cpu_s_on")
+	}
 	b.ReportMetric(0, "ns/op")
 }
