@@ -37,53 +37,50 @@ var portsRequired = map[uint32]string{6: "TCP", 17: "UDP", 33: "DCCP", 132: "SCT
 // ParseKey validates a key from the API and canonicalises it. field prefixes
 // the field names in errors (for example "key" or "keys[3]").
 func ParseKey(k *pb.ConnKey, field string) (Key, error) {
-	if k == nil {
-		return "", &FieldError{field, "is required"}
-	}
-	if len(k.Zone) > MaxZoneLen {
-		return "", &FieldError{field + ".zone", fmt.Sprintf("is %d bytes, at most %d allowed", len(k.Zone), MaxZoneLen)}
-	}
-	if k.Protocol > 255 {
-		return "", &FieldError{field + ".protocol", fmt.Sprintf("%d is not an IP protocol number (0-255)", k.Protocol)}
-	}
-	src, err := parseAddr(k.SrcIp, field+".src_ip")
-	if err != nil {
-		return "", err
-	}
-	dst, err := parseAddr(k.DstIp, field+".dst_ip")
-	if err != nil {
-		return "", err
-	}
-	if src.Is4() != dst.Is4() {
-		return "", &FieldError{field + ".dst_ip", fmt.Sprintf("%s is not of the same address family as src_ip %s", dst, src)}
-	}
-	for _, p := range []struct {
-		name string
-		v    uint32
-	}{{".src_port", k.SrcPort}, {".dst_port", k.DstPort}} {
-		if p.v > 65535 {
-			return "", &FieldError{field + p.name, fmt.Sprintf("%d is not a port (0-65535)", p.v)}
-		}
-		if name, ok := portsRequired[k.Protocol]; ok && p.v == 0 {
-			return "", &FieldError{field + p.name, "must be non-zero for " + name}
-		}
-	}
-	key, _ := makeKey(k.Zone, uint8(k.Protocol), src, uint16(k.SrcPort), dst, uint16(k.DstPort))
-	return key, nil
+	key, _, err := parseKey(k, field)
+	return key, err
 }
 
 // ParseKeyDirection is ParseKey that also reports whether k runs the other
 // way from the canonical key (its source is the canonical key's second
 // endpoint), so the original direction can be restored (ProtoDirection).
 func ParseKeyDirection(k *pb.ConnKey, field string) (Key, bool, error) {
-	key, err := ParseKey(k, field)
+	return parseKey(k, field)
+}
+
+func parseKey(k *pb.ConnKey, field string) (Key, bool, error) {
+	if k == nil {
+		return "", false, &FieldError{field, "is required"}
+	}
+	if len(k.Zone) > MaxZoneLen {
+		return "", false, &FieldError{field + ".zone", fmt.Sprintf("is %d bytes, at most %d allowed", len(k.Zone), MaxZoneLen)}
+	}
+	if k.Protocol > 255 {
+		return "", false, &FieldError{field + ".protocol", fmt.Sprintf("%d is not an IP protocol number (0-255)", k.Protocol)}
+	}
+	src, err := parseAddr(k.SrcIp, field+".src_ip")
 	if err != nil {
 		return "", false, err
 	}
-	// ParseKey has validated both addresses.
-	src, _ := netip.ParseAddr(k.SrcIp)
-	dst, _ := netip.ParseAddr(k.DstIp)
-	_, swapped := makeKey(k.Zone, uint8(k.Protocol), src.Unmap(), uint16(k.SrcPort), dst.Unmap(), uint16(k.DstPort))
+	dst, err := parseAddr(k.DstIp, field+".dst_ip")
+	if err != nil {
+		return "", false, err
+	}
+	if src.Is4() != dst.Is4() {
+		return "", false, &FieldError{field + ".dst_ip", fmt.Sprintf("%s is not of the same address family as src_ip %s", dst, src)}
+	}
+	for _, p := range []struct {
+		name string
+		v    uint32
+	}{{".src_port", k.SrcPort}, {".dst_port", k.DstPort}} {
+		if p.v > 65535 {
+			return "", false, &FieldError{field + p.name, fmt.Sprintf("%d is not a port (0-65535)", p.v)}
+		}
+		if name, ok := portsRequired[k.Protocol]; ok && p.v == 0 {
+			return "", false, &FieldError{field + p.name, "must be non-zero for " + name}
+		}
+	}
+	key, swapped := makeKey(k.Zone, uint8(k.Protocol), src, uint16(k.SrcPort), dst, uint16(k.DstPort))
 	return key, swapped, nil
 }
 

@@ -75,8 +75,24 @@ func (p *publisher) stream(m *cluster.Member) pb.DataPlaneService_PublishClient 
 }
 
 // publish sends connections idx (with version byte v) to their primaries, in
-// batches, and returns how many were refused.
+// batches, and returns how many were refused. A batch with refusals is sent
+// again (to the primaries of the moment) for up to 5 s: right after a site
+// forms or a bucket moves, a primary may not be active yet (a firewall
+// learns that from WatchActivations); events sent twice just get a newer
+// version.
 func (p *publisher) publish(idx []int, v byte, typ pb.ConnEventType) int {
+	p.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		refused := p.publishOnce(idx, v, typ)
+		if refused == 0 || time.Now().After(deadline) {
+			return refused
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *publisher) publishOnce(idx []int, v byte, typ pb.ConnEventType) int {
 	p.t.Helper()
 	as := p.c.Assignments()
 	byMember := map[string][]int{}

@@ -70,8 +70,11 @@ func (r *Replicator) publishBatch(req *pb.PublishRequest) *pb.PublishResponse {
 		return resp
 	}
 	now := time.Now()
+	var buf []byte // reused to encode each state
 	for i, ev := range req.Events {
-		if code, msg := r.publishOne(i, ev, now); code != codes.OK {
+		var code codes.Code
+		var msg string
+		if code, msg, buf = r.publishOne(i, ev, now, buf); code != codes.OK {
 			refuse(resp, i, code, "%s", msg)
 			continue
 		}
@@ -81,36 +84,39 @@ func (r *Replicator) publishBatch(req *pb.PublishRequest) *pb.PublishResponse {
 	return resp
 }
 
-func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time) (codes.Code, string) {
-	field := fmt.Sprintf("events[%d]", i)
+// publishOne applies one event; buf is a scratch buffer, returned for reuse.
+// Field names in errors are built only when there is an error.
+func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []byte) (codes.Code, string, []byte) {
+	field := func() string { return fmt.Sprintf("events[%d]", i) }
 	if ev == nil || ev.State == nil || ev.State.Key == nil {
-		return codes.InvalidArgument, field + ".state.key: is required"
+		return codes.InvalidArgument, field() + ".state.key: is required", buf
 	}
-	key, reversed, err := fsm.ParseKeyDirection(ev.State.Key, field+".state.key")
+	key, reversed, err := fsm.ParseKeyDirection(ev.State.Key, "state.key")
 	if err != nil {
-		return codes.InvalidArgument, err.Error()
+		return codes.InvalidArgument, field() + "." + err.Error(), buf
 	}
 	b := key.Bucket(r.table.Buckets())
 	if !r.planOf(b).primary {
 		return codes.FailedPrecondition, fmt.Sprintf("%s: bucket %d of %s is not active on %s (its primary is another member, or this member holds no lease)",
-			field, b, key, r.self)
+			field(), b, key, r.self), buf
 	}
 	switch ev.Type {
 	case pb.ConnEventType_CONN_EVENT_TYPE_CREATED, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED:
 		st := ev.State
 		if len(st.Blob) > MaxBlobBytes {
-			return codes.InvalidArgument, fmt.Sprintf("%s.state.blob: %d bytes, at most %d", field, len(st.Blob), MaxBlobBytes)
+			return codes.InvalidArgument, fmt.Sprintf("%s.state.blob: %d bytes, at most %d", field(), len(st.Blob), MaxBlobBytes), buf
 		}
 		if len(st.TcpWindows) > 2 {
-			return codes.InvalidArgument, fmt.Sprintf("%s.state.tcp_windows: %d windows, at most 2 (original and reply direction)", field, len(st.TcpWindows))
+			return codes.InvalidArgument, fmt.Sprintf("%s.state.tcp_windows: %d windows, at most 2 (original and reply direction)", field(), len(st.TcpWindows)), buf
 		}
 		k, v := st.Key, st.Version
 		st.Key, st.Version = nil, 0 // stored apart: the canonical key is the table's, versions are ours
-		data, err := proto.Marshal(st)
+		buf, err = proto.MarshalOptions{}.MarshalAppend(buf[:0], st)
 		st.Key, st.Version = k, v
-		if err != nil || len(data) > MaxStateBytes {
-			return codes.InvalidArgument, fmt.Sprintf("%s.state: %d bytes encoded, at most %d", field, len(data), MaxStateBytes)
+		if err != nil || len(buf) > MaxStateBytes {
+			return codes.InvalidArgument, fmt.Sprintf("%s.state: %d bytes encoded, at most %d", field(), len(buf), MaxStateBytes), buf
 		}
+		data := buf
 		var delay time.Duration
 		cur, _, _ := r.table.UpdateFunc(b, key, now.UnixNano(), func(prev conntable.Record, existed bool) (conntable.Record, bool) {
 			pending := existed && prev.Pending
@@ -134,9 +140,9 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time) (codes.C
 			r.mark(b, key)
 		}
 	default:
-		return codes.InvalidArgument, fmt.Sprintf("%s.type: %v is not CREATED, UPDATED or CLOSED", field, ev.Type)
+		return codes.InvalidArgument, fmt.Sprintf("%s.type: %v is not CREATED, UPDATED or CLOSED", field(), ev.Type), buf
 	}
-	return codes.OK, ""
+	return codes.OK, "", buf
 }
 
 // states decodes a bucket's records for the firewall.
