@@ -112,7 +112,9 @@ func write(r *Replicator, k fsm.Key, state string) {
 	r.mark(b, k)
 }
 
-func TestPair_ReplicatesAndCoalesces(t *testing.T) {
+// TestPair_ReplicatesLatestVersion: 20 updates of 1,000 connections end at the
+// backup at their last version (whether or not some coalesced on the way).
+func TestPair_ReplicatesLatestVersion(t *testing.T) {
 	a, b, _ := pair(t)
 	keys := make([]fsm.Key, 1000)
 	for i := range keys {
