@@ -195,8 +195,9 @@ func TestCluster_WrongSiteAbdicates(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := cl.Claim(ctx, key(1), "m0"); err != nil {
-		t.Fatalf("claim after the misconfigured member abdicated: %v", err)
+	healthy := c.Leader().ID // never bad: checked above
+	if _, err := cl.Claim(ctx, key(1), healthy); err != nil {
+		t.Fatalf("claim for %s after the misconfigured %s abdicated: %v", healthy, bad.ID, err)
 	}
 	if bad.Server.IsLeader() {
 		t.Fatalf("misconfigured %s became a ready leader", bad.ID)
