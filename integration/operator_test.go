@@ -186,16 +186,18 @@ func TestCluster_WrongSiteAbdicates(t *testing.T) {
 		t.Fatalf("transfer to %s: %v", bad.ID, err)
 	}
 	// A healthy leader takes over and writes go on.
+	var healthy string
 	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		if bad.Server.IsLeader() {
 			return fmt.Errorf("misconfigured %s reports ready", bad.ID)
 		}
-		if l := c.Leader(); l == nil || l == bad {
+		l := c.Leader()
+		if l == nil || l == bad {
 			return fmt.Errorf("no healthy ready leader")
 		}
+		healthy = l.ID
 		return nil
 	})
-	healthy := c.Leader().ID // never bad: checked above
 	if _, err := cl.Claim(ctx, key(1), healthy); err != nil {
 		t.Fatalf("claim for %s after the misconfigured %s abdicated: %v", healthy, bad.ID, err)
 	}
