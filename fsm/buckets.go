@@ -74,7 +74,8 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 		cur := &st.buckets[b.Bucket]
 		next := Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
 			Epoch: cur.Epoch, BackupSynced: b.BackupSynced, Revision: index,
-			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary}
+			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary,
+			RemoteCopySynced: cur.RemoteCopySynced && b.Primary == cur.Primary}
 		if next.Primary != cur.Primary || next.LocalBackup != cur.LocalBackup || next.RemoteBackup != cur.RemoteBackup ||
 			next.Incoming != cur.Incoming {
 			next.Epoch = index
@@ -110,6 +111,8 @@ func (st *state) markSynced(index uint64, op *ipb.MarkSyncedOp) Result {
 			b.BackupSynced = true
 		case b.Incoming == op.MemberId && !b.IncomingSynced:
 			b.IncomingSynced = true
+		case st.standby && b.Primary == op.MemberId && !b.RemoteCopySynced:
+			b.RemoteCopySynced = true
 		default:
 			continue
 		}
@@ -155,11 +158,13 @@ func (f *FSM) ChangedSince(rev uint64) (buckets []uint32, as []Assignment, appli
 func (a Assignment) Proto(b uint32) *pb.Assignment {
 	return &pb.Assignment{Bucket: b, Primary: a.Primary, LocalBackup: a.LocalBackup, RemoteBackup: a.RemoteBackup,
 		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Revision: a.Revision,
-		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
+		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary,
+		RemoteCopySynced: a.RemoteCopySynced}
 }
 
 func (a Assignment) record(b uint32) *ipb.BucketRecord {
 	return &ipb.BucketRecord{Bucket: b, Primary: a.Primary, LocalBackup: a.LocalBackup, RemoteBackup: a.RemoteBackup,
 		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Revision: a.Revision,
-		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
+		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary,
+		RemoteCopySynced: a.RemoteCopySynced}
 }

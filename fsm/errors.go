@@ -56,6 +56,9 @@ var (
 	// ErrAssignmentChanged: a reassignment was planned from a revision the
 	// bucket no longer has; plan again from the current state.
 	ErrAssignmentChanged = &Error{13, "fsm: assignment changed since it was read"}
+	// ErrSiteMode: the site is in the requested mode (active or standby)
+	// already.
+	ErrSiteMode = &Error{14, "fsm: site mode unchanged"}
 )
 
 var byCode = map[Code]*Error{}
@@ -63,7 +66,7 @@ var byCode = map[Code]*Error{}
 func init() {
 	for _, e := range []*Error{ErrClaimConflict, ErrNotClaimed, ErrEpochMismatch, ErrLockHeld,
 		ErrLockNotHeld, ErrTokenMismatch, ErrUnknownMember, ErrMemberNotAlive, ErrSiteMismatch,
-		ErrSiteNotInitialised, ErrInvalid, ErrStaleRequest, ErrAssignmentChanged} {
+		ErrSiteNotInitialised, ErrInvalid, ErrStaleRequest, ErrAssignmentChanged, ErrSiteMode} {
 		byCode[e.Code] = e
 	}
 }

@@ -52,6 +52,9 @@ type Assignment struct {
 	Incoming        string
 	IncomingSynced  bool
 	IncomingPrimary bool
+	// RemoteCopySynced: on a standby site, the primary holds the active
+	// site's full sync of the bucket (it is the bucket's remote backup).
+	RemoteCopySynced bool
 }
 
 // Claim is an explicit ownership record.
@@ -82,6 +85,8 @@ type state struct {
 	lastToken   uint64 // last fencing token or claim epoch handed out
 	now         int64  // largest entry time applied (Unix nanoseconds)
 	lastSweep   int64  // log time of the last expiry sweep
+	standby     bool   // a standby site acts for no bucket (see SetSiteModeOp)
+	siteEpoch   uint64 // index of the last SetSiteModeOp
 	applied     uint64 // index of the last applied entry
 	// topologyChanged is set by an entry that changes members or
 	// assignments, so watchers are woken once it is applied. Not part of
@@ -237,6 +242,8 @@ func (st *state) applyOp(index uint64, op *ipb.Op) Result {
 		return st.reassign(index, o.Reassign)
 	case *ipb.Op_MarkSynced:
 		return st.markSynced(index, o.MarkSynced)
+	case *ipb.Op_SetSiteMode:
+		return st.setSiteMode(index, o.SetSiteMode)
 	case *ipb.Op_Claim:
 		return st.claim(mustKey(o.Claim.Key), o.Claim.MemberId)
 	case *ipb.Op_Release:
@@ -297,6 +304,10 @@ type Stats struct {
 	Sessions    int
 	Applied     uint64
 	Now         int64
+	// Standby: the site acts for no bucket; SiteEpoch: index of its last
+	// activation or deactivation.
+	Standby   bool
+	SiteEpoch uint64
 }
 
 // Stats returns a summary of the state.
@@ -305,7 +316,7 @@ func (f *FSM) Stats() Stats {
 	defer f.mu.RUnlock()
 	st := f.st
 	return Stats{st.site, st.bucketCount, len(st.members), st.claims.len(), len(st.locks),
-		len(st.sessions), st.applied, st.now}
+		len(st.sessions), st.applied, st.now, st.standby, st.siteEpoch}
 }
 
 // Snapshot implements raft.FSM: it copies the state so Persist can run while

@@ -40,9 +40,36 @@ func (st *state) initSite(op *ipb.InitSiteOp) Result {
 		}
 		return Result{}
 	}
-	st.site, st.bucketCount = op.Site, op.BucketCount
+	st.site, st.bucketCount, st.standby = op.Site, op.BucketCount, op.Standby
 	st.buckets = make([]Assignment, op.BucketCount)
 	return Result{}
+}
+
+// setSiteMode activates a standby site or makes an active one standby: every
+// bucket changes hands in effect, so every epoch becomes index. Setting the
+// mode the site already has is refused (a retried failover must not bump
+// the epochs twice). Result.Epoch is the new site epoch.
+func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
+	if st.site == "" {
+		return Result{Err: ErrSiteNotInitialised}
+	}
+	if st.standby == op.Standby {
+		mode := "active"
+		if st.standby {
+			mode = "standby"
+		}
+		return Result{Err: errorf(ErrSiteMode, "site %s is %s already (site epoch %d)", st.site, mode, st.siteEpoch)}
+	}
+	st.standby, st.siteEpoch = op.Standby, index
+	for i := range st.buckets {
+		a := &st.buckets[i]
+		a.Epoch, a.Revision = index, index
+		if op.Standby {
+			a.RemoteCopySynced = false
+		}
+	}
+	st.topologyChanged = true
+	return Result{Epoch: index}
 }
 
 func (st *state) registerMember(index uint64, op *ipb.RegisterMemberOp) Result {

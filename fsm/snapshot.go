@@ -85,7 +85,8 @@ func (st *state) writeTo(w io.Writer) error {
 		}
 	}
 	emit(&ipb.SnapshotHeader{Version: snapshotVersion, Site: st.site, BucketCount: st.bucketCount,
-		LastToken: st.lastToken, NowUnixNano: st.now, AppliedIndex: st.applied, LastSweepUnixNano: st.lastSweep})
+		LastToken: st.lastToken, NowUnixNano: st.now, AppliedIndex: st.applied, LastSweepUnixNano: st.lastSweep,
+		Standby: st.standby, SiteEpoch: st.siteEpoch})
 	for _, id := range sortedKeys(st.members) {
 		m := st.members[id]
 		emit(m.Proto())
@@ -194,6 +195,7 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		}
 		st.site, st.bucketCount, st.lastToken = h.Site, h.BucketCount, h.LastToken
 		st.now, st.lastSweep, st.applied = h.NowUnixNano, h.LastSweepUnixNano, h.AppliedIndex
+		st.standby, st.siteEpoch = h.Standby, h.SiteEpoch
 		st.buckets = make([]Assignment, h.BucketCount)
 	case *ipb.SnapshotRecord_Member:
 		m := r.Member
@@ -205,7 +207,8 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		}
 		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
 			Epoch: b.Epoch, BackupSynced: b.BackupSynced, Revision: b.Revision,
-			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary}
+			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary,
+			RemoteCopySynced: b.RemoteCopySynced}
 	case *ipb.SnapshotRecord_Claim:
 		k, err := KeyFromBytes(r.Claim.Key)
 		if err != nil {

@@ -36,6 +36,7 @@ var codeFor = map[*fsm.Error]codes.Code{
 	fsm.ErrSiteMismatch:       codes.FailedPrecondition,
 	fsm.ErrStaleRequest:       codes.FailedPrecondition,
 	fsm.ErrAssignmentChanged:  codes.Aborted,
+	fsm.ErrSiteMode:           codes.FailedPrecondition,
 	fsm.ErrNotClaimed:         codes.NotFound,
 	fsm.ErrLockNotHeld:        codes.NotFound,
 	fsm.ErrSiteNotInitialised: codes.Unavailable,

@@ -254,8 +254,11 @@ type PublishResponse struct {
 	// has been acknowledged by the backups of its bucket (events held back by
 	// a delay class are sent once their delay has passed).
 	ReplicatedThrough uint64 `protobuf:"varint,5,opt,name=replicated_through,json=replicatedThrough,proto3" json:"replicated_through,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Like replicated_through, counting the remote backups on the standby
+	// site too (equal to it when no site links to this one).
+	SiteReplicatedThrough uint64 `protobuf:"varint,6,opt,name=site_replicated_through,json=siteReplicatedThrough,proto3" json:"site_replicated_through,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *PublishResponse) Reset() {
@@ -319,6 +322,13 @@ func (x *PublishResponse) GetErrors() []*EventError {
 func (x *PublishResponse) GetReplicatedThrough() uint64 {
 	if x != nil {
 		return x.ReplicatedThrough
+	}
+	return 0
+}
+
+func (x *PublishResponse) GetSiteReplicatedThrough() uint64 {
+	if x != nil {
+		return x.SiteReplicatedThrough
 	}
 	return 0
 }
@@ -560,13 +570,14 @@ const file_connsync_v1_dataplane_proto_rawDesc = "" +
 	"EventError\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xb9\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xf1\x01\n" +
 	"\x0fPublishResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\rR\baccepted\x12\x18\n" +
 	"\arefused\x18\x03 \x01(\rR\arefused\x12/\n" +
 	"\x06errors\x18\x04 \x03(\v2\x17.connsync.v1.EventErrorR\x06errors\x12-\n" +
-	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\"\x19\n" +
+	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\x126\n" +
+	"\x17site_replicated_through\x18\x06 \x01(\x04R\x15siteReplicatedThrough\"\x19\n" +
 	"\x17WatchActivationsRequest\"\xa4\x01\n" +
 	"\x18WatchActivationsResponse\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x14\n" +

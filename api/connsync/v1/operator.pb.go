@@ -21,6 +21,331 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SiteFailoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The site to activate; must be the answering member's site (a guard
+	// against sending the command to the wrong site).
+	Site          string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	DryRun        bool   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteFailoverRequest) Reset() {
+	*x = SiteFailoverRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteFailoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteFailoverRequest) ProtoMessage() {}
+
+func (x *SiteFailoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteFailoverRequest.ProtoReflect.Descriptor instead.
+func (*SiteFailoverRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SiteFailoverRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteFailoverRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type SiteFailoverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Site  string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	// Buckets made active (or that would be, on a dry run).
+	Buckets uint32 `protobuf:"varint,2,opt,name=buckets,proto3" json:"buckets,omitempty"`
+	// Of those, how many had a complete remote copy (remote_copy_synced); the
+	// others activate with what their primary holds.
+	BucketsSynced uint32 `protobuf:"varint,3,opt,name=buckets_synced,json=bucketsSynced,proto3" json:"buckets_synced,omitempty"`
+	// The new site epoch (0 on a dry run).
+	SiteEpoch     uint64 `protobuf:"varint,4,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
+	DryRun        bool   `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteFailoverResponse) Reset() {
+	*x = SiteFailoverResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteFailoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteFailoverResponse) ProtoMessage() {}
+
+func (x *SiteFailoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteFailoverResponse.ProtoReflect.Descriptor instead.
+func (*SiteFailoverResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SiteFailoverResponse) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteFailoverResponse) GetBuckets() uint32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return 0
+}
+
+func (x *SiteFailoverResponse) GetBucketsSynced() uint32 {
+	if x != nil {
+		return x.BucketsSynced
+	}
+	return 0
+}
+
+func (x *SiteFailoverResponse) GetSiteEpoch() uint64 {
+	if x != nil {
+		return x.SiteEpoch
+	}
+	return 0
+}
+
+func (x *SiteFailoverResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type SitesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SitesRequest) Reset() {
+	*x = SitesRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SitesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SitesRequest) ProtoMessage() {}
+
+func (x *SitesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SitesRequest.ProtoReflect.Descriptor instead.
+func (*SitesRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{2}
+}
+
+type SitesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sites         []*SiteInfo            `protobuf:"bytes,1,rep,name=sites,proto3" json:"sites,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SitesResponse) Reset() {
+	*x = SitesResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SitesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SitesResponse) ProtoMessage() {}
+
+func (x *SitesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SitesResponse.ProtoReflect.Descriptor instead.
+func (*SitesResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SitesResponse) GetSites() []*SiteInfo {
+	if x != nil {
+		return x.Sites
+	}
+	return nil
+}
+
+type SiteInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// This member's own site.
+	Local    bool     `protobuf:"varint,2,opt,name=local,proto3" json:"local,omitempty"`
+	Standby  bool     `protobuf:"varint,3,opt,name=standby,proto3" json:"standby,omitempty"`
+	LeaderId string   `protobuf:"bytes,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Members  []string `protobuf:"bytes,5,rep,name=members,proto3" json:"members,omitempty"`
+	// Whether this member's link to the site works, and its last round trip.
+	Reachable bool   `protobuf:"varint,6,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	RttUs     int64  `protobuf:"varint,7,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`
+	Error     string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	// Buckets whose remote backup the peer site holds with a complete copy.
+	RemoteCopiesSynced uint32 `protobuf:"varint,9,opt,name=remote_copies_synced,json=remoteCopiesSynced,proto3" json:"remote_copies_synced,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *SiteInfo) Reset() {
+	*x = SiteInfo{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteInfo) ProtoMessage() {}
+
+func (x *SiteInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteInfo.ProtoReflect.Descriptor instead.
+func (*SiteInfo) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SiteInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SiteInfo) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
+func (x *SiteInfo) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
+func (x *SiteInfo) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *SiteInfo) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *SiteInfo) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *SiteInfo) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
+func (x *SiteInfo) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *SiteInfo) GetRemoteCopiesSynced() uint32 {
+	if x != nil {
+		return x.RemoteCopiesSynced
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -29,7 +354,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -41,7 +366,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -54,7 +379,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
 }
 
 type StatusResponse struct {
@@ -86,14 +411,20 @@ type StatusResponse struct {
 	// valid and its state machine has caught up with the lease grant).
 	ActiveBuckets uint32 `protobuf:"varint,17,opt,name=active_buckets,json=activeBuckets,proto3" json:"active_buckets,omitempty"`
 	// Gossip address, "" without gossip.
-	GossipAddr    string `protobuf:"bytes,18,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	GossipAddr string `protobuf:"bytes,18,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// A standby site acts for no bucket: its members hold the remote backups
+	// of the active site's buckets (each bucket's primary holds its copy) until
+	// a site failover activates it.
+	Standby bool `protobuf:"varint,19,opt,name=standby,proto3" json:"standby,omitempty"`
+	// Raft index of the site's last activation or deactivation (0: never).
+	SiteEpoch     uint64 `protobuf:"varint,20,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +436,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +449,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusResponse) GetMemberId() string {
@@ -247,6 +578,20 @@ func (x *StatusResponse) GetGossipAddr() string {
 	return ""
 }
 
+func (x *StatusResponse) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
+func (x *StatusResponse) GetSiteEpoch() uint64 {
+	if x != nil {
+		return x.SiteEpoch
+	}
+	return 0
+}
+
 type ListMembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Consistency   ReadConsistency        `protobuf:"varint,1,opt,name=consistency,proto3,enum=connsync.v1.ReadConsistency" json:"consistency,omitempty"`
@@ -256,7 +601,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +613,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +626,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{2}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListMembersRequest) GetConsistency() ReadConsistency {
@@ -303,7 +648,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -315,7 +660,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -328,7 +673,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{3}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -367,7 +712,7 @@ type MemberDetail struct {
 
 func (x *MemberDetail) Reset() {
 	*x = MemberDetail{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +724,7 @@ func (x *MemberDetail) String() string {
 func (*MemberDetail) ProtoMessage() {}
 
 func (x *MemberDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +737,7 @@ func (x *MemberDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberDetail.ProtoReflect.Descriptor instead.
 func (*MemberDetail) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MemberDetail) GetMemberId() string {
@@ -468,7 +813,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +825,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +838,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JoinRequest) GetMemberId() string {
@@ -561,7 +906,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +918,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +931,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JoinResponse) GetMember() *Member {
@@ -605,7 +950,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +962,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +975,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveMemberRequest) GetMemberId() string {
@@ -648,7 +993,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +1005,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +1018,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 type ListRaftPeersRequest struct {
@@ -684,7 +1029,7 @@ type ListRaftPeersRequest struct {
 
 func (x *ListRaftPeersRequest) Reset() {
 	*x = ListRaftPeersRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -696,7 +1041,7 @@ func (x *ListRaftPeersRequest) String() string {
 func (*ListRaftPeersRequest) ProtoMessage() {}
 
 func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -709,7 +1054,7 @@ func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{14}
 }
 
 // RaftPeer is one server of the Raft configuration.
@@ -726,7 +1071,7 @@ type RaftPeer struct {
 
 func (x *RaftPeer) Reset() {
 	*x = RaftPeer{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +1083,7 @@ func (x *RaftPeer) String() string {
 func (*RaftPeer) ProtoMessage() {}
 
 func (x *RaftPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +1096,7 @@ func (x *RaftPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftPeer.ProtoReflect.Descriptor instead.
 func (*RaftPeer) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RaftPeer) GetId() string {
@@ -791,7 +1136,7 @@ type ListRaftPeersResponse struct {
 
 func (x *ListRaftPeersResponse) Reset() {
 	*x = ListRaftPeersResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +1148,7 @@ func (x *ListRaftPeersResponse) String() string {
 func (*ListRaftPeersResponse) ProtoMessage() {}
 
 func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +1161,7 @@ func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListRaftPeersResponse) GetPeers() []*RaftPeer {
@@ -835,7 +1180,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +1192,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +1205,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TransferLeadershipRequest) GetMemberId() string {
@@ -879,7 +1224,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[13]
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1236,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[13]
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1249,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{13}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -924,7 +1269,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1281,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1294,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{14}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -971,7 +1316,7 @@ type BucketMove struct {
 
 func (x *BucketMove) Reset() {
 	*x = BucketMove{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1328,7 @@ func (x *BucketMove) String() string {
 func (*BucketMove) ProtoMessage() {}
 
 func (x *BucketMove) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1341,7 @@ func (x *BucketMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketMove.ProtoReflect.Descriptor instead.
 func (*BucketMove) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{15}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *BucketMove) GetBucket() uint32 {
@@ -1035,7 +1380,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1392,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1405,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{16}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RebalanceResponse) GetMoves() []*BucketMove {
@@ -1100,7 +1445,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1457,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1470,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{17}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DrainRequest) GetMemberId() string {
@@ -1144,7 +1489,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1501,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1514,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{18}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainResponse) GetMember() *Member {
@@ -1187,7 +1532,7 @@ type SyncStatusRequest struct {
 
 func (x *SyncStatusRequest) Reset() {
 	*x = SyncStatusRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	mi := &file_connsync_v1_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1544,7 @@ func (x *SyncStatusRequest) String() string {
 func (*SyncStatusRequest) ProtoMessage() {}
 
 func (x *SyncStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	mi := &file_connsync_v1_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1557,7 @@ func (x *SyncStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncStatusRequest.ProtoReflect.Descriptor instead.
 func (*SyncStatusRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{19}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{24}
 }
 
 // ReplicationStream is one stream from this member to a backup.
@@ -1231,7 +1576,7 @@ type ReplicationStream struct {
 
 func (x *ReplicationStream) Reset() {
 	*x = ReplicationStream{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	mi := &file_connsync_v1_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1588,7 @@ func (x *ReplicationStream) String() string {
 func (*ReplicationStream) ProtoMessage() {}
 
 func (x *ReplicationStream) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	mi := &file_connsync_v1_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1601,7 @@ func (x *ReplicationStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStream.ProtoReflect.Descriptor instead.
 func (*ReplicationStream) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{20}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplicationStream) GetTarget() string {
@@ -1319,7 +1664,7 @@ type FullSync struct {
 
 func (x *FullSync) Reset() {
 	*x = FullSync{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	mi := &file_connsync_v1_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1676,7 @@ func (x *FullSync) String() string {
 func (*FullSync) ProtoMessage() {}
 
 func (x *FullSync) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	mi := &file_connsync_v1_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1689,7 @@ func (x *FullSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FullSync.ProtoReflect.Descriptor instead.
 func (*FullSync) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{21}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FullSync) GetBucket() uint32 {
@@ -1412,7 +1757,7 @@ type DelayClass struct {
 
 func (x *DelayClass) Reset() {
 	*x = DelayClass{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	mi := &file_connsync_v1_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1769,7 @@ func (x *DelayClass) String() string {
 func (*DelayClass) ProtoMessage() {}
 
 func (x *DelayClass) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	mi := &file_connsync_v1_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1782,7 @@ func (x *DelayClass) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelayClass.ProtoReflect.Descriptor instead.
 func (*DelayClass) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{22}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DelayClass) GetName() string {
@@ -1490,7 +1835,7 @@ type SyncStatusResponse struct {
 
 func (x *SyncStatusResponse) Reset() {
 	*x = SyncStatusResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	mi := &file_connsync_v1_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1502,7 +1847,7 @@ func (x *SyncStatusResponse) String() string {
 func (*SyncStatusResponse) ProtoMessage() {}
 
 func (x *SyncStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	mi := &file_connsync_v1_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1515,7 +1860,7 @@ func (x *SyncStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncStatusResponse.ProtoReflect.Descriptor instead.
 func (*SyncStatusResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{23}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SyncStatusResponse) GetMemberId() string {
@@ -1592,8 +1937,31 @@ var File_connsync_v1_operator_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\n" +
-	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\"\x0f\n" +
-	"\rStatusRequest\"\xd6\x04\n" +
+	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\"B\n" +
+	"\x13SiteFailoverRequest\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xa3\x01\n" +
+	"\x14SiteFailoverResponse\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x18\n" +
+	"\abuckets\x18\x02 \x01(\rR\abuckets\x12%\n" +
+	"\x0ebuckets_synced\x18\x03 \x01(\rR\rbucketsSynced\x12\x1d\n" +
+	"\n" +
+	"site_epoch\x18\x04 \x01(\x04R\tsiteEpoch\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"\x0e\n" +
+	"\fSitesRequest\"<\n" +
+	"\rSitesResponse\x12+\n" +
+	"\x05sites\x18\x01 \x03(\v2\x15.connsync.v1.SiteInfoR\x05sites\"\x82\x02\n" +
+	"\bSiteInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05local\x18\x02 \x01(\bR\x05local\x12\x18\n" +
+	"\astandby\x18\x03 \x01(\bR\astandby\x12\x1b\n" +
+	"\tleader_id\x18\x04 \x01(\tR\bleaderId\x12\x18\n" +
+	"\amembers\x18\x05 \x03(\tR\amembers\x12\x1c\n" +
+	"\treachable\x18\x06 \x01(\bR\treachable\x12\x15\n" +
+	"\x06rtt_us\x18\a \x01(\x03R\x05rttUs\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\x120\n" +
+	"\x14remote_copies_synced\x18\t \x01(\rR\x12remoteCopiesSynced\"\x0f\n" +
+	"\rStatusRequest\"\x8f\x05\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1d\n" +
@@ -1618,7 +1986,10 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"leaseValid\x12%\n" +
 	"\x0eactive_buckets\x18\x11 \x01(\rR\ractiveBuckets\x12\x1f\n" +
 	"\vgossip_addr\x18\x12 \x01(\tR\n" +
-	"gossipAddr\"T\n" +
+	"gossipAddr\x12\x18\n" +
+	"\astandby\x18\x13 \x01(\bR\astandby\x12\x1d\n" +
+	"\n" +
+	"site_epoch\x18\x14 \x01(\x04R\tsiteEpoch\"T\n" +
 	"\x12ListMembersRequest\x12>\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"y\n" +
 	"\x13ListMembersResponse\x12-\n" +
@@ -1713,7 +2084,7 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\rdelay_classes\x18\b \x03(\v2\x17.connsync.v1.DelayClassR\fdelayClasses\x12\x18\n" +
 	"\adelayed\x18\t \x01(\x04R\adelayed\x12\x18\n" +
 	"\arefused\x18\n" +
-	" \x01(\x04R\arefused2\xd2\x05\n" +
+	" \x01(\x04R\arefused2\xe7\x06\n" +
 	"\x0fOperatorService\x12A\n" +
 	"\x06Status\x12\x1a.connsync.v1.StatusRequest\x1a\x1b.connsync.v1.StatusResponse\x12P\n" +
 	"\vListMembers\x12\x1f.connsync.v1.ListMembersRequest\x1a .connsync.v1.ListMembersResponse\x12;\n" +
@@ -1724,7 +2095,9 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\tRebalance\x12\x1d.connsync.v1.RebalanceRequest\x1a\x1e.connsync.v1.RebalanceResponse\x12>\n" +
 	"\x05Drain\x12\x19.connsync.v1.DrainRequest\x1a\x1a.connsync.v1.DrainResponse\x12M\n" +
 	"\n" +
-	"SyncStatus\x12\x1e.connsync.v1.SyncStatusRequest\x1a\x1f.connsync.v1.SyncStatusResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"SyncStatus\x12\x1e.connsync.v1.SyncStatusRequest\x1a\x1f.connsync.v1.SyncStatusResponse\x12S\n" +
+	"\fSiteFailover\x12 .connsync.v1.SiteFailoverRequest\x1a!.connsync.v1.SiteFailoverResponse\x12>\n" +
+	"\x05Sites\x12\x19.connsync.v1.SitesRequest\x1a\x1a.connsync.v1.SitesResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_operator_proto_rawDescOnce sync.Once
@@ -1738,71 +2111,81 @@ func file_connsync_v1_operator_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_operator_proto_rawDescData
 }
 
-var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_connsync_v1_operator_proto_goTypes = []any{
-	(*StatusRequest)(nil),              // 0: connsync.v1.StatusRequest
-	(*StatusResponse)(nil),             // 1: connsync.v1.StatusResponse
-	(*ListMembersRequest)(nil),         // 2: connsync.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),        // 3: connsync.v1.ListMembersResponse
-	(*MemberDetail)(nil),               // 4: connsync.v1.MemberDetail
-	(*JoinRequest)(nil),                // 5: connsync.v1.JoinRequest
-	(*JoinResponse)(nil),               // 6: connsync.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 7: connsync.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 8: connsync.v1.RemoveMemberResponse
-	(*ListRaftPeersRequest)(nil),       // 9: connsync.v1.ListRaftPeersRequest
-	(*RaftPeer)(nil),                   // 10: connsync.v1.RaftPeer
-	(*ListRaftPeersResponse)(nil),      // 11: connsync.v1.ListRaftPeersResponse
-	(*TransferLeadershipRequest)(nil),  // 12: connsync.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 13: connsync.v1.TransferLeadershipResponse
-	(*RebalanceRequest)(nil),           // 14: connsync.v1.RebalanceRequest
-	(*BucketMove)(nil),                 // 15: connsync.v1.BucketMove
-	(*RebalanceResponse)(nil),          // 16: connsync.v1.RebalanceResponse
-	(*DrainRequest)(nil),               // 17: connsync.v1.DrainRequest
-	(*DrainResponse)(nil),              // 18: connsync.v1.DrainResponse
-	(*SyncStatusRequest)(nil),          // 19: connsync.v1.SyncStatusRequest
-	(*ReplicationStream)(nil),          // 20: connsync.v1.ReplicationStream
-	(*FullSync)(nil),                   // 21: connsync.v1.FullSync
-	(*DelayClass)(nil),                 // 22: connsync.v1.DelayClass
-	(*SyncStatusResponse)(nil),         // 23: connsync.v1.SyncStatusResponse
-	(ReadConsistency)(0),               // 24: connsync.v1.ReadConsistency
-	(*Member)(nil),                     // 25: connsync.v1.Member
-	(*BucketEpoch)(nil),                // 26: connsync.v1.BucketEpoch
+	(*SiteFailoverRequest)(nil),        // 0: connsync.v1.SiteFailoverRequest
+	(*SiteFailoverResponse)(nil),       // 1: connsync.v1.SiteFailoverResponse
+	(*SitesRequest)(nil),               // 2: connsync.v1.SitesRequest
+	(*SitesResponse)(nil),              // 3: connsync.v1.SitesResponse
+	(*SiteInfo)(nil),                   // 4: connsync.v1.SiteInfo
+	(*StatusRequest)(nil),              // 5: connsync.v1.StatusRequest
+	(*StatusResponse)(nil),             // 6: connsync.v1.StatusResponse
+	(*ListMembersRequest)(nil),         // 7: connsync.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),        // 8: connsync.v1.ListMembersResponse
+	(*MemberDetail)(nil),               // 9: connsync.v1.MemberDetail
+	(*JoinRequest)(nil),                // 10: connsync.v1.JoinRequest
+	(*JoinResponse)(nil),               // 11: connsync.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 12: connsync.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 13: connsync.v1.RemoveMemberResponse
+	(*ListRaftPeersRequest)(nil),       // 14: connsync.v1.ListRaftPeersRequest
+	(*RaftPeer)(nil),                   // 15: connsync.v1.RaftPeer
+	(*ListRaftPeersResponse)(nil),      // 16: connsync.v1.ListRaftPeersResponse
+	(*TransferLeadershipRequest)(nil),  // 17: connsync.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 18: connsync.v1.TransferLeadershipResponse
+	(*RebalanceRequest)(nil),           // 19: connsync.v1.RebalanceRequest
+	(*BucketMove)(nil),                 // 20: connsync.v1.BucketMove
+	(*RebalanceResponse)(nil),          // 21: connsync.v1.RebalanceResponse
+	(*DrainRequest)(nil),               // 22: connsync.v1.DrainRequest
+	(*DrainResponse)(nil),              // 23: connsync.v1.DrainResponse
+	(*SyncStatusRequest)(nil),          // 24: connsync.v1.SyncStatusRequest
+	(*ReplicationStream)(nil),          // 25: connsync.v1.ReplicationStream
+	(*FullSync)(nil),                   // 26: connsync.v1.FullSync
+	(*DelayClass)(nil),                 // 27: connsync.v1.DelayClass
+	(*SyncStatusResponse)(nil),         // 28: connsync.v1.SyncStatusResponse
+	(ReadConsistency)(0),               // 29: connsync.v1.ReadConsistency
+	(*Member)(nil),                     // 30: connsync.v1.Member
+	(*BucketEpoch)(nil),                // 31: connsync.v1.BucketEpoch
 }
 var file_connsync_v1_operator_proto_depIdxs = []int32{
-	24, // 0: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
-	25, // 1: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
-	4,  // 2: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
-	25, // 3: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
-	10, // 4: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
-	15, // 5: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
-	25, // 6: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
-	20, // 7: connsync.v1.SyncStatusResponse.streams:type_name -> connsync.v1.ReplicationStream
-	21, // 8: connsync.v1.SyncStatusResponse.sending:type_name -> connsync.v1.FullSync
-	26, // 9: connsync.v1.SyncStatusResponse.waiting:type_name -> connsync.v1.BucketEpoch
-	22, // 10: connsync.v1.SyncStatusResponse.delay_classes:type_name -> connsync.v1.DelayClass
-	0,  // 11: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
-	2,  // 12: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
-	5,  // 13: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
-	7,  // 14: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
-	9,  // 15: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
-	12, // 16: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
-	14, // 17: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
-	17, // 18: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
-	19, // 19: connsync.v1.OperatorService.SyncStatus:input_type -> connsync.v1.SyncStatusRequest
-	1,  // 20: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
-	3,  // 21: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
-	6,  // 22: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
-	8,  // 23: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
-	11, // 24: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
-	13, // 25: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
-	16, // 26: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
-	18, // 27: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
-	23, // 28: connsync.v1.OperatorService.SyncStatus:output_type -> connsync.v1.SyncStatusResponse
-	20, // [20:29] is the sub-list for method output_type
-	11, // [11:20] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 0: connsync.v1.SitesResponse.sites:type_name -> connsync.v1.SiteInfo
+	29, // 1: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	30, // 2: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
+	9,  // 3: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
+	30, // 4: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
+	15, // 5: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
+	20, // 6: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
+	30, // 7: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
+	25, // 8: connsync.v1.SyncStatusResponse.streams:type_name -> connsync.v1.ReplicationStream
+	26, // 9: connsync.v1.SyncStatusResponse.sending:type_name -> connsync.v1.FullSync
+	31, // 10: connsync.v1.SyncStatusResponse.waiting:type_name -> connsync.v1.BucketEpoch
+	27, // 11: connsync.v1.SyncStatusResponse.delay_classes:type_name -> connsync.v1.DelayClass
+	5,  // 12: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
+	7,  // 13: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
+	10, // 14: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
+	12, // 15: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
+	14, // 16: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
+	17, // 17: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
+	19, // 18: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
+	22, // 19: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
+	24, // 20: connsync.v1.OperatorService.SyncStatus:input_type -> connsync.v1.SyncStatusRequest
+	0,  // 21: connsync.v1.OperatorService.SiteFailover:input_type -> connsync.v1.SiteFailoverRequest
+	2,  // 22: connsync.v1.OperatorService.Sites:input_type -> connsync.v1.SitesRequest
+	6,  // 23: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
+	8,  // 24: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
+	11, // 25: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
+	13, // 26: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
+	16, // 27: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
+	18, // 28: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
+	21, // 29: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
+	23, // 30: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
+	28, // 31: connsync.v1.OperatorService.SyncStatus:output_type -> connsync.v1.SyncStatusResponse
+	1,  // 32: connsync.v1.OperatorService.SiteFailover:output_type -> connsync.v1.SiteFailoverResponse
+	3,  // 33: connsync.v1.OperatorService.Sites:output_type -> connsync.v1.SitesResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_operator_proto_init() }
@@ -1818,7 +2201,7 @@ func file_connsync_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_operator_proto_rawDesc), len(file_connsync_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,8 @@ const (
 	OperatorService_Rebalance_FullMethodName          = "/connsync.v1.OperatorService/Rebalance"
 	OperatorService_Drain_FullMethodName              = "/connsync.v1.OperatorService/Drain"
 	OperatorService_SyncStatus_FullMethodName         = "/connsync.v1.OperatorService/SyncStatus"
+	OperatorService_SiteFailover_FullMethodName       = "/connsync.v1.OperatorService/SiteFailover"
+	OperatorService_Sites_FullMethodName              = "/connsync.v1.OperatorService/Sites"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -64,6 +66,15 @@ type OperatorServiceClient interface {
 	// its table, its replication streams and the full syncs it is sending or
 	// waiting for, and the delay classes it applies.
 	SyncStatus(ctx context.Context, in *SyncStatusRequest, opts ...grpc.CallOption) (*SyncStatusResponse, error)
+	// SiteFailover activates the answering member's site, which must be a
+	// standby site: in one Raft entry every bucket's primary (the holder of
+	// its remote backup) becomes active and every epoch grows. Only for the
+	// `manual` site-failover policy: the operator asserts that the active site
+	// is down or cut off; if it is not, both sites act (see docs/SITES.md).
+	// dry_run reports what would happen and changes nothing.
+	SiteFailover(ctx context.Context, in *SiteFailoverRequest, opts ...grpc.CallOption) (*SiteFailoverResponse, error)
+	// Sites reports this member's site and every peer site it links to.
+	Sites(ctx context.Context, in *SitesRequest, opts ...grpc.CallOption) (*SitesResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -164,6 +175,26 @@ func (c *operatorServiceClient) SyncStatus(ctx context.Context, in *SyncStatusRe
 	return out, nil
 }
 
+func (c *operatorServiceClient) SiteFailover(ctx context.Context, in *SiteFailoverRequest, opts ...grpc.CallOption) (*SiteFailoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SiteFailoverResponse)
+	err := c.cc.Invoke(ctx, OperatorService_SiteFailover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *operatorServiceClient) Sites(ctx context.Context, in *SitesRequest, opts ...grpc.CallOption) (*SitesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SitesResponse)
+	err := c.cc.Invoke(ctx, OperatorService_Sites_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -198,6 +229,15 @@ type OperatorServiceServer interface {
 	// its table, its replication streams and the full syncs it is sending or
 	// waiting for, and the delay classes it applies.
 	SyncStatus(context.Context, *SyncStatusRequest) (*SyncStatusResponse, error)
+	// SiteFailover activates the answering member's site, which must be a
+	// standby site: in one Raft entry every bucket's primary (the holder of
+	// its remote backup) becomes active and every epoch grows. Only for the
+	// `manual` site-failover policy: the operator asserts that the active site
+	// is down or cut off; if it is not, both sites act (see docs/SITES.md).
+	// dry_run reports what would happen and changes nothing.
+	SiteFailover(context.Context, *SiteFailoverRequest) (*SiteFailoverResponse, error)
+	// Sites reports this member's site and every peer site it links to.
+	Sites(context.Context, *SitesRequest) (*SitesResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -234,6 +274,12 @@ func (UnimplementedOperatorServiceServer) Drain(context.Context, *DrainRequest) 
 }
 func (UnimplementedOperatorServiceServer) SyncStatus(context.Context, *SyncStatusRequest) (*SyncStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SyncStatus not implemented")
+}
+func (UnimplementedOperatorServiceServer) SiteFailover(context.Context, *SiteFailoverRequest) (*SiteFailoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SiteFailover not implemented")
+}
+func (UnimplementedOperatorServiceServer) Sites(context.Context, *SitesRequest) (*SitesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Sites not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -418,6 +464,42 @@ func _OperatorService_SyncStatus_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_SiteFailover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SiteFailoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).SiteFailover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_SiteFailover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).SiteFailover(ctx, req.(*SiteFailoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OperatorService_Sites_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SitesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).Sites(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_Sites_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).Sites(ctx, req.(*SitesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -460,6 +542,14 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SyncStatus",
 			Handler:    _OperatorService_SyncStatus_Handler,
+		},
+		{
+			MethodName: "SiteFailover",
+			Handler:    _OperatorService_SiteFailover_Handler,
+		},
+		{
+			MethodName: "Sites",
+			Handler:    _OperatorService_Sites_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

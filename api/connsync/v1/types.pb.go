@@ -444,8 +444,12 @@ type Assignment struct {
 	Incoming        string `protobuf:"bytes,9,opt,name=incoming,proto3" json:"incoming,omitempty"`
 	IncomingSynced  bool   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
 	IncomingPrimary bool   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// On a standby site (see StatusResponse.standby): the primary, which holds
+	// the remote backup of the bucket for the active site, has received the
+	// active site's full sync of it. Cleared when the primary changes.
+	RemoteCopySynced bool `protobuf:"varint,12,opt,name=remote_copy_synced,json=remoteCopySynced,proto3" json:"remote_copy_synced,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -544,6 +548,13 @@ func (x *Assignment) GetIncomingSynced() bool {
 func (x *Assignment) GetIncomingPrimary() bool {
 	if x != nil {
 		return x.IncomingPrimary
+	}
+	return false
+}
+
+func (x *Assignment) GetRemoteCopySynced() bool {
+	if x != nil {
+		return x.RemoteCopySynced
 	}
 	return false
 }
@@ -930,7 +941,7 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"ItemStatus\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xd3\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x81\x03\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
@@ -943,7 +954,8 @@ const file_connsync_v1_types_proto_rawDesc = "" +
 	"\bincoming\x18\t \x01(\tR\bincoming\x12'\n" +
 	"\x0fincoming_synced\x18\n" +
 	" \x01(\bR\x0eincomingSynced\x12)\n" +
-	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimaryJ\x04\b\a\x10\b\"\xb0\x02\n" +
+	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimary\x12,\n" +
+	"\x12remote_copy_synced\x18\f \x01(\bR\x10remoteCopySyncedJ\x04\b\a\x10\b\"\xb0\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +

@@ -171,6 +171,7 @@ type Op struct {
 	//	*Op_ReleaseBatch
 	//	*Op_Reassign
 	//	*Op_MarkSynced
+	//	*Op_SetSiteMode
 	Op            isOp_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -330,6 +331,15 @@ func (x *Op) GetMarkSynced() *MarkSyncedOp {
 	return nil
 }
 
+func (x *Op) GetSetSiteMode() *SetSiteModeOp {
+	if x != nil {
+		if x, ok := x.Op.(*Op_SetSiteMode); ok {
+			return x.SetSiteMode
+		}
+	}
+	return nil
+}
+
 type isOp_Op interface {
 	isOp_Op()
 }
@@ -386,6 +396,10 @@ type Op_MarkSynced struct {
 	MarkSynced *MarkSyncedOp `protobuf:"bytes,13,opt,name=mark_synced,json=markSynced,proto3,oneof"`
 }
 
+type Op_SetSiteMode struct {
+	SetSiteMode *SetSiteModeOp `protobuf:"bytes,14,opt,name=set_site_mode,json=setSiteMode,proto3,oneof"`
+}
+
 func (*Op_Claim) isOp_Op() {}
 
 func (*Op_Release) isOp_Op() {}
@@ -411,6 +425,8 @@ func (*Op_ReleaseBatch) isOp_Op() {}
 func (*Op_Reassign) isOp_Op() {}
 
 func (*Op_MarkSynced) isOp_Op() {}
+
+func (*Op_SetSiteMode) isOp_Op() {}
 
 // Keys are the canonical binary encoding of fsm.Key.
 type ClaimOp struct {
@@ -824,9 +840,11 @@ func (x *ReleaseLockOp) GetToken() uint64 {
 // InitSiteOp is the first entry of a site: its name and bucket count. Applied
 // once; later ones with the same values are no-ops, different values fail.
 type InitSiteOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	BucketCount   uint32                 `protobuf:"varint,2,opt,name=bucket_count,json=bucketCount,proto3" json:"bucket_count,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Site        string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	BucketCount uint32                 `protobuf:"varint,2,opt,name=bucket_count,json=bucketCount,proto3" json:"bucket_count,omitempty"`
+	// The site starts as a standby site (see SetSiteModeOp).
+	Standby       bool `protobuf:"varint,3,opt,name=standby,proto3" json:"standby,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -875,6 +893,69 @@ func (x *InitSiteOp) GetBucketCount() uint32 {
 	return 0
 }
 
+func (x *InitSiteOp) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
+// SetSiteModeOp activates a standby site (standby false) or makes an active
+// site standby. Either way every bucket's epoch and revision become the
+// entry's index, and the site epoch too; on becoming standby every
+// remote_copy_synced is cleared (the copies come from the other site anew).
+type SetSiteModeOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Standby       bool                   `protobuf:"varint,1,opt,name=standby,proto3" json:"standby,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetSiteModeOp) Reset() {
+	*x = SetSiteModeOp{}
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetSiteModeOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetSiteModeOp) ProtoMessage() {}
+
+func (x *SetSiteModeOp) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetSiteModeOp.ProtoReflect.Descriptor instead.
+func (*SetSiteModeOp) Descriptor() ([]byte, []int) {
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetSiteModeOp) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
+func (x *SetSiteModeOp) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type RegisterMemberOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Member        *v1.Member             `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
@@ -884,7 +965,7 @@ type RegisterMemberOp struct {
 
 func (x *RegisterMemberOp) Reset() {
 	*x = RegisterMemberOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +977,7 @@ func (x *RegisterMemberOp) String() string {
 func (*RegisterMemberOp) ProtoMessage() {}
 
 func (x *RegisterMemberOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[11]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +990,7 @@ func (x *RegisterMemberOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterMemberOp.ProtoReflect.Descriptor instead.
 func (*RegisterMemberOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{11}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterMemberOp) GetMember() *v1.Member {
@@ -929,7 +1010,7 @@ type SetMemberStateOp struct {
 
 func (x *SetMemberStateOp) Reset() {
 	*x = SetMemberStateOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1022,7 @@ func (x *SetMemberStateOp) String() string {
 func (*SetMemberStateOp) ProtoMessage() {}
 
 func (x *SetMemberStateOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[12]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1035,7 @@ func (x *SetMemberStateOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMemberStateOp.ProtoReflect.Descriptor instead.
 func (*SetMemberStateOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{12}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetMemberStateOp) GetMemberId() string {
@@ -980,7 +1061,7 @@ type SetAssignmentsOp struct {
 
 func (x *SetAssignmentsOp) Reset() {
 	*x = SetAssignmentsOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1073,7 @@ func (x *SetAssignmentsOp) String() string {
 func (*SetAssignmentsOp) ProtoMessage() {}
 
 func (x *SetAssignmentsOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[13]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1086,7 @@ func (x *SetAssignmentsOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetAssignmentsOp.ProtoReflect.Descriptor instead.
 func (*SetAssignmentsOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{13}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetAssignmentsOp) GetBuckets() []*BucketRecord {
@@ -1033,7 +1114,7 @@ type ReassignOp struct {
 
 func (x *ReassignOp) Reset() {
 	*x = ReassignOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1126,7 @@ func (x *ReassignOp) String() string {
 func (*ReassignOp) ProtoMessage() {}
 
 func (x *ReassignOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[14]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1139,7 @@ func (x *ReassignOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReassignOp.ProtoReflect.Descriptor instead.
 func (*ReassignOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{14}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReassignOp) GetMembers() []*SetMemberStateOp {
@@ -1099,7 +1180,7 @@ type BucketChange struct {
 
 func (x *BucketChange) Reset() {
 	*x = BucketChange{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1192,7 @@ func (x *BucketChange) String() string {
 func (*BucketChange) ProtoMessage() {}
 
 func (x *BucketChange) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[15]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1205,7 @@ func (x *BucketChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketChange.ProtoReflect.Descriptor instead.
 func (*BucketChange) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{15}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BucketChange) GetBucket() uint32 {
@@ -1204,7 +1285,7 @@ type MarkSyncedOp struct {
 
 func (x *MarkSyncedOp) Reset() {
 	*x = MarkSyncedOp{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1297,7 @@ func (x *MarkSyncedOp) String() string {
 func (*MarkSyncedOp) ProtoMessage() {}
 
 func (x *MarkSyncedOp) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[16]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1310,7 @@ func (x *MarkSyncedOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkSyncedOp.ProtoReflect.Descriptor instead.
 func (*MarkSyncedOp) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{16}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MarkSyncedOp) GetMemberId() string {
@@ -1262,7 +1343,7 @@ type OpResult struct {
 
 func (x *OpResult) Reset() {
 	*x = OpResult{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1355,7 @@ func (x *OpResult) String() string {
 func (*OpResult) ProtoMessage() {}
 
 func (x *OpResult) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[17]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1368,7 @@ func (x *OpResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpResult.ProtoReflect.Descriptor instead.
 func (*OpResult) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{17}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OpResult) GetCode() uint32 {
@@ -1351,7 +1432,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1444,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[18]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1457,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{18}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1490,14 +1571,16 @@ type SnapshotHeader struct {
 	AppliedIndex uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// Log time of the last sweep of expired locks and idle sessions; part of
 	// the state so restored replicas sweep at the same entries as the others.
-	LastSweepUnixNano int64 `protobuf:"varint,7,opt,name=last_sweep_unix_nano,json=lastSweepUnixNano,proto3" json:"last_sweep_unix_nano,omitempty"`
+	LastSweepUnixNano int64  `protobuf:"varint,7,opt,name=last_sweep_unix_nano,json=lastSweepUnixNano,proto3" json:"last_sweep_unix_nano,omitempty"`
+	Standby           bool   `protobuf:"varint,8,opt,name=standby,proto3" json:"standby,omitempty"`
+	SiteEpoch         uint64 `protobuf:"varint,9,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1592,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[19]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1605,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{19}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1574,25 +1657,40 @@ func (x *SnapshotHeader) GetLastSweepUnixNano() int64 {
 	return 0
 }
 
+func (x *SnapshotHeader) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
+}
+
+func (x *SnapshotHeader) GetSiteEpoch() uint64 {
+	if x != nil {
+		return x.SiteEpoch
+	}
+	return 0
+}
+
 type BucketRecord struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Bucket          uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
-	Primary         string                 `protobuf:"bytes,2,opt,name=primary,proto3" json:"primary,omitempty"`
-	LocalBackup     string                 `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
-	RemoteBackup    string                 `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
-	Epoch           uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	BackupSynced    bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
-	Revision        uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
-	Incoming        string                 `protobuf:"bytes,9,opt,name=incoming,proto3" json:"incoming,omitempty"`
-	IncomingSynced  bool                   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
-	IncomingPrimary bool                   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Bucket           uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	Primary          string                 `protobuf:"bytes,2,opt,name=primary,proto3" json:"primary,omitempty"`
+	LocalBackup      string                 `protobuf:"bytes,3,opt,name=local_backup,json=localBackup,proto3" json:"local_backup,omitempty"`
+	RemoteBackup     string                 `protobuf:"bytes,4,opt,name=remote_backup,json=remoteBackup,proto3" json:"remote_backup,omitempty"`
+	Epoch            uint64                 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	BackupSynced     bool                   `protobuf:"varint,6,opt,name=backup_synced,json=backupSynced,proto3" json:"backup_synced,omitempty"`
+	Revision         uint64                 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	Incoming         string                 `protobuf:"bytes,9,opt,name=incoming,proto3" json:"incoming,omitempty"`
+	IncomingSynced   bool                   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
+	IncomingPrimary  bool                   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
+	RemoteCopySynced bool                   `protobuf:"varint,12,opt,name=remote_copy_synced,json=remoteCopySynced,proto3" json:"remote_copy_synced,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *BucketRecord) Reset() {
 	*x = BucketRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1604,7 +1702,7 @@ func (x *BucketRecord) String() string {
 func (*BucketRecord) ProtoMessage() {}
 
 func (x *BucketRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[20]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1617,7 +1715,7 @@ func (x *BucketRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketRecord.ProtoReflect.Descriptor instead.
 func (*BucketRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{20}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *BucketRecord) GetBucket() uint32 {
@@ -1690,6 +1788,13 @@ func (x *BucketRecord) GetIncomingPrimary() bool {
 	return false
 }
 
+func (x *BucketRecord) GetRemoteCopySynced() bool {
+	if x != nil {
+		return x.RemoteCopySynced
+	}
+	return false
+}
+
 type ClaimRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -1701,7 +1806,7 @@ type ClaimRecord struct {
 
 func (x *ClaimRecord) Reset() {
 	*x = ClaimRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1818,7 @@ func (x *ClaimRecord) String() string {
 func (*ClaimRecord) ProtoMessage() {}
 
 func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[21]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1831,7 @@ func (x *ClaimRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimRecord.ProtoReflect.Descriptor instead.
 func (*ClaimRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{21}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ClaimRecord) GetKey() []byte {
@@ -1763,7 +1868,7 @@ type LockRecord struct {
 
 func (x *LockRecord) Reset() {
 	*x = LockRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1775,7 +1880,7 @@ func (x *LockRecord) String() string {
 func (*LockRecord) ProtoMessage() {}
 
 func (x *LockRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[22]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1788,7 +1893,7 @@ func (x *LockRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LockRecord.ProtoReflect.Descriptor instead.
 func (*LockRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{22}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LockRecord) GetKey() []byte {
@@ -1838,7 +1943,7 @@ type SessionRecord struct {
 
 func (x *SessionRecord) Reset() {
 	*x = SessionRecord{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +1955,7 @@ func (x *SessionRecord) String() string {
 func (*SessionRecord) ProtoMessage() {}
 
 func (x *SessionRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[23]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +1968,7 @@ func (x *SessionRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionRecord.ProtoReflect.Descriptor instead.
 func (*SessionRecord) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{23}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SessionRecord) GetClientId() uint64 {
@@ -1904,7 +2009,7 @@ type SessionResponse struct {
 
 func (x *SessionResponse) Reset() {
 	*x = SessionResponse{}
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2021,7 @@ func (x *SessionResponse) String() string {
 func (*SessionResponse) ProtoMessage() {}
 
 func (x *SessionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[24]
+	mi := &file_connsync_raftlog_v1_log_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2034,7 @@ func (x *SessionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
 func (*SessionResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{24}
+	return file_connsync_raftlog_v1_log_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SessionResponse) GetSeq() uint64 {
@@ -1958,7 +2063,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\tclient_id\x18\x01 \x01(\x04R\bclientId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x1b\n" +
 	"\tacked_seq\x18\x03 \x01(\x04R\backedSeq\x12)\n" +
-	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\x9f\a\n" +
+	"\x03ops\x18\x04 \x03(\v2\x17.connsync.raftlog.v1.OpR\x03ops\"\xe9\a\n" +
 	"\x02Op\x124\n" +
 	"\x05claim\x18\x01 \x01(\v2\x1c.connsync.raftlog.v1.ClaimOpH\x00R\x05claim\x12:\n" +
 	"\arelease\x18\x02 \x01(\v2\x1e.connsync.raftlog.v1.ReleaseOpH\x00R\arelease\x12G\n" +
@@ -1976,7 +2081,8 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\rrelease_batch\x18\v \x01(\v2#.connsync.raftlog.v1.ReleaseBatchOpH\x00R\freleaseBatch\x12=\n" +
 	"\breassign\x18\f \x01(\v2\x1f.connsync.raftlog.v1.ReassignOpH\x00R\breassign\x12D\n" +
 	"\vmark_synced\x18\r \x01(\v2!.connsync.raftlog.v1.MarkSyncedOpH\x00R\n" +
-	"markSyncedB\x04\n" +
+	"markSynced\x12H\n" +
+	"\rset_site_mode\x18\x0e \x01(\v2\".connsync.raftlog.v1.SetSiteModeOpH\x00R\vsetSiteModeB\x04\n" +
 	"\x02op\"8\n" +
 	"\aClaimOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
@@ -2003,11 +2109,15 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\rReleaseLockOp\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
-	"\x05token\x18\x03 \x01(\x04R\x05token\"C\n" +
+	"\x05token\x18\x03 \x01(\x04R\x05token\"]\n" +
 	"\n" +
 	"InitSiteOp\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
-	"\fbucket_count\x18\x02 \x01(\rR\vbucketCount\"?\n" +
+	"\fbucket_count\x18\x02 \x01(\rR\vbucketCount\x12\x18\n" +
+	"\astandby\x18\x03 \x01(\bR\astandby\"A\n" +
+	"\rSetSiteModeOp\x12\x18\n" +
+	"\astandby\x18\x01 \x01(\bR\astandby\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"?\n" +
 	"\x10RegisterMemberOp\x12+\n" +
 	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member\"_\n" +
 	"\x10SetMemberStateOp\x12\x1b\n" +
@@ -2048,7 +2158,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\x05claim\x18\x04 \x01(\v2 .connsync.raftlog.v1.ClaimRecordH\x00R\x05claim\x125\n" +
 	"\x04lock\x18\x05 \x01(\v2\x1f.connsync.raftlog.v1.LockRecordH\x00R\x04lock\x12>\n" +
 	"\asession\x18\x06 \x01(\v2\".connsync.raftlog.v1.SessionRecordH\x00R\asessionB\b\n" +
-	"\x06record\"\xfa\x01\n" +
+	"\x06record\"\xb3\x02\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
@@ -2057,7 +2167,10 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"last_token\x18\x04 \x01(\x04R\tlastToken\x12\"\n" +
 	"\rnow_unix_nano\x18\x05 \x01(\x03R\vnowUnixNano\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12/\n" +
-	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\"\xd5\x02\n" +
+	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\x12\x18\n" +
+	"\astandby\x18\b \x01(\bR\astandby\x12\x1d\n" +
+	"\n" +
+	"site_epoch\x18\t \x01(\x04R\tsiteEpoch\"\x83\x03\n" +
 	"\fBucketRecord\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +
@@ -2069,7 +2182,8 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\bincoming\x18\t \x01(\tR\bincoming\x12'\n" +
 	"\x0fincoming_synced\x18\n" +
 	" \x01(\bR\x0eincomingSynced\x12)\n" +
-	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimaryJ\x04\b\a\x10\b\"R\n" +
+	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimary\x12,\n" +
+	"\x12remote_copy_synced\x18\f \x01(\bR\x10remoteCopySyncedJ\x04\b\a\x10\b\"R\n" +
 	"\vClaimRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
@@ -2102,7 +2216,7 @@ func file_connsync_raftlog_v1_log_proto_rawDescGZIP() []byte {
 	return file_connsync_raftlog_v1_log_proto_rawDescData
 }
 
-var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_connsync_raftlog_v1_log_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_connsync_raftlog_v1_log_proto_goTypes = []any{
 	(*Entry)(nil),            // 0: connsync.raftlog.v1.Entry
 	(*Proposal)(nil),         // 1: connsync.raftlog.v1.Proposal
@@ -2115,23 +2229,24 @@ var file_connsync_raftlog_v1_log_proto_goTypes = []any{
 	(*RenewLockOp)(nil),      // 8: connsync.raftlog.v1.RenewLockOp
 	(*ReleaseLockOp)(nil),    // 9: connsync.raftlog.v1.ReleaseLockOp
 	(*InitSiteOp)(nil),       // 10: connsync.raftlog.v1.InitSiteOp
-	(*RegisterMemberOp)(nil), // 11: connsync.raftlog.v1.RegisterMemberOp
-	(*SetMemberStateOp)(nil), // 12: connsync.raftlog.v1.SetMemberStateOp
-	(*SetAssignmentsOp)(nil), // 13: connsync.raftlog.v1.SetAssignmentsOp
-	(*ReassignOp)(nil),       // 14: connsync.raftlog.v1.ReassignOp
-	(*BucketChange)(nil),     // 15: connsync.raftlog.v1.BucketChange
-	(*MarkSyncedOp)(nil),     // 16: connsync.raftlog.v1.MarkSyncedOp
-	(*OpResult)(nil),         // 17: connsync.raftlog.v1.OpResult
-	(*SnapshotRecord)(nil),   // 18: connsync.raftlog.v1.SnapshotRecord
-	(*SnapshotHeader)(nil),   // 19: connsync.raftlog.v1.SnapshotHeader
-	(*BucketRecord)(nil),     // 20: connsync.raftlog.v1.BucketRecord
-	(*ClaimRecord)(nil),      // 21: connsync.raftlog.v1.ClaimRecord
-	(*LockRecord)(nil),       // 22: connsync.raftlog.v1.LockRecord
-	(*SessionRecord)(nil),    // 23: connsync.raftlog.v1.SessionRecord
-	(*SessionResponse)(nil),  // 24: connsync.raftlog.v1.SessionResponse
-	(*v1.Member)(nil),        // 25: connsync.v1.Member
-	(v1.MemberState)(0),      // 26: connsync.v1.MemberState
-	(*v1.BucketEpoch)(nil),   // 27: connsync.v1.BucketEpoch
+	(*SetSiteModeOp)(nil),    // 11: connsync.raftlog.v1.SetSiteModeOp
+	(*RegisterMemberOp)(nil), // 12: connsync.raftlog.v1.RegisterMemberOp
+	(*SetMemberStateOp)(nil), // 13: connsync.raftlog.v1.SetMemberStateOp
+	(*SetAssignmentsOp)(nil), // 14: connsync.raftlog.v1.SetAssignmentsOp
+	(*ReassignOp)(nil),       // 15: connsync.raftlog.v1.ReassignOp
+	(*BucketChange)(nil),     // 16: connsync.raftlog.v1.BucketChange
+	(*MarkSyncedOp)(nil),     // 17: connsync.raftlog.v1.MarkSyncedOp
+	(*OpResult)(nil),         // 18: connsync.raftlog.v1.OpResult
+	(*SnapshotRecord)(nil),   // 19: connsync.raftlog.v1.SnapshotRecord
+	(*SnapshotHeader)(nil),   // 20: connsync.raftlog.v1.SnapshotHeader
+	(*BucketRecord)(nil),     // 21: connsync.raftlog.v1.BucketRecord
+	(*ClaimRecord)(nil),      // 22: connsync.raftlog.v1.ClaimRecord
+	(*LockRecord)(nil),       // 23: connsync.raftlog.v1.LockRecord
+	(*SessionRecord)(nil),    // 24: connsync.raftlog.v1.SessionRecord
+	(*SessionResponse)(nil),  // 25: connsync.raftlog.v1.SessionResponse
+	(*v1.Member)(nil),        // 26: connsync.v1.Member
+	(v1.MemberState)(0),      // 27: connsync.v1.MemberState
+	(*v1.BucketEpoch)(nil),   // 28: connsync.v1.BucketEpoch
 }
 var file_connsync_raftlog_v1_log_proto_depIdxs = []int32{
 	1,  // 0: connsync.raftlog.v1.Entry.proposals:type_name -> connsync.raftlog.v1.Proposal
@@ -2142,32 +2257,33 @@ var file_connsync_raftlog_v1_log_proto_depIdxs = []int32{
 	8,  // 5: connsync.raftlog.v1.Op.renew_lock:type_name -> connsync.raftlog.v1.RenewLockOp
 	9,  // 6: connsync.raftlog.v1.Op.release_lock:type_name -> connsync.raftlog.v1.ReleaseLockOp
 	10, // 7: connsync.raftlog.v1.Op.init_site:type_name -> connsync.raftlog.v1.InitSiteOp
-	11, // 8: connsync.raftlog.v1.Op.register_member:type_name -> connsync.raftlog.v1.RegisterMemberOp
-	12, // 9: connsync.raftlog.v1.Op.set_member_state:type_name -> connsync.raftlog.v1.SetMemberStateOp
-	13, // 10: connsync.raftlog.v1.Op.set_assignments:type_name -> connsync.raftlog.v1.SetAssignmentsOp
+	12, // 8: connsync.raftlog.v1.Op.register_member:type_name -> connsync.raftlog.v1.RegisterMemberOp
+	13, // 9: connsync.raftlog.v1.Op.set_member_state:type_name -> connsync.raftlog.v1.SetMemberStateOp
+	14, // 10: connsync.raftlog.v1.Op.set_assignments:type_name -> connsync.raftlog.v1.SetAssignmentsOp
 	4,  // 11: connsync.raftlog.v1.Op.claim_batch:type_name -> connsync.raftlog.v1.ClaimBatchOp
 	5,  // 12: connsync.raftlog.v1.Op.release_batch:type_name -> connsync.raftlog.v1.ReleaseBatchOp
-	14, // 13: connsync.raftlog.v1.Op.reassign:type_name -> connsync.raftlog.v1.ReassignOp
-	16, // 14: connsync.raftlog.v1.Op.mark_synced:type_name -> connsync.raftlog.v1.MarkSyncedOp
-	25, // 15: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
-	26, // 16: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
-	20, // 17: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
-	12, // 18: connsync.raftlog.v1.ReassignOp.members:type_name -> connsync.raftlog.v1.SetMemberStateOp
-	15, // 19: connsync.raftlog.v1.ReassignOp.buckets:type_name -> connsync.raftlog.v1.BucketChange
-	27, // 20: connsync.raftlog.v1.MarkSyncedOp.buckets:type_name -> connsync.v1.BucketEpoch
-	19, // 21: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
-	25, // 22: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
-	20, // 23: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
-	21, // 24: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
-	22, // 25: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
-	23, // 26: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
-	24, // 27: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
-	17, // 28: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	15, // 13: connsync.raftlog.v1.Op.reassign:type_name -> connsync.raftlog.v1.ReassignOp
+	17, // 14: connsync.raftlog.v1.Op.mark_synced:type_name -> connsync.raftlog.v1.MarkSyncedOp
+	11, // 15: connsync.raftlog.v1.Op.set_site_mode:type_name -> connsync.raftlog.v1.SetSiteModeOp
+	26, // 16: connsync.raftlog.v1.RegisterMemberOp.member:type_name -> connsync.v1.Member
+	27, // 17: connsync.raftlog.v1.SetMemberStateOp.state:type_name -> connsync.v1.MemberState
+	21, // 18: connsync.raftlog.v1.SetAssignmentsOp.buckets:type_name -> connsync.raftlog.v1.BucketRecord
+	13, // 19: connsync.raftlog.v1.ReassignOp.members:type_name -> connsync.raftlog.v1.SetMemberStateOp
+	16, // 20: connsync.raftlog.v1.ReassignOp.buckets:type_name -> connsync.raftlog.v1.BucketChange
+	28, // 21: connsync.raftlog.v1.MarkSyncedOp.buckets:type_name -> connsync.v1.BucketEpoch
+	20, // 22: connsync.raftlog.v1.SnapshotRecord.header:type_name -> connsync.raftlog.v1.SnapshotHeader
+	26, // 23: connsync.raftlog.v1.SnapshotRecord.member:type_name -> connsync.v1.Member
+	21, // 24: connsync.raftlog.v1.SnapshotRecord.bucket:type_name -> connsync.raftlog.v1.BucketRecord
+	22, // 25: connsync.raftlog.v1.SnapshotRecord.claim:type_name -> connsync.raftlog.v1.ClaimRecord
+	23, // 26: connsync.raftlog.v1.SnapshotRecord.lock:type_name -> connsync.raftlog.v1.LockRecord
+	24, // 27: connsync.raftlog.v1.SnapshotRecord.session:type_name -> connsync.raftlog.v1.SessionRecord
+	25, // 28: connsync.raftlog.v1.SessionRecord.responses:type_name -> connsync.raftlog.v1.SessionResponse
+	18, // 29: connsync.raftlog.v1.SessionResponse.results:type_name -> connsync.raftlog.v1.OpResult
+	30, // [30:30] is the sub-list for method output_type
+	30, // [30:30] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_connsync_raftlog_v1_log_proto_init() }
@@ -2189,8 +2305,9 @@ func file_connsync_raftlog_v1_log_proto_init() {
 		(*Op_ReleaseBatch)(nil),
 		(*Op_Reassign)(nil),
 		(*Op_MarkSynced)(nil),
+		(*Op_SetSiteMode)(nil),
 	}
-	file_connsync_raftlog_v1_log_proto_msgTypes[18].OneofWrappers = []any{
+	file_connsync_raftlog_v1_log_proto_msgTypes[19].OneofWrappers = []any{
 		(*SnapshotRecord_Header)(nil),
 		(*SnapshotRecord_Member)(nil),
 		(*SnapshotRecord_Bucket)(nil),
@@ -2204,7 +2321,7 @@ func file_connsync_raftlog_v1_log_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_raftlog_v1_log_proto_rawDesc), len(file_connsync_raftlog_v1_log_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
