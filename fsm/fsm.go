@@ -310,6 +310,13 @@ type Stats struct {
 	SiteEpoch uint64
 }
 
+// Standby reports whether the site is a standby site.
+func (f *FSM) Standby() bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.standby
+}
+
 // Stats returns a summary of the state.
 func (f *FSM) Stats() Stats {
 	f.mu.RLock()

@@ -64,6 +64,10 @@ func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
 	for i := range st.buckets {
 		a := &st.buckets[i]
 		a.Epoch, a.Revision = index, index
+		// Local backups and incoming members are synced anew from the
+		// primaries of the new mode (a standby site's primaries hold what
+		// the other site sent them, which their backups never saw).
+		a.BackupSynced, a.IncomingSynced = false, false
 		if op.Standby {
 			a.RemoteCopySynced = false
 		}

@@ -54,6 +54,9 @@ type publisher struct {
 	sent    map[string]map[uint64][]int
 	acked   map[int]bool // connections whose batch was reported replicated
 	version map[int]byte // last version byte published per connection
+	// site: a batch counts as replicated once the remote backups on the
+	// other site have it too (site_replicated_through).
+	site bool
 }
 
 func newPublisher(t testing.TB, c *cluster.Cluster) *publisher {
@@ -127,10 +130,17 @@ func (p *publisher) publishOnce(idx []int, v byte, typ pb.ConnEventType) int {
 			for _, i := range part {
 				p.version[i] = v
 			}
-			p.confirm(id, resp.ReplicatedThrough)
+			p.confirm(id, p.through(resp))
 		}
 	}
 	return refused
+}
+
+func (p *publisher) through(resp *pb.PublishResponse) uint64 {
+	if p.site {
+		return resp.SiteReplicatedThrough
+	}
+	return resp.ReplicatedThrough
 }
 
 func (p *publisher) confirm(id string, through uint64) {
@@ -162,7 +172,7 @@ func (p *publisher) waitReplicated(timeout time.Duration) {
 			if err != nil {
 				return err
 			}
-			p.confirm(id, resp.ReplicatedThrough)
+			p.confirm(id, p.through(resp))
 			left += len(p.sent[id])
 		}
 		if left > 0 {

@@ -107,9 +107,10 @@ func (s *Server) syncLoop() {
 	for {
 		_, changed := s.fsm.Watch()
 		as, _ := s.fsm.Buckets()
+		standby := s.fsm.Standby()
 		for i, a := range as {
 			j := job{uint32(i), a.Epoch}
-			if !needsSync(a, s.cfg.MemberID) {
+			if !needsSync(a, s.cfg.MemberID, standby) {
 				continue
 			}
 			mu.Lock()
@@ -162,7 +163,7 @@ func (s *Server) syncLoop() {
 		// bounded by the buckets this member backs up.
 		mu.Lock()
 		for j := range running {
-			if a := as[j.bucket]; a.Epoch != j.epoch || (a.LocalBackup != s.cfg.MemberID && a.Incoming != s.cfg.MemberID) {
+			if a := as[j.bucket]; a.Epoch != j.epoch || !holdsCopy(a, s.cfg.MemberID, standby) {
 				delete(running, j)
 			}
 		}
@@ -177,9 +178,24 @@ func (s *Server) syncLoop() {
 	}
 }
 
-// needsSync reports whether member must run a full sync of the bucket a.
-func needsSync(a fsm.Assignment, member string) bool {
+// needsSync reports whether member must run a full sync of the bucket a: as
+// its local backup or incoming member, or, on a standby site (where nothing
+// is synced within the site), as the primary that holds the active site's
+// remote backup of it.
+func needsSync(a fsm.Assignment, member string, standby bool) bool {
+	if standby {
+		return a.Primary == member && !a.RemoteCopySynced
+	}
 	return (a.LocalBackup == member && !a.BackupSynced) || (a.Incoming == member && !a.IncomingSynced)
+}
+
+// holdsCopy reports whether member receives a full sync of bucket a in one of
+// the roles of needsSync.
+func holdsCopy(a fsm.Assignment, member string, standby bool) bool {
+	if standby {
+		return a.Primary == member
+	}
+	return a.LocalBackup == member || a.Incoming == member
 }
 
 // reportSynced sends finished syncs to the leader; false if it must be

@@ -108,6 +108,21 @@ type Config struct {
 	// (docs/BENCHMARKS.md).
 	MaxInflightEntries int
 
+	// Standby makes a site founded by this member start as a standby site:
+	// it acts for no bucket, and its members hold the remote backups of the
+	// active site's buckets until a site failover activates it.
+	Standby bool
+	// PeerSite lists gRPC addresses of members of the other site (any of
+	// them will do; the rest are fallbacks). Empty: a single-site cluster.
+	PeerSite []string
+	// SiteFailover is the site-failover policy: "manual" (the only one; a
+	// standby site is activated by `connsyncctl site failover`). Automatic
+	// failover without a witness could activate both sites when only the
+	// link between them fails, so it is refused (docs/SITES.md).
+	SiteFailover string
+	// RemoteCompression gzips the replication streams to the other site.
+	RemoteCompression bool
+
 	// Network is the transport for Raft and member-to-member gRPC (nil = TCP).
 	Network Network
 	// Logger receives the member's logs, Raft's included (nil = stderr, info).
@@ -203,6 +218,18 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMoves < 1 {
 		bad("max-moves %d must be >= 1", c.MaxMoves)
+	}
+	switch c.SiteFailover {
+	case "", "manual":
+	case "auto", "automatic":
+		bad("site-failover %q: automatic site failover without a witness is unsafe (an inter-site link cut would activate both sites) and is not offered; use manual", c.SiteFailover)
+	default:
+		bad("site-failover %q: the only policy is manual", c.SiteFailover)
+	}
+	for _, a := range c.PeerSite {
+		if err := checkDialable(a); err != nil {
+			bad("peer-site %q: %v", a, err)
+		}
 	}
 	if c.MaxBatchOps < 1 || c.MaxInflightEntries < 1 {
 		bad("max-batch-ops %d and max-inflight-entries %d must be >= 1", c.MaxBatchOps, c.MaxInflightEntries)

@@ -16,13 +16,18 @@ import (
 type replView struct{ s *Server }
 
 func (v replView) Self() string                            { return v.s.cfg.MemberID }
+func (v replView) Site() string                            { return v.s.cfg.Site }
+func (v replView) Standby() bool                           { return v.s.fsm.Standby() }
+func (v replView) Peer() (*repl.Peer, <-chan struct{})     { return v.s.siteLink.watch() }
 func (v replView) Incarnation() uint64                     { return v.s.incarnation }
 func (v replView) Assignments() ([]fsm.Assignment, uint64) { return v.s.fsm.Buckets() }
 func (v replView) Watch() (uint64, <-chan struct{})        { return v.s.fsm.Watch() }
 func (v replView) Acting() bool                            { return v.s.lease.acting() }
 func (v replView) Addr(member string) (string, bool) {
-	m, ok := v.s.fsm.Member(member)
-	return m.GRPCAddr, ok && m.GRPCAddr != ""
+	if m, ok := v.s.fsm.Member(member); ok && m.GRPCAddr != "" {
+		return m.GRPCAddr, true
+	}
+	return v.s.peerAddr(member)
 }
 
 // replHolder starts the replicator once the state machine knows the site's
@@ -59,7 +64,7 @@ func (s *Server) runReplicator() {
 	for {
 		_, changed := s.fsm.Watch()
 		if n := s.fsm.Stats().BucketCount; n > 0 {
-			r := repl.New(repl.Config{View: replView{s}, BucketCount: n, Delays: s.cfg.DelayClasses,
+			r := repl.New(repl.Config{View: replView{s}, BucketCount: n, Delays: s.cfg.DelayClasses, RemoteCompression: s.cfg.RemoteCompression,
 				Dial: s.peers.get, Logger: s.logger.Named("repl"), OnApply: s.cfg.OnReplicaApply})
 			s.repl.mu.Lock()
 			s.repl.r = r

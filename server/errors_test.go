@@ -26,7 +26,7 @@ var allDomainErrors = []*fsm.Error{
 	fsm.ErrClaimConflict, fsm.ErrNotClaimed, fsm.ErrEpochMismatch, fsm.ErrLockHeld,
 	fsm.ErrLockNotHeld, fsm.ErrTokenMismatch, fsm.ErrUnknownMember, fsm.ErrMemberNotAlive,
 	fsm.ErrSiteMismatch, fsm.ErrSiteNotInitialised, fsm.ErrInvalid, fsm.ErrStaleRequest,
-	fsm.ErrAssignmentChanged,
+	fsm.ErrAssignmentChanged, fsm.ErrSiteMode,
 }
 
 // wantStatus checks that err is a status with code and a message containing sub.

@@ -41,6 +41,7 @@ var leaderMethods = map[string]bool{
 	pb.OperatorService_TransferLeadership_FullMethodName: true,
 	pb.OperatorService_Rebalance_FullMethodName:          true,
 	pb.OperatorService_Drain_FullMethodName:              true,
+	pb.OperatorService_SiteFailover_FullMethodName:       true,
 	pb.MemberService_ReportSynced_FullMethodName:         true,
 }
 

@@ -23,6 +23,7 @@ var writeMethods = []string{
 	pb.OperatorService_Rebalance_FullMethodName,
 	pb.OperatorService_Drain_FullMethodName,
 	pb.MemberService_ReportSynced_FullMethodName,
+	pb.OperatorService_SiteFailover_FullMethodName,
 }
 
 func TestNeedsLeader_Writes(t *testing.T) {

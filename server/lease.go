@@ -44,12 +44,13 @@ func (l *leaseKeeper) valid() bool {
 	return time.Now().Before(l.expires)
 }
 
-// acting reports whether the member may act as primary: the lease holds and
-// the state machine has caught up with the grant.
+// acting reports whether the member may act as primary: the lease holds,
+// the state machine has caught up with the grant, and the site is not a
+// standby site.
 func (l *leaseKeeper) acting() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return time.Now().Before(l.expires) && l.s.fsm.AppliedIndex() >= l.minApplied
+	return time.Now().Before(l.expires) && l.s.fsm.AppliedIndex() >= l.minApplied && !l.s.fsm.Standby()
 }
 
 // activeBuckets returns the buckets this member acts as primary for now:

@@ -12,8 +12,12 @@ import (
 	"github.com/connsync/connsync/fsm"
 )
 
-func initSiteOp(site string, buckets uint32) *ipb.Op {
-	return &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: site, BucketCount: buckets}}}
+func initSiteOp(site string, buckets uint32, standby bool) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: site, BucketCount: buckets, Standby: standby}}}
+}
+
+func setSiteModeOp(standby bool, reason string) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Standby: standby, Reason: reason}}}
 }
 
 func registerMemberOp(m *pb.Member) *ipb.Op {

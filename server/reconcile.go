@@ -234,7 +234,17 @@ func (s *Server) place(ctx context.Context) error {
 		if len(el) == 0 {
 			return nil
 		}
-		if changes := step.plan(toPlacement(cur), el); len(changes) > 0 {
+		pc := toPlacement(cur)
+		if s.fsm.Standby() {
+			// A standby site serves nothing and syncs nothing within itself
+			// (its backups are synced when it is activated): every move
+			// completes at once, and the new primary of a bucket gets the
+			// other site's full sync as its remote copy.
+			for i := range pc {
+				pc[i].Synced, pc[i].IncomingSynced = true, pc[i].Incoming != ""
+			}
+		}
+		if changes := step.plan(pc, el); len(changes) > 0 {
 			if err := s.reassign(ctx, step.reason, nil, changes, cur); err != nil {
 				return err
 			}

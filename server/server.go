@@ -43,6 +43,7 @@ type Server struct {
 	grpcServer *grpc.Server
 	grpcLn     net.Listener
 	peers      *peerConns
+	siteLink   *siteLink // nil on a single-site cluster
 
 	// incarnation is chosen at random when the process starts.
 	incarnation uint64
@@ -118,6 +119,11 @@ func New(cfg Config) (*Server, error) {
 	go s.rejoinLoop()
 	go s.syncLoop()
 	go s.observeRaft()
+	if len(s.cfg.PeerSite) > 0 {
+		s.siteLink = newSiteLink(s, s.cfg.PeerSite)
+		s.wg.Add(1)
+		go s.siteLink.run()
+	}
 	ok = true
 	return s, nil
 }
@@ -327,7 +333,7 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) bool {
 	}
 	var ops []*ipb.Op
 	if st.Site == "" {
-		ops = append(ops, initSiteOp(s.cfg.Site, s.cfg.BucketCount))
+		ops = append(ops, initSiteOp(s.cfg.Site, s.cfg.BucketCount, s.cfg.Standby))
 	}
 	// A record of an earlier process of this member (another incarnation)
 	// that still holds buckets is left for the reconcile loop, which fails

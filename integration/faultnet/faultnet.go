@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // ErrPartitioned is returned by Dial across a cut link.
@@ -31,6 +32,7 @@ type Hub struct {
 	cut      map[[2]string]bool      // ordered pair (from, to) -> no traffic
 	conns    map[*conn]struct{}
 	streams  map[string]*gossipConn // local address of a gossip stream -> the stream (its dialler)
+	delay    map[[2]string]time.Duration
 }
 
 // NewHub returns a Hub with no cuts.
@@ -153,6 +155,9 @@ func (n *Net) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if d := h.delayOf(n.member, to); d > 0 {
+		c = newDelayedConn(c, d)
 	}
 	fc := &conn{Conn: c, hub: h, from: n.member, to: to}
 	h.mu.Lock()

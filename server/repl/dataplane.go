@@ -27,8 +27,8 @@ const (
 // batch, answers it, and reports how far replication has got.
 func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 	type waiting struct{ seq, mark uint64 }
-	var queue []waiting
-	var through uint64
+	var queue []waiting // batches not yet replicated to every site
+	var through, siteThrough uint64
 	for {
 		req, err := st.Recv()
 		if err == io.EOF {
@@ -39,12 +39,19 @@ func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 		}
 		resp := r.publishBatch(req)
 		queue = append(queue, waiting{req.Seq, r.marks.Load()})
-		w := r.watermark()
-		for len(queue) > 0 && queue[0].mark <= w {
-			through = queue[0].seq
+		local, all := r.watermark(false), r.watermark(true)
+		for len(queue) > 0 && queue[0].mark <= all {
+			siteThrough = queue[0].seq
 			queue = queue[1:]
 		}
-		resp.ReplicatedThrough = through
+		through = max(through, siteThrough)
+		for _, q := range queue { // marks grow along the queue
+			if q.mark > local {
+				break
+			}
+			through = max(through, q.seq)
+		}
+		resp.ReplicatedThrough, resp.SiteReplicatedThrough = through, siteThrough
 		if err := st.Send(resp); err != nil {
 			return err
 		}

@@ -42,6 +42,9 @@ func (v *staticView) Assignments() ([]fsm.Assignment, uint64) { return v.as, 10 
 func (v *staticView) Watch() (uint64, <-chan struct{})        { return 10, v.ch }
 func (v *staticView) Acting() bool                            { return true }
 func (v *staticView) Addr(m string) (string, bool)            { a, ok := v.addrs[m]; return a, ok }
+func (v *staticView) Site() string                            { return "s1" }
+func (v *staticView) Standby() bool                           { return false }
+func (v *staticView) Peer() (*Peer, <-chan struct{})          { return nil, nil }
 
 type receiverServer struct {
 	pb.UnimplementedMemberServiceServer

@@ -26,6 +26,12 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	if !fsm.ValidID(from) {
 		return status.Errorf(codes.InvalidArgument, "metadata %s: %q is not a member ID", mdMember, from)
 	}
+	// A stream from the other site carries remote backups: taken only while
+	// this site is standby, into the buckets this member is primary of.
+	remote := false
+	if v := md.Get(mdSite); len(v) > 0 && v[0] != "" && v[0] != r.cfg.View.Site() {
+		remote = true
+	}
 	var refused uint64
 	for {
 		req, err := st.Recv()
@@ -34,8 +40,21 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 		}
 		now := time.Now().UnixNano()
 		as := *r.assign.Load()
+		standby := remote && r.cfg.View.Standby()
 		var batchRefused uint64
 		bad, ferr := decodeRecords(req.Records, func(w *wireRecord) {
+			if remote {
+				if !standby || !r.holdsRemote(as, w.bucket) {
+					batchRefused++
+					return
+				}
+				if w.marker {
+					r.noteMarker(w.bucket, w.epoch)
+				} else if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
+					r.cfg.OnApply(w.bucket, w.key, w.rec.Version)
+				}
+				return
+			}
 			if !r.accepts(as, w, from) {
 				batchRefused++
 				return
@@ -60,6 +79,15 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 			return nil
 		}
 	}
+}
+
+// holdsRemote reports whether this member, on a standby site, holds bucket
+// b's remote backup (it is the bucket's primary there). The sender's epochs
+// are the other site's, so they are not compared with this site's: a
+// standby site takes the active site's stream, and once it is activated
+// (SetSiteModeOp) it refuses it whole, whatever its epochs.
+func (r *Replicator) holdsRemote(as []fsm.Assignment, b uint32) bool {
+	return b < r.table.Buckets() && int(b) < len(as) && as[b].Primary == r.self
 }
 
 // accepts decides whether this member applies a record sent by member from.

@@ -63,8 +63,14 @@ type View interface {
 	Watch() (uint64, <-chan struct{})
 	// Acting reports whether this member may act as primary (lease held).
 	Acting() bool
-	// Addr returns a member's gRPC address.
+	// Addr returns a member's gRPC address (of either site).
 	Addr(member string) (string, bool)
+	// Site is this member's site; Standby whether it is a standby site.
+	Site() string
+	Standby() bool
+	// Peer returns what is known of the other site (nil: none, or not yet)
+	// and a channel closed when that changes (nil: never).
+	Peer() (*Peer, <-chan struct{})
 }
 
 // Config configures a Replicator.
@@ -81,6 +87,8 @@ type Config struct {
 	// OnApply, if set, is called for every record a backup applies (for
 	// measuring replication lag); it must be fast.
 	OnApply func(bucket uint32, key fsm.Key, version uint64)
+	// RemoteCompression gzips the streams to the other site.
+	RemoteCompression bool
 }
 
 func (c *Config) defaults() {
@@ -109,7 +117,11 @@ type plan struct {
 	// receivers fence it by epoch once another member is primary). primary:
 	// it is the owner and holds a lease, so it may accept new events.
 	owner, primary bool
-	targets        []string // members to replicate to (local backup, incoming)
+	targets        []string // members to replicate to (local backup, incoming, remote backup)
+	// remote is the other site's member holding the remote backup ("" for
+	// none) and remoteEpoch the other site's epoch of the bucket.
+	remote      string
+	remoteEpoch uint64
 }
 
 // Replicator is one member's replication. Create it with New, start it with
@@ -149,7 +161,8 @@ type Replicator struct {
 type syncKey struct {
 	bucket uint32
 	target string
-	epoch  uint64
+	epoch  uint64 // the other site's epoch when remote
+	remote bool
 }
 
 // New returns a Replicator over an empty table.
@@ -180,6 +193,7 @@ func (r *Replicator) Run(ctx context.Context) {
 	replan := true
 	for {
 		_, changed := r.cfg.View.Watch()
+		_, peerChanged := r.cfg.View.Peer()
 		if acting := r.cfg.View.Acting(); replan || acting != r.lastActing {
 			r.replan()
 			replan = false
@@ -194,6 +208,8 @@ func (r *Replicator) Run(ctx context.Context) {
 			r.wg.Wait()
 			return
 		case <-changed:
+			replan = true
+		case <-peerChanged:
 			replan = true
 		case <-r.wake:
 			replan = true
@@ -211,9 +227,13 @@ func (r *Replicator) Run(ctx context.Context) {
 func (r *Replicator) replan() {
 	as, _ := r.cfg.View.Assignments()
 	acting := r.cfg.View.Acting()
+	peer, _ := r.cfg.View.Peer()
+	if r.cfg.View.Standby() {
+		peer = nil // a standby site streams to nobody on the other site
+	}
 	r.lastActing = acting
 	plans := make([]plan, len(as))
-	need := map[string]bool{}
+	need := map[string]bool{} // target -> remote
 	var syncs []syncKey
 	for i, a := range as {
 		b := uint32(i)
@@ -226,9 +246,17 @@ func (r *Replicator) replan() {
 					continue
 				}
 				p.targets = append(p.targets, t)
-				need[t] = true
+				need[t] = false
 				if (t == a.LocalBackup && !a.BackupSynced) || (t == a.Incoming && !a.IncomingSynced) {
-					syncs = append(syncs, syncKey{b, t, a.Epoch})
+					syncs = append(syncs, syncKey{b, t, a.Epoch, false})
+				}
+			}
+			if t, e, synced := peer.remoteTarget(b, len(as)); t != "" {
+				p.targets = append(p.targets, t)
+				p.remote, p.remoteEpoch = t, e
+				need[t] = true
+				if !synced {
+					syncs = append(syncs, syncKey{b, t, e, true})
 				}
 			}
 		case a.LocalBackup == r.self || a.Incoming == r.self:
@@ -241,13 +269,17 @@ func (r *Replicator) replan() {
 	r.plans.Store(&plans)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for t := range need {
+	for t, remote := range need {
+		if s := r.senders[t]; s != nil && s.remote != remote {
+			s.close() // a member ID seen on the other site now (or back): a new stream
+			delete(r.senders, t)
+		}
 		if r.senders[t] == nil && r.ctx != nil {
-			r.senders[t] = r.newSender(t)
+			r.senders[t] = r.newSender(t, remote)
 		}
 	}
 	for t, s := range r.senders {
-		if !need[t] {
+		if _, ok := need[t]; !ok {
 			s.close()
 			delete(r.senders, t)
 		}
@@ -258,11 +290,15 @@ func (r *Replicator) replan() {
 		}
 		if s := r.senders[k.target]; s != nil {
 			r.started[k] = true
-			s.addSync(k.bucket, k.epoch)
+			s.addSync(k.bucket, k.epoch, k.remote)
 		}
 	}
 	for k := range r.started { // forget syncs of assignments that moved on
-		if int(k.bucket) >= len(as) || as[k.bucket].Epoch != k.epoch {
+		p := plan{}
+		if int(k.bucket) < len(plans) {
+			p = plans[k.bucket]
+		}
+		if (!k.remote && (!p.owner || p.epoch != k.epoch)) || (k.remote && (p.remote != k.target || p.remoteEpoch != k.epoch)) {
 			delete(r.started, k)
 		}
 	}
@@ -302,13 +338,16 @@ func (r *Replicator) mark(b uint32, key fsm.Key) {
 }
 
 // watermark is the highest mark sequence up to which every queued change has
-// been acknowledged by every backup.
-func (r *Replicator) watermark() uint64 {
+// been acknowledged by every local backup, and by the remote backups too if
+// withRemote.
+func (r *Replicator) watermark(withRemote bool) uint64 {
 	w := r.marks.Load()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.senders {
-		w = min(w, s.watermark())
+		if withRemote || !s.remote {
+			w = min(w, s.watermark())
+		}
 	}
 	return w
 }

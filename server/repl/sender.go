@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding/gzip"
 	"google.golang.org/grpc/metadata"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
@@ -18,7 +20,13 @@ import (
 const (
 	mdMember      = "connsync-member"
 	mdIncarnation = "connsync-incarnation"
+	mdSite        = "connsync-site"
 )
+
+// A stream to the other site crosses a WAN link (tens of ms each way): it
+// sends batches this many times larger, and keeps this many times more of
+// them unacknowledged, so the link's round trip does not bound throughput.
+const remoteScale = 4
 
 type qkey struct {
 	bucket uint32
@@ -33,7 +41,8 @@ type qitem struct {
 // fullSync is one bucket being copied to the stream's target.
 type fullSync struct {
 	bucket    uint32
-	epoch     uint64
+	epoch     uint64 // the other site's epoch of the bucket when remote
+	remote    bool
 	items     []conntable.Item // the snapshot, taken when the sync starts sending
 	next      int
 	markerSeq uint64 // seq of the batch that carried the marker; 0 until sent
@@ -54,6 +63,9 @@ type flight struct {
 type sender struct {
 	r      *Replicator
 	target string
+	remote bool // target is on the other site
+
+	maxRecords, maxBytes, window int
 
 	mu        sync.Mutex
 	queue     []qitem
@@ -73,8 +85,12 @@ type sender struct {
 	buf  []byte
 }
 
-func (r *Replicator) newSender(target string) *sender {
-	s := &sender{r: r, target: target, queued: map[qkey]struct{}{}, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+func (r *Replicator) newSender(target string, remote bool) *sender {
+	s := &sender{r: r, target: target, remote: remote, queued: map[qkey]struct{}{}, wake: make(chan struct{}, 1), stop: make(chan struct{}),
+		maxRecords: r.cfg.MaxBatchRecords, maxBytes: r.cfg.MaxBatchBytes, window: r.cfg.Window}
+	if remote {
+		s.maxRecords, s.maxBytes, s.window = remoteScale*s.maxRecords, remoteScale*s.maxBytes, remoteScale*s.window
+	}
 	r.wg.Add(1)
 	go s.run()
 	return s
@@ -109,9 +125,9 @@ func (s *sender) enqueue(b uint32, key fsm.Key, mark uint64) {
 	s.signal()
 }
 
-func (s *sender) addSync(b uint32, epoch uint64) {
+func (s *sender) addSync(b uint32, epoch uint64, remote bool) {
 	s.mu.Lock()
-	s.syncs = append(s.syncs, &fullSync{bucket: b, epoch: epoch})
+	s.syncs = append(s.syncs, &fullSync{bucket: b, epoch: epoch, remote: remote})
 	s.mu.Unlock()
 	s.signal()
 }
@@ -182,9 +198,13 @@ func (s *sender) stream() error {
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, mdMember, r.self,
+	ctx = metadata.AppendToOutgoingContext(ctx, mdMember, r.self, mdSite, r.cfg.View.Site(),
 		mdIncarnation, strconv.FormatUint(r.cfg.View.Incarnation(), 10))
-	st, err := pb.NewMemberServiceClient(conn).Replicate(ctx)
+	var opts []grpc.CallOption
+	if s.remote && r.cfg.RemoteCompression {
+		opts = append(opts, grpc.UseCompressor(gzip.Name))
+	}
+	st, err := pb.NewMemberServiceClient(conn).Replicate(ctx, opts...)
 	if err != nil {
 		return err
 	}
@@ -270,18 +290,18 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 	r := s.r
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.inflight) >= r.cfg.Window {
+	if len(s.inflight) >= s.window {
 		return nil
 	}
 	buf := s.buf[:0]
 	count := 0
 	f := flight{seq: s.nextSeq + 1}
-	deltaCap := r.cfg.MaxBatchRecords
+	deltaCap := s.maxRecords
 	if len(s.syncs) > 0 {
 		deltaCap /= 2
 	}
 	var w wireRecord
-	for s.head < len(s.queue) && count < deltaCap && len(buf) < r.cfg.MaxBatchBytes {
+	for s.head < len(s.queue) && count < deltaCap && len(buf) < s.maxBytes {
 		it := s.queue[s.head]
 		s.queue[s.head] = qitem{}
 		s.head++
@@ -306,13 +326,13 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 		s.queue = append(s.queue[:0], s.queue[s.head:]...)
 		s.head = 0
 	}
-	for len(s.syncs) > 0 && count < r.cfg.MaxBatchRecords && len(buf) < r.cfg.MaxBatchBytes {
+	for len(s.syncs) > 0 && count < s.maxRecords && len(buf) < s.maxBytes {
 		job := s.firstPendingSync()
 		if job == nil {
 			break
 		}
 		p := r.planOf(job.bucket)
-		if !p.owner || p.epoch != job.epoch {
+		if !p.owner || (!job.remote && p.epoch != job.epoch) || (job.remote && (p.remote != s.target || p.remoteEpoch != job.epoch)) {
 			s.dropSync(job) // the assignment moved on; replanning schedules what it needs now
 			continue
 		}
@@ -320,16 +340,16 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 			job.items = r.table.Snapshot(job.bucket)
 			job.started = time.Now()
 		}
-		for job.next < len(job.items) && count < r.cfg.MaxBatchRecords && len(buf) < r.cfg.MaxBatchBytes {
+		for job.next < len(job.items) && count < s.maxRecords && len(buf) < s.maxBytes {
 			it := job.items[job.next]
 			job.next++
-			w = wireRecord{bucket: job.bucket, epoch: job.epoch, key: it.Key, rec: it.Record}
+			w = wireRecord{bucket: job.bucket, epoch: p.epoch, key: it.Key, rec: it.Record}
 			before := len(buf)
 			buf = appendRecord(buf, &w)
 			job.bytes += uint64(len(buf) - before)
 			count++
 		}
-		if job.next == len(job.items) && count < r.cfg.MaxBatchRecords {
+		if job.next == len(job.items) && count < s.maxRecords {
 			w = wireRecord{bucket: job.bucket, epoch: job.epoch, marker: true}
 			buf = appendRecord(buf, &w)
 			job.markerSeq = f.seq

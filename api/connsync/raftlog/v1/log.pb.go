@@ -902,8 +902,10 @@ func (x *InitSiteOp) GetStandby() bool {
 
 // SetSiteModeOp activates a standby site (standby false) or makes an active
 // site standby. Either way every bucket's epoch and revision become the
-// entry's index, and the site epoch too; on becoming standby every
-// remote_copy_synced is cleared (the copies come from the other site anew).
+// entry's index, and the site epoch too; every backup_synced and
+// incoming_synced is cleared (backups sync anew from the primaries of the
+// new mode), and on becoming standby every remote_copy_synced too (the
+// copies come from the other site anew).
 type SetSiteModeOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Standby       bool                   `protobuf:"varint,1,opt,name=standby,proto3" json:"standby,omitempty"`

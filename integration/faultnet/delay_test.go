@@ -1,0 +1,56 @@
+package faultnet
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+)
+
+// A delayed link carries every byte, in order, a round trip of at least 2d
+// later; other links stay fast.
+func TestDelay_RoundTripAndOrder(t *testing.T) {
+	h := NewHub()
+	addr, err := h.Reserve("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := h.Node("b").Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // echo server
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	const d = 30 * time.Millisecond
+	h.Delay([]string{"a"}, []string{"b"}, d)
+	rtt := func(from string) time.Duration {
+		c, err := h.Node(from).Dial(context.Background(), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		msg := bytes.Repeat([]byte("0123456789"), 20000) // several chunks
+		start := time.Now()
+		go c.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("from %s: bytes changed or reordered", from)
+		}
+		return time.Since(start)
+	}
+	if got := rtt("a"); got < 2*d {
+		t.Fatalf("round trip over the delayed link took %v, want >= %v", got, 2*d)
+	}
+}

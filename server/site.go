@@ -1,0 +1,300 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/server/repl"
+)
+
+// Dual site (docs/SITES.md). Every member follows the other site through a
+// siteLink: the peer's mode (active or standby), its members' addresses and
+// its bucket table, read from any of its members with Status, ListMembers
+// and WatchAssignments. On the active site the replicator streams each
+// bucket to the standby site's primary of that bucket (its remote backup),
+// so the standby site's own placement chooses the remote backups and the
+// active site's primaries know them without asking per connection.
+
+// siteLinkPoll is how often the link refreshes the peer's status and members.
+const siteLinkPoll = 250 * time.Millisecond
+
+// siteLink follows the peer site for one member.
+type siteLink struct {
+	s     *Server
+	addrs []string
+
+	mu      sync.Mutex
+	peer    *repl.Peer    // nil until the peer's table is known
+	changed chan struct{} // closed and replaced when peer changes
+	up      bool
+	rtt     time.Duration
+	lastErr string
+	leader  string
+	members []string
+}
+
+func newSiteLink(s *Server, addrs []string) *siteLink {
+	return &siteLink{s: s, addrs: addrs, changed: make(chan struct{})}
+}
+
+// watch returns what is known of the peer site and a channel closed when it
+// changes.
+func (l *siteLink) watch() (*repl.Peer, <-chan struct{}) {
+	if l == nil {
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.peer, l.changed
+}
+
+func (l *siteLink) publish(p *repl.Peer) {
+	l.mu.Lock()
+	l.peer = p
+	close(l.changed)
+	l.changed = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// run follows the peer site through each of its addresses in turn until the
+// member stops.
+func (l *siteLink) run() {
+	s := l.s
+	defer s.wg.Done()
+	for i := 0; ; i++ {
+		addr := l.addrs[i%len(l.addrs)]
+		err := l.follow(addr)
+		l.mu.Lock()
+		l.up = false
+		if err != nil {
+			l.lastErr = fmt.Sprintf("%s: %v", addr, err)
+		}
+		l.mu.Unlock()
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.logger.Debug("site link", "addr", addr, "error", err)
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// follow reads the peer site through one of its members until that fails.
+func (l *siteLink) follow(addr string) error {
+	s := l.s
+	conn, err := s.peers.get(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	op := pb.NewOperatorServiceClient(conn)
+	info, err := l.poll(ctx, op)
+	if err != nil {
+		return err
+	}
+	st, err := pb.NewAssignmentServiceClient(conn).WatchAssignments(ctx, &pb.WatchAssignmentsRequest{})
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { // status and members, while the watch streams the table
+		t := time.NewTicker(siteLinkPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			next, err := l.poll(ctx, op)
+			if err != nil {
+				errc <- err
+				cancel()
+				return
+			}
+			if next.Standby != info.Standby || next.Site != info.Site || !sameAddrs(next.Addrs, info.Addrs) {
+				info = next
+				l.mu.Lock()
+				p := l.peer
+				l.mu.Unlock()
+				if p != nil {
+					q := *p
+					q.Site, q.Standby, q.Addrs = next.Site, next.Standby, next.Addrs
+					l.publish(&q)
+				}
+			}
+		}
+	}()
+	var table []repl.PeerBucket
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			select {
+			case perr := <-errc:
+				return perr
+			default:
+				return err
+			}
+		}
+		if resp.FullMap {
+			table = make([]repl.PeerBucket, len(resp.Assignments))
+		} else {
+			table = append([]repl.PeerBucket(nil), table...) // the published view is never modified
+		}
+		for _, a := range resp.Assignments {
+			if int(a.Bucket) < len(table) {
+				table[a.Bucket] = repl.PeerBucket{Primary: a.Primary, Epoch: a.Epoch, CopySynced: a.RemoteCopySynced}
+			}
+		}
+		l.mu.Lock()
+		cur := l.peer
+		l.mu.Unlock()
+		p := &repl.Peer{Site: info.Site, Standby: info.Standby, Addrs: info.Addrs, Buckets: table}
+		if cur != nil {
+			p.Site, p.Standby, p.Addrs = cur.Site, cur.Standby, cur.Addrs
+		}
+		l.publish(p)
+	}
+}
+
+// poll reads the peer's status and members once, and records the round trip.
+func (l *siteLink) poll(ctx context.Context, op pb.OperatorServiceClient) (*repl.Peer, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	start := time.Now()
+	st, err := op.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		return nil, err
+	}
+	rtt := time.Since(start)
+	if st.Site == l.s.cfg.Site {
+		return nil, fmt.Errorf("peer-site address belongs to this member's own site %q", st.Site)
+	}
+	ms, err := op.ListMembers(ctx, &pb.ListMembersRequest{})
+	if err != nil {
+		return nil, err
+	}
+	addrs := map[string]string{}
+	var ids []string
+	for _, m := range ms.Members {
+		if _, clash := l.s.fsm.Member(m.GetId()); clash {
+			return nil, fmt.Errorf("member ID %q is used on both sites; member IDs must be unique across sites", m.GetId())
+		}
+		if m.GetState() == pb.MemberState_MEMBER_STATE_ALIVE || m.GetState() == pb.MemberState_MEMBER_STATE_DRAINING {
+			addrs[m.GetId()] = m.GetGrpcAddr()
+		}
+		ids = append(ids, m.GetId())
+	}
+	l.mu.Lock()
+	l.up, l.rtt, l.lastErr, l.leader, l.members = true, rtt, "", st.LeaderId, ids
+	l.mu.Unlock()
+	return &repl.Peer{Site: st.Site, Standby: st.Standby, Addrs: addrs}, nil
+}
+
+func sameAddrs(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// info describes the link for Sites.
+func (l *siteLink) info() *pb.SiteInfo {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := &pb.SiteInfo{Reachable: l.up, RttUs: l.rtt.Microseconds(), Error: l.lastErr, LeaderId: l.leader, Members: l.members}
+	if l.peer != nil {
+		out.Name, out.Standby = l.peer.Site, l.peer.Standby
+		for _, b := range l.peer.Buckets {
+			if b.CopySynced {
+				out.RemoteCopiesSynced++
+			}
+		}
+	}
+	return out
+}
+
+// SiteFailover activates this member's standby site (see the API).
+func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailoverRequest) (*pb.SiteFailoverResponse, error) {
+	s := o.s
+	switch {
+	case req.Site == "":
+		return nil, status.Error(codes.InvalidArgument, "site: is required (the name of the standby site to activate)")
+	case req.Site != s.cfg.Site:
+		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the site to activate",
+			req.Site, s.cfg.Site)
+	}
+	if _, err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	st := s.fsm.Stats()
+	if !st.Standby {
+		return nil, status.Errorf(codes.FailedPrecondition, "site %s is active already (site epoch %d)", s.cfg.Site, st.SiteEpoch)
+	}
+	as, _ := s.fsm.Buckets()
+	out := &pb.SiteFailoverResponse{Site: s.cfg.Site, DryRun: req.DryRun}
+	for _, a := range as {
+		if a.Primary != "" {
+			out.Buckets++
+			if a.RemoteCopySynced {
+				out.BucketsSynced++
+			}
+		}
+	}
+	if req.DryRun {
+		return out, nil
+	}
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site failover by operator")}})
+	if err != nil {
+		return nil, err
+	}
+	if res[0].Err != nil {
+		return nil, res[0].Err
+	}
+	out.SiteEpoch = res[0].Epoch
+	s.logger.Warn("site activated by operator", "site", s.cfg.Site, "site_epoch", out.SiteEpoch,
+		"buckets", out.Buckets, "with_complete_remote_copy", out.BucketsSynced)
+	return out, nil
+}
+
+// Sites reports this member's site and the peer site it follows.
+func (o *operatorService) Sites(ctx context.Context, _ *pb.SitesRequest) (*pb.SitesResponse, error) {
+	s := o.s
+	st := s.fsm.Stats()
+	_, leader := s.raft.LeaderWithID()
+	local := &pb.SiteInfo{Name: s.cfg.Site, Local: true, Standby: st.Standby, LeaderId: string(leader), Reachable: true}
+	for _, m := range s.fsm.Members() {
+		local.Members = append(local.Members, m.ID)
+	}
+	out := &pb.SitesResponse{Sites: []*pb.SiteInfo{local}}
+	if s.siteLink != nil {
+		out.Sites = append(out.Sites, s.siteLink.info())
+	}
+	return out, nil
+}
+
+// peerAddr returns a peer-site member's gRPC address.
+func (s *Server) peerAddr(member string) (string, bool) {
+	p, _ := s.siteLink.watch()
+	if p == nil {
+		return "", false
+	}
+	a, ok := p.Addrs[member]
+	return a, ok && a != ""
+}
