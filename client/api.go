@@ -260,3 +260,23 @@ func (c *Client) TransferLeadership(ctx context.Context, member string) (leader 
 	})
 	return leader, err
 }
+
+// SiteFailover activates site, which must be the site of the members this
+// client talks to and a standby site (dryRun: only report what would be
+// activated). Not retried: a second failover of an active site is refused.
+func (c *Client) SiteFailover(ctx context.Context, site string, dryRun bool) (r *pb.SiteFailoverResponse, err error) {
+	err = c.callOnce(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err = pb.NewOperatorServiceClient(cc).SiteFailover(ctx, &pb.SiteFailoverRequest{Site: site, DryRun: dryRun}, o...)
+		return err
+	})
+	return r, err
+}
+
+// Sites reports the answering member's site and the peer site it follows.
+func (c *Client) Sites(ctx context.Context) (r *pb.SitesResponse, err error) {
+	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err = pb.NewOperatorServiceClient(cc).Sites(ctx, &pb.SitesRequest{}, o...)
+		return err
+	})
+	return r, err
+}

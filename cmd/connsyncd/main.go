@@ -99,6 +99,17 @@ func newFlagSet(o *options) *flag.FlagSet {
 		c.DelayClasses = cs
 		return nil
 	})
+	fs.BoolVar(&c.Standby, "standby", false, "found the site as a standby site: it holds the other site's remote backups and acts for no bucket until 'connsyncctl site failover'")
+	fs.Func("peer-site", "comma-separated gRPC addresses of members of the other site (dual site: the active site streams remote backups there)", func(s string) error {
+		for _, a := range strings.Split(s, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.PeerSite = append(c.PeerSite, a)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&c.SiteFailover, "site-failover", "manual", "site-failover policy: manual (automatic failover without a witness is unsafe and refused)")
+	fs.BoolVar(&c.RemoteCompression, "remote-compression", false, "gzip the replication streams to the other site")
 	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
