@@ -54,8 +54,10 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 	full := time.NewTicker(time.Second)
 	defer full.Stop()
 	topology, fullPass := true, true
+	// The watch channel is renewed only when it fires (see repl.Run): a
+	// change that lands while a tick is chosen must not be missed.
+	_, changed := s.fsm.Watch()
 	for {
-		_, changed := s.fsm.Watch()
 		err := s.reconcile(ctx, topology, fullPass)
 		switch {
 		case errors.Is(err, fsm.ErrAssignmentChanged):
@@ -75,6 +77,7 @@ func (s *Server) reconcileLoop(ctx context.Context) {
 			topology = true
 		case <-changed:
 			topology = true
+			_, changed = s.fsm.Watch() // before reconcile reads the state
 		case <-tick.C:
 		case <-full.C:
 			topology, fullPass = true, true

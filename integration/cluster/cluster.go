@@ -8,11 +8,15 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
@@ -364,6 +368,7 @@ func (c *Cluster) WaitPlaced(timeout time.Duration) {
 	if manual {
 		cl = c.Client()
 	}
+	deadline := time.Now().Add(timeout)
 	CheckFor(c.t, timeout, 20*time.Millisecond, func() error {
 		l := c.Leader()
 		if l == nil {
@@ -375,8 +380,48 @@ func (c *Cluster) WaitPlaced(timeout time.Duration) {
 			defer cancel()
 			_, _ = cl.Rebalance(ctx, false) // Aborted when the map changed meanwhile: the next poll asks again
 		}
+		if err != nil && time.Until(deadline) < 100*time.Millisecond {
+			c.logSyncStatus() // about to fail: say where replication stands
+			c.logReplGoroutines()
+		}
 		return err
 	})
+}
+
+// logSyncStatus logs every running member's replication status.
+func (c *Cluster) logSyncStatus() {
+	for _, m := range c.Running() {
+		conn, err := grpc.NewClient(m.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := pb.NewOperatorServiceClient(conn).SyncStatus(ctx, &pb.SyncStatusRequest{})
+		cancel()
+		conn.Close()
+		if err != nil {
+			c.t.Logf("sync status of %s: %v", m.ID, err)
+			continue
+		}
+		st.DelayClasses = nil
+		c.t.Logf("sync status of %s (active %v, applied %d, leader %v): %v", m.ID, len(activeOf(m)), m.Server.FSM().AppliedIndex(), m.Server.IsLeader(), st)
+	}
+}
+
+// logReplGoroutines logs the stacks of the goroutines in package repl.
+func (c *Cluster) logReplGoroutines() {
+	buf := make([]byte, 64<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "(*Replicator).Run") || strings.Contains(g, "runFSM") || strings.Contains(g, "connsync/fsm.") {
+			c.t.Logf("%s", g)
+		}
+	}
+}
+
+func activeOf(m *Member) []*pb.BucketEpoch {
+	a, _ := m.Server.Active()
+	return a
 }
 
 // Placed checks that f's bucket map is settled (see WaitPlaced).

@@ -190,10 +190,14 @@ func (r *Replicator) Run(ctx context.Context) {
 	defer tick.Stop()
 	purge := time.NewTicker(5 * time.Second)
 	defer purge.Stop()
+	// A watch channel is renewed only when it fires: when it closes while
+	// another case is chosen (select picks at random among ready cases), it
+	// stays closed and fires on the next round. (Renewing it on every round
+	// lost such a change for good: the new channel only closes on the next.)
 	replan := true
+	_, changed := r.cfg.View.Watch()
+	_, peerChanged := r.cfg.View.Peer()
 	for {
-		_, changed := r.cfg.View.Watch()
-		_, peerChanged := r.cfg.View.Peer()
 		if acting := r.cfg.View.Acting(); replan || acting != r.lastActing {
 			r.replan()
 			replan = false
@@ -209,8 +213,10 @@ func (r *Replicator) Run(ctx context.Context) {
 			return
 		case <-changed:
 			replan = true
+			_, changed = r.cfg.View.Watch() // before replan reads the state
 		case <-peerChanged:
 			replan = true
+			_, peerChanged = r.cfg.View.Peer()
 		case <-r.wake:
 			replan = true
 		case now := <-tick.C:
