@@ -87,6 +87,7 @@ type state struct {
 	lastSweep   int64  // log time of the last expiry sweep
 	standby     bool   // a standby site acts for no bucket (see SetSiteModeOp)
 	siteEpoch   uint64 // index of the last SetSiteModeOp
+	leaseEpoch  uint64 // highest site-lease epoch of a SetSiteModeOp
 	applied     uint64 // index of the last applied entry
 	// topologyChanged is set by an entry that changes members or
 	// assignments, so watchers are woken once it is applied. Not part of
@@ -308,6 +309,8 @@ type Stats struct {
 	// activation or deactivation.
 	Standby   bool
 	SiteEpoch uint64
+	// LeaseEpoch is the highest site-lease epoch the site activated under.
+	LeaseEpoch uint64
 }
 
 // Standby reports whether the site is a standby site.
@@ -323,7 +326,7 @@ func (f *FSM) Stats() Stats {
 	defer f.mu.RUnlock()
 	st := f.st
 	return Stats{st.site, st.bucketCount, len(st.members), st.claims.len(), len(st.locks),
-		len(st.sessions), st.applied, st.now, st.standby, st.siteEpoch}
+		len(st.sessions), st.applied, st.now, st.standby, st.siteEpoch, st.leaseEpoch}
 }
 
 // Snapshot implements raft.FSM: it copies the state so Persist can run while

@@ -61,6 +61,7 @@ func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
 		return Result{Err: errorf(ErrSiteMode, "site %s is %s already (site epoch %d)", st.site, mode, st.siteEpoch)}
 	}
 	st.standby, st.siteEpoch = op.Standby, index
+	st.leaseEpoch = max(st.leaseEpoch, op.LeaseEpoch)
 	for i := range st.buckets {
 		a := &st.buckets[i]
 		a.Epoch, a.Revision = index, index

@@ -86,7 +86,7 @@ func (st *state) writeTo(w io.Writer) error {
 	}
 	emit(&ipb.SnapshotHeader{Version: snapshotVersion, Site: st.site, BucketCount: st.bucketCount,
 		LastToken: st.lastToken, NowUnixNano: st.now, AppliedIndex: st.applied, LastSweepUnixNano: st.lastSweep,
-		Standby: st.standby, SiteEpoch: st.siteEpoch})
+		Standby: st.standby, SiteEpoch: st.siteEpoch, LeaseEpoch: st.leaseEpoch})
 	for _, id := range sortedKeys(st.members) {
 		m := st.members[id]
 		emit(m.Proto())
@@ -195,7 +195,7 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		}
 		st.site, st.bucketCount, st.lastToken = h.Site, h.BucketCount, h.LastToken
 		st.now, st.lastSweep, st.applied = h.NowUnixNano, h.LastSweepUnixNano, h.AppliedIndex
-		st.standby, st.siteEpoch = h.Standby, h.SiteEpoch
+		st.standby, st.siteEpoch, st.leaseEpoch = h.Standby, h.SiteEpoch, h.LeaseEpoch
 		st.buckets = make([]Assignment, h.BucketCount)
 	case *ipb.SnapshotRecord_Member:
 		m := r.Member

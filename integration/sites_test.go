@@ -2,6 +2,10 @@ package integration
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,20 +24,70 @@ const wanDelay = 50 * time.Millisecond
 
 // dualSite starts a standby site "b" (members b0..) and an active site "a"
 // (a0..) that streams its buckets to b's remote backups, with wanDelay each
-// way between them on a shared fault-injecting network.
-func dualSite(t *testing.T, n int) (a, b *cluster.Cluster) {
+// way between them on a shared fault-injecting network. With witness, a
+// witness "w" (wanDelay from both sites) runs the witness policy; without,
+// the policy is manual.
+func dualSite(t *testing.T, n int, witness bool) (a, b *cluster.Cluster, w *server.Witness) {
 	t.Helper()
 	hub := faultnet.NewHub()
-	var aIDs, bIDs []string
+	var aIDs, bIDs, aAddrs, bAddrs []string
 	for i := range n {
 		aIDs, bIDs = append(aIDs, fmt.Sprintf("a%d", i)), append(bIDs, fmt.Sprintf("b%d", i))
 	}
+	reserve := func(id string) string {
+		addr, err := hub.Reserve(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return addr
+	}
+	for i := range n {
+		aAddrs, bAddrs = append(aAddrs, reserve(aIDs[i])), append(bAddrs, reserve(bIDs[i]))
+	}
 	hub.Delay(aIDs, bIDs, wanDelay)
-	b = cluster.New(t, n, cluster.Options{Site: "b", IDPrefix: "b", Hub: hub,
-		Tweak: func(c *server.Config) { c.Standby = true }})
-	a = cluster.New(t, n, cluster.Options{Site: "a", IDPrefix: "a", Hub: hub,
-		Tweak: func(c *server.Config) { c.PeerSite = b.Addrs() }})
-	return a, b
+	tweak := func(peers []string) func(*server.Config) {
+		return func(c *server.Config) { c.PeerSite = peers }
+	}
+	tweakA, tweakB := tweak(bAddrs), tweak(aAddrs)
+	if witness {
+		hub.Delay([]string{"w"}, append(append([]string(nil), aIDs...), bIDs...), wanDelay)
+		var err error
+		w, err = server.NewWitness(server.WitnessConfig{Bind: reserve("w"), MaxLease: time.Second, Network: hub.Node("w")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(w.Close)
+		withWitness := func(f func(*server.Config)) func(*server.Config) {
+			return func(c *server.Config) { f(c); c.SiteFailover, c.Witness = "witness", []string{w.Addr()} }
+		}
+		tweakA, tweakB = withWitness(tweakA), withWitness(tweakB)
+	} else {
+		tweakB = func(*server.Config) {} // the standby site needs no link for manual failover
+	}
+	b = cluster.New(t, n, cluster.Options{Site: "b", IDPrefix: "b", Hub: hub, GRPCAddrs: bAddrs,
+		Tweak: func(c *server.Config) { tweakB(c); c.Standby = true }})
+	a = cluster.New(t, n, cluster.Options{Site: "a", IDPrefix: "a", Hub: hub, GRPCAddrs: aAddrs, Tweak: tweakA})
+	return a, b, w
+}
+
+// activeOn returns how many buckets the members of servers act for now.
+func activeOn(servers []*server.Server) map[uint32]int {
+	out := map[uint32]int{}
+	for _, s := range servers {
+		act, _ := s.Active()
+		for _, be := range act {
+			out[be.Bucket]++
+		}
+	}
+	return out
+}
+
+func serversOf(c *cluster.Cluster) []*server.Server {
+	var out []*server.Server
+	for _, m := range c.Running() {
+		out = append(out, m.Server)
+	}
+	return out
 }
 
 // waitRemoteCopies waits until the standby site records a complete remote
@@ -60,7 +114,7 @@ func waitRemoteCopies(t *testing.T, b *cluster.Cluster, timeout time.Duration) {
 //	CONNSYNC_SITE_CONNS=1000000 go test ./integration -run ManualFailoverLosesNothing -v -timeout 30m
 func TestSites_ManualFailoverLosesNothing(t *testing.T) {
 	n := envInt(t, "CONNSYNC_SITE_CONNS", 20000)
-	a, b := dualSite(t, 3)
+	a, b, _ := dualSite(t, 3, false)
 	waitRemoteCopies(t, b, 60*time.Second)
 	for _, m := range b.Members {
 		if act, _ := m.Server.Active(); len(act) > 0 {
@@ -177,5 +231,206 @@ func TestSites_BadSiteFailoverInput(t *testing.T) {
 	}
 	if st := c.Leader().Server.FSM().Stats(); st.Standby || st.SiteEpoch != 0 {
 		t.Fatalf("refused failovers changed the site: %+v", st)
+	}
+}
+
+// TestSites_WitnessFailover: with a witness, losing the whole active site
+// (every member stopped at once) activates the standby site on its own, and
+// every connection confirmed at the standby site is there, at its version.
+// It reports the time from the loss to the last bucket active on the
+// standby site; CONNSYNC_SITE_TRIALS sets how many sites are built and lost.
+//
+//	CONNSYNC_SITE_TRIALS=5 go test ./integration -run WitnessFailover -v
+func TestSites_WitnessFailover(t *testing.T) {
+	trials := envInt(t, "CONNSYNC_SITE_TRIALS", 1)
+	n := envInt(t, "CONNSYNC_SITE_CONNS", 5000)
+	var took []time.Duration
+	for trial := 1; trial <= trials; trial++ {
+		took = append(took, witnessFailoverTrial(t, n))
+		t.Logf("trial %d: site a lost -> last of %d buckets active on site b: %v", trial, fsm.DefaultBucketCount, took[len(took)-1])
+	}
+	slices.Sort(took)
+	t.Logf("site failover over %d trials: min %v, median %v, max %v", len(took), took[0], took[len(took)/2], took[len(took)-1])
+}
+
+func witnessFailoverTrial(t *testing.T, n int) time.Duration {
+	a, b, _ := dualSite(t, 3, true)
+	defer a.Close()
+	defer b.Close()
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site a", got)
+		}
+		return nil
+	})
+	waitRemoteCopies(t, b, 60*time.Second)
+	if got := len(activeOn(serversOf(b))); got != 0 {
+		t.Fatalf("standby site b acts for %d buckets", got)
+	}
+	p := newPublisher(t, a)
+	p.site = true
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	if r := p.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
+		t.Fatalf("%d connections refused", r)
+	}
+	p.waitReplicated(60 * time.Second)
+
+	bs := serversOf(b)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for _, m := range a.Running() { // the whole site at once
+		wg.Add(1)
+		go func(s *server.Server) { defer wg.Done(); _ = s.Shutdown() }(m.Server)
+	}
+	var took time.Duration
+	cluster.CheckFor(t, 10*time.Second, 2*time.Millisecond, func() error {
+		if got := len(activeOn(bs)); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site b", got)
+		}
+		took = time.Since(t0)
+		return nil
+	})
+	wg.Wait()
+	for _, m := range a.Members {
+		m.Server = nil // shut down above
+	}
+	as := b.Assignments()
+	got := map[fsm.Key]*pb.ConnState{}
+	for _, m := range b.Running() {
+		mine := map[uint32]bool{}
+		for i, x := range as {
+			if x.Primary == m.ID {
+				mine[uint32(i)] = true
+			}
+		}
+		for k, st := range holds(t, m, mine) {
+			got[k] = st
+		}
+	}
+	lost := 0
+	for _, i := range idx {
+		k, _ := bucketOf(t, conn(i, 0))
+		if p.acked[i] && got[k] == nil {
+			lost++
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of %d confirmed connections lost in the site failover", lost, n)
+	}
+	return took
+}
+
+// TestSites_LinkCutNeverActivatesBoth (S1 across sites): under a seeded
+// schedule of cuts — the link between the sites alone, then site a cut off
+// from everything — no bucket is ever active on both sites; with only the
+// inter-site link cut, site a (holding the lease) stays active; with site a
+// cut off, site b takes over; after the heal, site a has gone standby.
+func TestSites_LinkCutNeverActivatesBoth(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	a, b, _ := dualSite(t, 3, true)
+	as, bs := serversOf(a), serversOf(b)
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if got := len(activeOn(as)); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site a", got)
+		}
+		return nil
+	})
+	stop := make(chan struct{})
+	var overlaps, polls atomic.Int64
+	var worst atomic.Value
+	done := make(chan struct{})
+	go func() { // the S1 checker
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			onA, onB := activeOn(as), activeOn(bs)
+			polls.Add(1)
+			for bkt := range onA {
+				if onB[bkt] > 0 {
+					overlaps.Add(1)
+					worst.Store(fmt.Sprintf("bucket %d active on both sites", bkt))
+					break
+				}
+			}
+		}
+	}()
+	aIDs, bIDs := cluster.IDs(a.Members...), cluster.IDs(b.Members...)
+	cut := time.Duration(1000+rng.IntN(2000)) * time.Millisecond
+	t.Logf("cutting the link between the sites for %v", cut)
+	a.Hub.Partition(aIDs, bIDs)
+	time.Sleep(cut) // the fault lasts this long; the checker polls meanwhile
+	if got := len(activeOn(as)); got != fsm.DefaultBucketCount {
+		t.Errorf("with only the inter-site link cut, site a (holding the lease) acts for %d buckets", got)
+	}
+	if got := len(activeOn(bs)); got != 0 {
+		t.Errorf("with only the inter-site link cut, site b acts for %d buckets", got)
+	}
+	a.Hub.HealAll()
+	cut = time.Duration(1500+rng.IntN(1500)) * time.Millisecond
+	t.Logf("cutting site a off from site b and the witness for %v", cut)
+	a.Hub.Partition(aIDs, append(bIDs, "w"))
+	cluster.CheckFor(t, cut+5*time.Second, 5*time.Millisecond, func() error {
+		if got := len(activeOn(bs)); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site b", got)
+		}
+		return nil
+	})
+	if got := len(activeOn(as)); got != 0 {
+		t.Errorf("site a, cut off, acts for %d buckets after site b took over", got)
+	}
+	a.Hub.HealAll()
+	cluster.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if !a.WaitForLeader(5 * time.Second).Server.FSM().Standby() {
+			return fmt.Errorf("site a is not standby after the heal")
+		}
+		return nil
+	})
+	close(stop)
+	<-done
+	t.Logf("S1 checker: %d polls, %d with a bucket active on both sites", polls.Load(), overlaps.Load())
+	if overlaps.Load() > 0 {
+		t.Fatalf("double activation: %v (seed %d)", worst.Load(), seed)
+	}
+}
+
+// TestSites_WitnessDownNoSiteFailover: with the witness down, the active
+// site keeps its lease through the other site, local failover inside it
+// still works, and losing it does not activate the standby site.
+func TestSites_WitnessDownNoSiteFailover(t *testing.T) {
+	a, b, w := dualSite(t, 3, true)
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site a", got)
+		}
+		return nil
+	})
+	w.Close()
+	victim := a.Followers()[0]
+	a.Stop(victim)
+	cluster.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
+			return fmt.Errorf("%d buckets active on site a after %s stopped (witness down)", got, victim.ID)
+		}
+		return nil
+	})
+	for _, m := range a.Running() {
+		a.Stop(m)
+	}
+	bs := serversOf(b)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) { // nothing may happen: watch for it the whole time
+		if got := len(activeOn(bs)); got != 0 {
+			t.Fatalf("site b activated %d buckets without the witness", got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

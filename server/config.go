@@ -115,11 +115,18 @@ type Config struct {
 	// PeerSite lists gRPC addresses of members of the other site (any of
 	// them will do; the rest are fallbacks). Empty: a single-site cluster.
 	PeerSite []string
-	// SiteFailover is the site-failover policy: "manual" (the only one; a
-	// standby site is activated by `connsyncctl site failover`). Automatic
-	// failover without a witness could activate both sites when only the
-	// link between them fails, so it is refused (docs/SITES.md).
+	// SiteFailover is the site-failover policy: "manual" (a standby site is
+	// activated by `connsyncctl site failover`) or "witness" (a majority of
+	// the witness and the two sites' leaders grants one site the site lease;
+	// a standby site that gets it activates). Automatic failover without a
+	// witness could activate both sites when only the link between them
+	// fails, so it is refused (docs/SITES.md).
 	SiteFailover string
+	// Witness lists gRPC addresses of the witness (witness policy).
+	Witness []string
+	// SiteLease is how long one grant of the site lease lasts; a lost site
+	// is failed over a little more than this after its last renewal.
+	SiteLease time.Duration
 	// RemoteCompression gzips the replication streams to the other site.
 	RemoteCompression bool
 
@@ -141,6 +148,7 @@ func DefaultConfig() Config {
 		LeaderLeaseTimeout: 100 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		MemberLease:        500 * time.Millisecond,
+		SiteLease:          500 * time.Millisecond,
 		HeartbeatInterval:  50 * time.Millisecond,
 		Voters:             3,
 		MaxMoves:           512,
@@ -221,10 +229,22 @@ func (c *Config) Validate() error {
 	}
 	switch c.SiteFailover {
 	case "", "manual":
+	case "witness":
+		if len(c.Witness) == 0 || len(c.PeerSite) == 0 {
+			bad("site-failover witness: set witness (the witness's address) and peer-site (the other site's members)")
+		}
+		if c.SiteLease < 100*time.Millisecond || c.SiteLease > time.Minute {
+			bad("site-lease %v: want 100ms to 1m", c.SiteLease)
+		}
 	case "auto", "automatic":
-		bad("site-failover %q: automatic site failover without a witness is unsafe (an inter-site link cut would activate both sites) and is not offered; use manual", c.SiteFailover)
+		bad("site-failover %q: automatic site failover without a witness is unsafe (an inter-site link cut would activate both sites) and is not offered; use witness (with a witness) or manual", c.SiteFailover)
 	default:
-		bad("site-failover %q: the only policy is manual", c.SiteFailover)
+		bad("site-failover %q: want manual or witness", c.SiteFailover)
+	}
+	for _, a := range c.Witness {
+		if err := checkDialable(a); err != nil {
+			bad("witness %q: %v", a, err)
+		}
 	}
 	for _, a := range c.PeerSite {
 		if err := checkDialable(a); err != nil {

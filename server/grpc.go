@@ -28,11 +28,12 @@ func (s *Server) startGRPC() error {
 	pb.RegisterAssignmentServiceServer(s.grpcServer, &assignmentService{s: s})
 	pb.RegisterMemberServiceServer(s.grpcServer, &memberService{s: s})
 	pb.RegisterDataPlaneServiceServer(s.grpcServer, &dataPlaneService{s: s})
+	pb.RegisterSiteLeaseServiceServer(s.grpcServer, &siteLeaseService{s: s})
 	hs := health.NewServer()
 	for _, svc := range []string{"", pb.OwnershipService_ServiceDesc.ServiceName,
 		pb.LockService_ServiceDesc.ServiceName, pb.OperatorService_ServiceDesc.ServiceName,
 		pb.AssignmentService_ServiceDesc.ServiceName, pb.MemberService_ServiceDesc.ServiceName,
-		pb.DataPlaneService_ServiceDesc.ServiceName} {
+		pb.DataPlaneService_ServiceDesc.ServiceName, pb.SiteLeaseService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpcServer, hs)

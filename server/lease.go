@@ -199,7 +199,11 @@ func (l *leaseKeeper) answer(resp *pb.HeartbeatResponse) {
 	if !ok {
 		return
 	}
-	if exp := sent.Add(l.s.cfg.MemberLease); exp.After(l.expires) {
+	d := l.s.cfg.MemberLease
+	if resp.LeaseMs > 0 {
+		d = min(d, time.Duration(resp.LeaseMs)*time.Millisecond) // cut to the site lease
+	}
+	if exp := sent.Add(d); exp.After(l.expires) {
 		l.expires = exp
 	}
 	l.minApplied = max(l.minApplied, resp.AppliedIndex)

@@ -197,9 +197,12 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "restarted: its buckets are being failed over"
 	case now.Sub(l.verified) > l.freshLimit():
 		resp.Reason = "leadership not confirmed recently"
+	case s.memberLeaseCap(now) <= 0:
+		resp.Reason = "the site holds no site lease"
 	default:
 		resp.Granted = true
 		resp.AppliedIndex = s.fsm.AppliedIndex()
+		resp.LeaseMs = s.memberLeaseCap(now).Milliseconds()
 	}
 	return resp
 }

@@ -16,8 +16,8 @@ func initSiteOp(site string, buckets uint32, standby bool) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: site, BucketCount: buckets, Standby: standby}}}
 }
 
-func setSiteModeOp(standby bool, reason string) *ipb.Op {
-	return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Standby: standby, Reason: reason}}}
+func setSiteModeOp(standby bool, reason string, leaseEpoch uint64) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Standby: standby, Reason: reason, LeaseEpoch: leaseEpoch}}}
 }
 
 func registerMemberOp(m *pb.Member) *ipb.Op {

@@ -44,6 +44,7 @@ type Server struct {
 	grpcLn     net.Listener
 	peers      *peerConns
 	siteLink   *siteLink // nil on a single-site cluster
+	siteLease  siteLease // witness policy
 
 	// incarnation is chosen at random when the process starts.
 	incarnation uint64
@@ -300,6 +301,10 @@ func (s *Server) leadershipLoop(notify <-chan bool) {
 				go func() {
 					defer s.wg.Done()
 					if s.leaderSetup(ctx, ready) {
+						if s.witnessPolicy() {
+							s.wg.Add(1)
+							go s.siteLeaseLoop(ctx)
+						}
 						s.reconcileLoop(ctx)
 					}
 				}()

@@ -214,6 +214,14 @@ func sameAddrs(a, b map[string]string) bool {
 	return true
 }
 
+// isUp reports whether the last poll of the peer site succeeded and its
+// stream has not broken since.
+func (l *siteLink) isUp() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.up
+}
+
 // info describes the link for Sites.
 func (l *siteLink) info() *pb.SiteInfo {
 	l.mu.Lock()
@@ -260,7 +268,7 @@ func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailover
 	if req.DryRun {
 		return out, nil
 	}
-	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site failover by operator")}})
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site failover by operator", 0)}})
 	if err != nil {
 		return nil, err
 	}

@@ -61,6 +61,10 @@ type Options struct {
 	// IDPrefix names the members (prefix + index); default "m". Member IDs
 	// must differ across the sites of a test.
 	IDPrefix string
+	// GRPCAddrs, if set, are the gRPC addresses of the first members, in
+	// order, reserved on Hub for them beforehand (so two sites can name each
+	// other before either starts).
+	GRPCAddrs []string
 }
 
 // New starts an n-member site: the first member bootstraps, the others join
@@ -112,7 +116,11 @@ func (c *Cluster) newMember(bootstrap bool) *Member {
 	cfg := server.DefaultConfig()
 	cfg.MemberID, cfg.Site = id, c.opts.Site
 	cfg.DataDir = filepath.Join(c.dir, id)
-	cfg.GRPCBind = c.reserve(id)
+	if i := len(c.Members); i < len(c.opts.GRPCAddrs) {
+		cfg.GRPCBind = c.opts.GRPCAddrs[i]
+	} else {
+		cfg.GRPCBind = c.reserve(id)
+	}
 	cfg.GRPCAdvertise = cfg.GRPCBind
 	cfg.RaftBind = c.reserve(id)
 	cfg.RaftAdvertise = cfg.RaftBind

@@ -103,7 +103,11 @@ type HeartbeatResponse struct {
 	AppliedIndex uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// The member's state in the site state machine (ALIVE, FAILED, ...). A
 	// member told it is FAILED or unknown joins again.
-	MemberState   MemberState `protobuf:"varint,7,opt,name=member_state,json=memberState,proto3,enum=connsync.v1.MemberState" json:"member_state,omitempty"`
+	MemberState MemberState `protobuf:"varint,7,opt,name=member_state,json=memberState,proto3,enum=connsync.v1.MemberState" json:"member_state,omitempty"`
+	// The lease granted, counted from when the member sent its heartbeat; 0:
+	// the member's configured lease. Shorter when the site's own lease (the
+	// site lease of the witness policy) ends sooner.
+	LeaseMs       int64 `protobuf:"varint,8,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,6 +189,13 @@ func (x *HeartbeatResponse) GetMemberState() MemberState {
 		return x.MemberState
 	}
 	return MemberState_MEMBER_STATE_UNSPECIFIED
+}
+
+func (x *HeartbeatResponse) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
 }
 
 type BucketEpoch struct {
@@ -462,7 +473,7 @@ const file_connsync_v1_member_proto_rawDesc = "" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12#\n" +
-	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\"\xea\x01\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\"\x85\x02\n" +
 	"\x11HeartbeatResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\agranted\x18\x02 \x01(\bR\agranted\x12\x16\n" +
@@ -470,7 +481,8 @@ const file_connsync_v1_member_proto_rawDesc = "" +
 	"\x04term\x18\x04 \x01(\x04R\x04term\x12\x1b\n" +
 	"\tleader_id\x18\x05 \x01(\tR\bleaderId\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12;\n" +
-	"\fmember_state\x18\a \x01(\x0e2\x18.connsync.v1.MemberStateR\vmemberState\";\n" +
+	"\fmember_state\x18\a \x01(\x0e2\x18.connsync.v1.MemberStateR\vmemberState\x12\x19\n" +
+	"\blease_ms\x18\b \x01(\x03R\aleaseMs\";\n" +
 	"\vBucketEpoch\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\"f\n" +

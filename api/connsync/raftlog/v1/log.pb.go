@@ -907,9 +907,12 @@ func (x *InitSiteOp) GetStandby() bool {
 // new mode), and on becoming standby every remote_copy_synced too (the
 // copies come from the other site anew).
 type SetSiteModeOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Standby       bool                   `protobuf:"varint,1,opt,name=standby,proto3" json:"standby,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Standby bool                   `protobuf:"varint,1,opt,name=standby,proto3" json:"standby,omitempty"`
+	Reason  string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The site-lease epoch under which the site activates (witness policy; 0
+	// for a manual failover). The state machine keeps the highest seen.
+	LeaseEpoch    uint64 `protobuf:"varint,3,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -956,6 +959,13 @@ func (x *SetSiteModeOp) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *SetSiteModeOp) GetLeaseEpoch() uint64 {
+	if x != nil {
+		return x.LeaseEpoch
+	}
+	return 0
 }
 
 type RegisterMemberOp struct {
@@ -1576,6 +1586,7 @@ type SnapshotHeader struct {
 	LastSweepUnixNano int64  `protobuf:"varint,7,opt,name=last_sweep_unix_nano,json=lastSweepUnixNano,proto3" json:"last_sweep_unix_nano,omitempty"`
 	Standby           bool   `protobuf:"varint,8,opt,name=standby,proto3" json:"standby,omitempty"`
 	SiteEpoch         uint64 `protobuf:"varint,9,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
+	LeaseEpoch        uint64 `protobuf:"varint,10,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1669,6 +1680,13 @@ func (x *SnapshotHeader) GetStandby() bool {
 func (x *SnapshotHeader) GetSiteEpoch() uint64 {
 	if x != nil {
 		return x.SiteEpoch
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetLeaseEpoch() uint64 {
+	if x != nil {
+		return x.LeaseEpoch
 	}
 	return 0
 }
@@ -2116,10 +2134,12 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"InitSiteOp\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\fbucket_count\x18\x02 \x01(\rR\vbucketCount\x12\x18\n" +
-	"\astandby\x18\x03 \x01(\bR\astandby\"A\n" +
+	"\astandby\x18\x03 \x01(\bR\astandby\"b\n" +
 	"\rSetSiteModeOp\x12\x18\n" +
 	"\astandby\x18\x01 \x01(\bR\astandby\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"?\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vlease_epoch\x18\x03 \x01(\x04R\n" +
+	"leaseEpoch\"?\n" +
 	"\x10RegisterMemberOp\x12+\n" +
 	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member\"_\n" +
 	"\x10SetMemberStateOp\x12\x1b\n" +
@@ -2160,7 +2180,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\x05claim\x18\x04 \x01(\v2 .connsync.raftlog.v1.ClaimRecordH\x00R\x05claim\x125\n" +
 	"\x04lock\x18\x05 \x01(\v2\x1f.connsync.raftlog.v1.LockRecordH\x00R\x04lock\x12>\n" +
 	"\asession\x18\x06 \x01(\v2\".connsync.raftlog.v1.SessionRecordH\x00R\asessionB\b\n" +
-	"\x06record\"\xb3\x02\n" +
+	"\x06record\"\xd4\x02\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12!\n" +
@@ -2172,7 +2192,10 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\x14last_sweep_unix_nano\x18\a \x01(\x03R\x11lastSweepUnixNano\x12\x18\n" +
 	"\astandby\x18\b \x01(\bR\astandby\x12\x1d\n" +
 	"\n" +
-	"site_epoch\x18\t \x01(\x04R\tsiteEpoch\"\x83\x03\n" +
+	"site_epoch\x18\t \x01(\x04R\tsiteEpoch\x12\x1f\n" +
+	"\vlease_epoch\x18\n" +
+	" \x01(\x04R\n" +
+	"leaseEpoch\"\x83\x03\n" +
 	"\fBucketRecord\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +

@@ -1,0 +1,281 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// Site lease (witness policy, docs/SITES.md). Three acceptors — the witness
+// and the leader of each site — each grant the lease to one site at a time
+// for a short duration. A site is active only while a majority has granted
+// it the lease: its leader renews it, caps the leases it grants its members
+// by it (so members stop acting before it ends), and a standby site whose
+// leader gets a majority activates in one Raft entry. Any two majorities
+// share an acceptor, and an acceptor grants no other site while its grant
+// runs, so two sites never hold the lease at once (clocks may drift by less
+// than siteLeaseMargin over one lease).
+
+const (
+	// siteLeaseMargin is taken off the holder's view of its lease (clock
+	// drift and scheduling) and added to an acceptor's start-up wait.
+	siteLeaseMargin = 50 * time.Millisecond
+	// siteLeaseAskTimeout bounds one round of requests to the acceptors.
+	siteLeaseAskTimeout = 200 * time.Millisecond
+)
+
+// leaseAcceptor is one acceptor's state. It is kept in memory: a new one
+// (a restarted witness, a new site leader) grants nothing to a new holder
+// until a whole lease has passed, since it may have forgotten a grant.
+type leaseAcceptor struct {
+	mu      sync.Mutex
+	maxDur  time.Duration
+	readyAt time.Time
+	holder  string
+	epoch   uint64
+	expires time.Time
+}
+
+func newLeaseAcceptor(maxDur time.Duration) *leaseAcceptor {
+	return &leaseAcceptor{maxDur: maxDur, readyAt: time.Now().Add(maxDur + siteLeaseMargin)}
+}
+
+// grant answers one request at now.
+func (a *leaseAcceptor) grant(req *pb.GrantSiteLeaseRequest, now time.Time) (*pb.GrantSiteLeaseResponse, error) {
+	d := time.Duration(req.DurationMs) * time.Millisecond
+	switch {
+	case !fsm.ValidID(req.Site):
+		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not a site name", req.Site)
+	case req.Epoch == 0:
+		return nil, status.Error(codes.InvalidArgument, "epoch: must be > 0")
+	case d <= 0 || d > a.maxDur:
+		return nil, status.Errorf(codes.InvalidArgument, "duration_ms: %d, want 1 to %d (this acceptor's longest lease)", req.DurationMs, a.maxDur.Milliseconds())
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	refuse := func(format string, args ...any) (*pb.GrantSiteLeaseResponse, error) {
+		return &pb.GrantSiteLeaseResponse{Holder: a.holder, Epoch: a.epoch, Reason: fmt.Sprintf(format, args...)}, nil
+	}
+	switch {
+	case req.Epoch < a.epoch:
+		return refuse("epoch %d is below this acceptor's %d", req.Epoch, a.epoch)
+	case req.Site == a.holder && req.Epoch == a.epoch: // a renewal
+	case now.Before(a.readyAt):
+		return refuse("acceptor started %v ago; it grants a new holder only after a whole lease", a.maxDur+siteLeaseMargin-a.readyAt.Sub(now))
+	case a.holder != "" && a.holder != req.Site && now.Before(a.expires):
+		return refuse("site %s holds the lease (epoch %d) for %v more", a.holder, a.epoch, a.expires.Sub(now))
+	case req.Epoch == a.epoch:
+		return refuse("epoch %d was granted to %s; ask above it", a.epoch, a.holder)
+	}
+	a.holder, a.epoch, a.expires = req.Site, req.Epoch, now.Add(d)
+	return &pb.GrantSiteLeaseResponse{Granted: true, Holder: a.holder, Epoch: a.epoch}, nil
+}
+
+// siteLeaseService serves SiteLeaseService on a site member: the leader's
+// acceptor answers (followers forward, see leaderMethods).
+type siteLeaseService struct {
+	pb.UnimplementedSiteLeaseServiceServer
+	s *Server
+}
+
+func (l *siteLeaseService) GrantSiteLease(ctx context.Context, req *pb.GrantSiteLeaseRequest) (*pb.GrantSiteLeaseResponse, error) {
+	a := l.s.siteLease.acceptorNow()
+	if a == nil {
+		return nil, status.Error(codes.Unavailable, "this member is not its site's leader (site lease acceptor)")
+	}
+	return a.grant(req, time.Now())
+}
+
+// siteLease is a site's side of the lease: the leader's acceptor and what
+// the leader holds.
+type siteLease struct {
+	mu       sync.Mutex
+	acceptor *leaseAcceptor // while this member leads
+	until    time.Time      // the lease holds until then (this clock); zero: not held
+	epoch    uint64         // epoch of the lease held
+	seen     uint64         // highest epoch any acceptor reported
+}
+
+func (l *siteLease) acceptorNow() *leaseAcceptor {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acceptor
+}
+
+// remaining returns how long the site still holds the lease.
+func (l *siteLease) remaining(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until.Sub(now)
+}
+
+// witnessPolicy reports whether the site runs the witness policy.
+func (s *Server) witnessPolicy() bool { return s.cfg.SiteFailover == "witness" }
+
+// memberLeaseCap returns how long a member lease granted now may last: the
+// configured lease, cut to what remains of the site lease under the witness
+// policy (0: grant none).
+func (s *Server) memberLeaseCap(now time.Time) time.Duration {
+	if !s.witnessPolicy() {
+		return s.cfg.MemberLease
+	}
+	return min(s.cfg.MemberLease, s.siteLease.remaining(now))
+}
+
+// siteLeaseLoop runs on the leader under the witness policy: an active site
+// renews its lease (and steps down to standby once another site holds it);
+// a standby site asks for it and activates when a majority grants it.
+func (s *Server) siteLeaseLoop(ctx context.Context) {
+	defer s.wg.Done()
+	l := &s.siteLease
+	l.mu.Lock()
+	l.acceptor = newLeaseAcceptor(s.cfg.SiteLease)
+	l.until, l.epoch = time.Time{}, 0
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.acceptor, l.until = nil, time.Time{}
+		l.mu.Unlock()
+	}()
+	t := time.NewTicker(s.cfg.SiteLease / 5)
+	defer t.Stop()
+	for {
+		s.siteLeaseRound(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) siteLeaseRound(ctx context.Context) {
+	l := &s.siteLease
+	st := s.fsm.Stats()
+	l.mu.Lock()
+	if l.acceptor != nil {
+		l.acceptor.mu.Lock()
+		l.seen = max(l.seen, l.acceptor.epoch) // the active site's renewals reach this acceptor too
+		l.acceptor.mu.Unlock()
+	}
+	held := time.Now().Before(l.until)
+	epoch := l.epoch
+	switch {
+	case !st.Standby:
+		if epoch == 0 || !held || l.seen > epoch {
+			// This leader's first ask, a lapsed lease, or an acceptor that
+			// granted a higher epoch (a standby site's attempt during a
+			// link cut): take the lease at an epoch above all of them.
+			epoch = max(l.seen, st.LeaseEpoch) + 1
+		}
+	case l.seen == 0 && st.LeaseEpoch == 0:
+		// No site has ever held the lease: a standby site does not take
+		// it first (start the active site, or fail over by hand).
+		l.mu.Unlock()
+		return
+	case s.siteLink != nil && s.siteLink.isUp():
+		// The active site answers: only its loss is a reason to take over.
+		l.mu.Unlock()
+		return
+	default:
+		epoch = max(l.seen, st.LeaseEpoch) + 1
+	}
+	l.mu.Unlock()
+	sent := time.Now()
+	granted, others := s.askSiteLease(ctx, epoch)
+	l.mu.Lock()
+	if granted >= 2 {
+		l.until, l.epoch = sent.Add(s.cfg.SiteLease-siteLeaseMargin), epoch
+	} else if !held {
+		l.epoch = 0 // ask above what the acceptors reported next time
+	}
+	until := l.until
+	l.mu.Unlock()
+	switch {
+	case granted >= 2 && st.Standby:
+		s.logger.Warn("site lease acquired: activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+		res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site lease acquired", epoch)}})
+		cancel()
+		if err == nil && res[0].Err != nil {
+			err = res[0].Err
+		}
+		if err != nil {
+			s.logger.Warn("site activation", "error", err)
+		}
+	case !st.Standby && time.Now().After(until) && others != "":
+		// Another site holds the lease: this one is deposed. Its members
+		// stopped acting when the lease ran out (their leases are capped by
+		// it); going standby makes them take the new active site's copies.
+		s.logger.Warn("site lease held by another site: this site goes standby", "site", s.cfg.Site, "holder", others)
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+		_, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(true, "site lease held by "+others, 0)}})
+		cancel()
+		if err != nil {
+			s.logger.Warn("site deactivation", "error", err)
+		}
+	}
+}
+
+// askSiteLease asks the three acceptors for the lease at epoch and returns
+// how many granted it, and another site an acceptor reports holding it
+// ("" if none).
+func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, other string) {
+	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds()}
+	ctx, cancel := context.WithTimeout(ctx, siteLeaseAskTimeout)
+	defer cancel()
+	type answer struct {
+		resp *pb.GrantSiteLeaseResponse
+		err  error
+	}
+	answers := make(chan answer, 3)
+	remote := func(addrs []string) {
+		var last error
+		for _, addr := range addrs {
+			conn, err := s.peers.get(addr)
+			if err == nil {
+				var r *pb.GrantSiteLeaseResponse
+				if r, err = pb.NewSiteLeaseServiceClient(conn).GrantSiteLease(ctx, req); err == nil {
+					answers <- answer{r, nil}
+					return
+				}
+			}
+			last = err
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		answers <- answer{nil, last}
+	}
+	go remote(s.cfg.PeerSite)
+	go remote(s.cfg.Witness)
+	if a := s.siteLease.acceptorNow(); a != nil {
+		r, err := a.grant(req, time.Now())
+		answers <- answer{r, err}
+	} else {
+		answers <- answer{nil, fmt.Errorf("not the leader")}
+	}
+	for range 3 {
+		a := <-answers
+		if a.err != nil || a.resp == nil {
+			continue
+		}
+		if a.resp.Granted {
+			granted++
+		} else if a.resp.Holder != "" && a.resp.Holder != s.cfg.Site {
+			other = a.resp.Holder
+		}
+		s.siteLease.mu.Lock()
+		s.siteLease.seen = max(s.siteLease.seen, a.resp.Epoch)
+		s.siteLease.mu.Unlock()
+	}
+	return granted, other
+}
