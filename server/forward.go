@@ -42,6 +42,7 @@ var leaderMethods = map[string]bool{
 	pb.OperatorService_Rebalance_FullMethodName:          true,
 	pb.OperatorService_Drain_FullMethodName:              true,
 	pb.OperatorService_SiteFailover_FullMethodName:       true,
+	pb.OperatorService_SiteHandover_FullMethodName:       true,
 	pb.SiteLeaseService_GrantSiteLease_FullMethodName:    true,
 	pb.MemberService_ReportSynced_FullMethodName:         true,
 }

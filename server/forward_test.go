@@ -24,6 +24,7 @@ var writeMethods = []string{
 	pb.OperatorService_Drain_FullMethodName,
 	pb.MemberService_ReportSynced_FullMethodName,
 	pb.OperatorService_SiteFailover_FullMethodName,
+	pb.OperatorService_SiteHandover_FullMethodName,
 	pb.SiteLeaseService_GrantSiteLease_FullMethodName,
 }
 

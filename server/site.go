@@ -55,14 +55,6 @@ func (l *siteLink) watch() (*repl.Peer, <-chan struct{}) {
 	return l.peer, l.changed
 }
 
-func (l *siteLink) publish(p *repl.Peer) {
-	l.mu.Lock()
-	l.peer = p
-	close(l.changed)
-	l.changed = make(chan struct{})
-	l.mu.Unlock()
-}
-
 // run follows the peer site through each of its addresses in turn until the
 // member stops.
 func (l *siteLink) run() {
@@ -103,6 +95,7 @@ func (l *siteLink) follow(addr string) error {
 	if err != nil {
 		return err
 	}
+	l.update(info, nil) // what this member answers now, over the previous view
 	st, err := pb.NewAssignmentServiceClient(conn).WatchAssignments(ctx, &pb.WatchAssignmentsRequest{})
 	if err != nil {
 		return err
@@ -123,17 +116,7 @@ func (l *siteLink) follow(addr string) error {
 				cancel()
 				return
 			}
-			if next.Standby != info.Standby || next.Site != info.Site || !sameAddrs(next.Addrs, info.Addrs) {
-				info = next
-				l.mu.Lock()
-				p := l.peer
-				l.mu.Unlock()
-				if p != nil {
-					q := *p
-					q.Site, q.Standby, q.Addrs = next.Site, next.Standby, next.Addrs
-					l.publish(&q)
-				}
-			}
+			l.update(next, nil)
 		}
 	}()
 	var table []repl.PeerBucket
@@ -157,15 +140,32 @@ func (l *siteLink) follow(addr string) error {
 				table[a.Bucket] = repl.PeerBucket{Primary: a.Primary, Epoch: a.Epoch, CopySynced: a.RemoteCopySynced}
 			}
 		}
-		l.mu.Lock()
-		cur := l.peer
-		l.mu.Unlock()
-		p := &repl.Peer{Site: info.Site, Standby: info.Standby, Addrs: info.Addrs, Buckets: table}
-		if cur != nil {
-			p.Site, p.Standby, p.Addrs = cur.Site, cur.Standby, cur.Addrs
-		}
-		l.publish(p)
+		l.update(nil, table)
 	}
+}
+
+// update publishes a new view: the peer's status and members from info (nil:
+// keep them), its table from table (nil: keep it). A status that changed
+// nothing is not published.
+func (l *siteLink) update(info *repl.Peer, table []repl.PeerBucket) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := repl.Peer{}
+	if l.peer != nil {
+		next = *l.peer
+	}
+	if info != nil {
+		if l.peer != nil && next.Site == info.Site && next.Standby == info.Standby && sameAddrs(next.Addrs, info.Addrs) && table == nil {
+			return
+		}
+		next.Site, next.Standby, next.Addrs = info.Site, info.Standby, info.Addrs
+	}
+	if table != nil {
+		next.Buckets = table
+	}
+	l.peer = &next
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
 // poll reads the peer's status and members once, and records the round trip.
@@ -278,6 +278,57 @@ func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailover
 	out.SiteEpoch = res[0].Epoch
 	s.logger.Warn("site activated by operator", "site", s.cfg.Site, "site_epoch", out.SiteEpoch,
 		"buckets", out.Buckets, "with_complete_remote_copy", out.BucketsSynced)
+	return out, nil
+}
+
+// SiteHandover makes this member's active site standby once the peer site
+// holds every remote copy (see the API).
+func (o *operatorService) SiteHandover(ctx context.Context, req *pb.SiteHandoverRequest) (*pb.SiteHandoverResponse, error) {
+	s := o.s
+	switch {
+	case req.Site == "":
+		return nil, status.Error(codes.InvalidArgument, "site: is required (the name of the active site to make standby)")
+	case req.Site != s.cfg.Site:
+		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the active site",
+			req.Site, s.cfg.Site)
+	}
+	if _, err := s.waitReady(ctx); err != nil {
+		return nil, err
+	}
+	st := s.fsm.Stats()
+	if st.Standby {
+		return nil, status.Errorf(codes.FailedPrecondition, "site %s is standby already (site epoch %d)", s.cfg.Site, st.SiteEpoch)
+	}
+	peer, _ := s.siteLink.watch()
+	if peer == nil {
+		// (A view that is a little stale is enough: the other site cannot
+		// become active meanwhile, this site holds the lease.)
+		return nil, status.Error(codes.FailedPrecondition, "nothing known of the other site yet: it must be linked, and standby, to take over")
+	}
+	out := &pb.SiteHandoverResponse{Site: s.cfg.Site, PeerSite: peer.Site, Buckets: uint32(len(peer.Buckets)), DryRun: req.DryRun}
+	for _, b := range peer.Buckets {
+		if b.CopySynced {
+			out.PeerCopiesSynced++
+		}
+	}
+	switch {
+	case !peer.Standby:
+		return nil, status.Errorf(codes.FailedPrecondition, "site %s is not standby", peer.Site)
+	case req.DryRun:
+		return out, nil
+	case out.PeerCopiesSynced != st.BucketCount:
+		return nil, status.Errorf(codes.FailedPrecondition, "site %s holds a complete copy of %d of %d buckets; hand over once it holds all (connsyncctl sites)",
+			peer.Site, out.PeerCopiesSynced, st.BucketCount)
+	}
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(true, "handover to site "+peer.Site, 0)}})
+	if err != nil {
+		return nil, err
+	}
+	if res[0].Err != nil {
+		return nil, res[0].Err
+	}
+	out.SiteEpoch = res[0].Epoch
+	s.logger.Warn("site handed over: standby now", "site", s.cfg.Site, "to", peer.Site, "site_epoch", out.SiteEpoch)
 	return out, nil
 }
 

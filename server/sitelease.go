@@ -181,8 +181,10 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// it first (start the active site, or fail over by hand).
 		l.mu.Unlock()
 		return
-	case s.siteLink != nil && s.siteLink.isUp():
-		// The active site answers: only its loss is a reason to take over.
+	case s.siteLink != nil && s.siteLink.isUp() && !(s.peerStandby() && s.allCopiesSynced()):
+		// The active site answers: only its loss, or its handover to this
+		// site (it went standby, and this site holds every copy), is a
+		// reason to take over.
 		l.mu.Unlock()
 		return
 	default:
@@ -223,6 +225,24 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 			s.logger.Warn("site deactivation", "error", err)
 		}
 	}
+}
+
+// peerStandby reports whether the linked peer site is standby.
+func (s *Server) peerStandby() bool {
+	p, _ := s.siteLink.watch()
+	return p != nil && p.Standby
+}
+
+// allCopiesSynced reports whether this standby site holds a complete remote
+// copy of every bucket.
+func (s *Server) allCopiesSynced() bool {
+	as, _ := s.fsm.Buckets()
+	for _, a := range as {
+		if !a.RemoteCopySynced {
+			return false
+		}
+	}
+	return len(as) > 0
 }
 
 // askSiteLease asks the three acceptors for the lease at epoch and returns

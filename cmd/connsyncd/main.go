@@ -41,6 +41,7 @@ type options struct {
 	logLevel    string
 	metricsAddr string
 	configFile  string
+	witness     bool
 }
 
 // newFlagSet declares every flag. Config-file keys are the flag names.
@@ -108,7 +109,17 @@ func newFlagSet(o *options) *flag.FlagSet {
 		}
 		return nil
 	})
-	fs.StringVar(&c.SiteFailover, "site-failover", "manual", "site-failover policy: manual (automatic failover without a witness is unsafe and refused)")
+	fs.StringVar(&c.SiteFailover, "site-failover", "manual", "site-failover policy: manual, or witness (needs -witness-addr); automatic failover without a witness is unsafe and refused")
+	fs.Func("witness-addr", "comma-separated gRPC addresses of the witness (site-failover witness)", func(s string) error {
+		for _, a := range strings.Split(s, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.Witness = append(c.Witness, a)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&c.SiteLease, "site-lease", c.SiteLease, "how long one grant of the site lease lasts (witness policy; a witness grants at most twice this)")
+	fs.BoolVar(&o.witness, "witness", false, "run as the witness of a dual-site cluster: only the site-lease acceptor on -grpc-bind (no Raft, no buckets)")
 	fs.BoolVar(&c.RemoteCompression, "remote-compression", false, "gzip the replication streams to the other site")
 	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
@@ -166,6 +177,9 @@ func run(args []string) error {
 			return err
 		}
 	}
+	if o.witness {
+		return runWitness(&o)
+	}
 	s, err := server.New(o.cfg)
 	if err != nil {
 		return err
@@ -180,6 +194,23 @@ func run(args []string) error {
 	if err := s.Shutdown(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	return nil
+}
+
+// runWitness serves the site-lease acceptor until SIGTERM or SIGINT.
+func runWitness(o *options) error {
+	if o.dev || o.join != "" || o.cfg.Bootstrap {
+		return errors.New("-witness runs only the site-lease acceptor: drop -dev, -join and -bootstrap")
+	}
+	w, err := server.NewWitness(server.WitnessConfig{Bind: o.cfg.GRPCBind, MaxLease: 2 * o.cfg.SiteLease, Logger: o.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-sigs
+	o.cfg.Logger.Info("witness shutting down", "signal", sig.String())
+	w.Close()
 	return nil
 }
 

@@ -389,15 +389,15 @@ func (c *Cluster) WaitPlaced(timeout time.Duration) {
 			_, _ = cl.Rebalance(ctx, false) // Aborted when the map changed meanwhile: the next poll asks again
 		}
 		if err != nil && time.Until(deadline) < 100*time.Millisecond {
-			c.logSyncStatus() // about to fail: say where replication stands
+			c.LogSyncStatus() // about to fail: say where replication stands
 			c.logReplGoroutines()
 		}
 		return err
 	})
 }
 
-// logSyncStatus logs every running member's replication status.
-func (c *Cluster) logSyncStatus() {
+// LogSyncStatus logs every running member's replication status.
+func (c *Cluster) LogSyncStatus() {
 	for _, m := range c.Running() {
 		conn, err := grpc.NewClient(m.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
@@ -405,6 +405,9 @@ func (c *Cluster) logSyncStatus() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		st, err := pb.NewOperatorServiceClient(conn).SyncStatus(ctx, &pb.SyncStatusRequest{})
+		if sites, serr := pb.NewOperatorServiceClient(conn).Sites(ctx, &pb.SitesRequest{}); serr == nil && len(sites.Sites) > 1 {
+			c.t.Logf("sites seen by %s: %v", m.ID, sites.Sites[1])
+		}
 		cancel()
 		conn.Close()
 		if err != nil {

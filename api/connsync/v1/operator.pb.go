@@ -21,6 +21,145 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SiteHandoverRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The active site to make standby; must be the answering member's site.
+	Site          string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	DryRun        bool   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteHandoverRequest) Reset() {
+	*x = SiteHandoverRequest{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteHandoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteHandoverRequest) ProtoMessage() {}
+
+func (x *SiteHandoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteHandoverRequest.ProtoReflect.Descriptor instead.
+func (*SiteHandoverRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SiteHandoverRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteHandoverRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type SiteHandoverResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Site     string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	PeerSite string                 `protobuf:"bytes,2,opt,name=peer_site,json=peerSite,proto3" json:"peer_site,omitempty"`
+	// Buckets whose remote copy at the peer site is complete, of buckets.
+	PeerCopiesSynced uint32 `protobuf:"varint,3,opt,name=peer_copies_synced,json=peerCopiesSynced,proto3" json:"peer_copies_synced,omitempty"`
+	Buckets          uint32 `protobuf:"varint,4,opt,name=buckets,proto3" json:"buckets,omitempty"`
+	// The new site epoch (0 on a dry run).
+	SiteEpoch     uint64 `protobuf:"varint,5,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
+	DryRun        bool   `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteHandoverResponse) Reset() {
+	*x = SiteHandoverResponse{}
+	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteHandoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteHandoverResponse) ProtoMessage() {}
+
+func (x *SiteHandoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteHandoverResponse.ProtoReflect.Descriptor instead.
+func (*SiteHandoverResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SiteHandoverResponse) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *SiteHandoverResponse) GetPeerSite() string {
+	if x != nil {
+		return x.PeerSite
+	}
+	return ""
+}
+
+func (x *SiteHandoverResponse) GetPeerCopiesSynced() uint32 {
+	if x != nil {
+		return x.PeerCopiesSynced
+	}
+	return 0
+}
+
+func (x *SiteHandoverResponse) GetBuckets() uint32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return 0
+}
+
+func (x *SiteHandoverResponse) GetSiteEpoch() uint64 {
+	if x != nil {
+		return x.SiteEpoch
+	}
+	return 0
+}
+
+func (x *SiteHandoverResponse) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 type SiteFailoverRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The site to activate; must be the answering member's site (a guard
@@ -33,7 +172,7 @@ type SiteFailoverRequest struct {
 
 func (x *SiteFailoverRequest) Reset() {
 	*x = SiteFailoverRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	mi := &file_connsync_v1_operator_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -45,7 +184,7 @@ func (x *SiteFailoverRequest) String() string {
 func (*SiteFailoverRequest) ProtoMessage() {}
 
 func (x *SiteFailoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[0]
+	mi := &file_connsync_v1_operator_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -58,7 +197,7 @@ func (x *SiteFailoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteFailoverRequest.ProtoReflect.Descriptor instead.
 func (*SiteFailoverRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{0}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SiteFailoverRequest) GetSite() string {
@@ -92,7 +231,7 @@ type SiteFailoverResponse struct {
 
 func (x *SiteFailoverResponse) Reset() {
 	*x = SiteFailoverResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	mi := &file_connsync_v1_operator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -104,7 +243,7 @@ func (x *SiteFailoverResponse) String() string {
 func (*SiteFailoverResponse) ProtoMessage() {}
 
 func (x *SiteFailoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[1]
+	mi := &file_connsync_v1_operator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -117,7 +256,7 @@ func (x *SiteFailoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteFailoverResponse.ProtoReflect.Descriptor instead.
 func (*SiteFailoverResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{1}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SiteFailoverResponse) GetSite() string {
@@ -163,7 +302,7 @@ type SitesRequest struct {
 
 func (x *SitesRequest) Reset() {
 	*x = SitesRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +314,7 @@ func (x *SitesRequest) String() string {
 func (*SitesRequest) ProtoMessage() {}
 
 func (x *SitesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[2]
+	mi := &file_connsync_v1_operator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +327,7 @@ func (x *SitesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SitesRequest.ProtoReflect.Descriptor instead.
 func (*SitesRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{2}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
 }
 
 type SitesResponse struct {
@@ -200,7 +339,7 @@ type SitesResponse struct {
 
 func (x *SitesResponse) Reset() {
 	*x = SitesResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +351,7 @@ func (x *SitesResponse) String() string {
 func (*SitesResponse) ProtoMessage() {}
 
 func (x *SitesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[3]
+	mi := &file_connsync_v1_operator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +364,7 @@ func (x *SitesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SitesResponse.ProtoReflect.Descriptor instead.
 func (*SitesResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{3}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SitesResponse) GetSites() []*SiteInfo {
@@ -255,7 +394,7 @@ type SiteInfo struct {
 
 func (x *SiteInfo) Reset() {
 	*x = SiteInfo{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +406,7 @@ func (x *SiteInfo) String() string {
 func (*SiteInfo) ProtoMessage() {}
 
 func (x *SiteInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[4]
+	mi := &file_connsync_v1_operator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +419,7 @@ func (x *SiteInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SiteInfo.ProtoReflect.Descriptor instead.
 func (*SiteInfo) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{4}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SiteInfo) GetName() string {
@@ -354,7 +493,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +505,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[5]
+	mi := &file_connsync_v1_operator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +518,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{5}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
 }
 
 type StatusResponse struct {
@@ -424,7 +563,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -436,7 +575,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[6]
+	mi := &file_connsync_v1_operator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -449,7 +588,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{6}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusResponse) GetMemberId() string {
@@ -601,7 +740,7 @@ type ListMembersRequest struct {
 
 func (x *ListMembersRequest) Reset() {
 	*x = ListMembersRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +752,7 @@ func (x *ListMembersRequest) String() string {
 func (*ListMembersRequest) ProtoMessage() {}
 
 func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[7]
+	mi := &file_connsync_v1_operator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +765,7 @@ func (x *ListMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersRequest.ProtoReflect.Descriptor instead.
 func (*ListMembersRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{7}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListMembersRequest) GetConsistency() ReadConsistency {
@@ -648,7 +787,7 @@ type ListMembersResponse struct {
 
 func (x *ListMembersResponse) Reset() {
 	*x = ListMembersResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +799,7 @@ func (x *ListMembersResponse) String() string {
 func (*ListMembersResponse) ProtoMessage() {}
 
 func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[8]
+	mi := &file_connsync_v1_operator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +812,7 @@ func (x *ListMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMembersResponse.ProtoReflect.Descriptor instead.
 func (*ListMembersResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{8}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListMembersResponse) GetMembers() []*Member {
@@ -712,7 +851,7 @@ type MemberDetail struct {
 
 func (x *MemberDetail) Reset() {
 	*x = MemberDetail{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -724,7 +863,7 @@ func (x *MemberDetail) String() string {
 func (*MemberDetail) ProtoMessage() {}
 
 func (x *MemberDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[9]
+	mi := &file_connsync_v1_operator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -737,7 +876,7 @@ func (x *MemberDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberDetail.ProtoReflect.Descriptor instead.
 func (*MemberDetail) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{9}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MemberDetail) GetMemberId() string {
@@ -813,7 +952,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +964,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[10]
+	mi := &file_connsync_v1_operator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +977,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{10}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JoinRequest) GetMemberId() string {
@@ -906,7 +1045,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1057,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[11]
+	mi := &file_connsync_v1_operator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1070,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{11}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JoinResponse) GetMember() *Member {
@@ -950,7 +1089,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -962,7 +1101,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[12]
+	mi := &file_connsync_v1_operator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -975,7 +1114,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{12}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveMemberRequest) GetMemberId() string {
@@ -993,7 +1132,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[13]
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1144,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[13]
+	mi := &file_connsync_v1_operator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1157,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{13}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{15}
 }
 
 type ListRaftPeersRequest struct {
@@ -1029,7 +1168,7 @@ type ListRaftPeersRequest struct {
 
 func (x *ListRaftPeersRequest) Reset() {
 	*x = ListRaftPeersRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1180,7 @@ func (x *ListRaftPeersRequest) String() string {
 func (*ListRaftPeersRequest) ProtoMessage() {}
 
 func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[14]
+	mi := &file_connsync_v1_operator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1193,7 @@ func (x *ListRaftPeersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{14}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{16}
 }
 
 // RaftPeer is one server of the Raft configuration.
@@ -1071,7 +1210,7 @@ type RaftPeer struct {
 
 func (x *RaftPeer) Reset() {
 	*x = RaftPeer{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1222,7 @@ func (x *RaftPeer) String() string {
 func (*RaftPeer) ProtoMessage() {}
 
 func (x *RaftPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[15]
+	mi := &file_connsync_v1_operator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1235,7 @@ func (x *RaftPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftPeer.ProtoReflect.Descriptor instead.
 func (*RaftPeer) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{15}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RaftPeer) GetId() string {
@@ -1136,7 +1275,7 @@ type ListRaftPeersResponse struct {
 
 func (x *ListRaftPeersResponse) Reset() {
 	*x = ListRaftPeersResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1287,7 @@ func (x *ListRaftPeersResponse) String() string {
 func (*ListRaftPeersResponse) ProtoMessage() {}
 
 func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[16]
+	mi := &file_connsync_v1_operator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1300,7 @@ func (x *ListRaftPeersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRaftPeersResponse.ProtoReflect.Descriptor instead.
 func (*ListRaftPeersResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{16}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListRaftPeersResponse) GetPeers() []*RaftPeer {
@@ -1180,7 +1319,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1192,7 +1331,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[17]
+	mi := &file_connsync_v1_operator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1205,7 +1344,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{17}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TransferLeadershipRequest) GetMemberId() string {
@@ -1224,7 +1363,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1375,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[18]
+	mi := &file_connsync_v1_operator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1388,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{18}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -1269,7 +1408,7 @@ type RebalanceRequest struct {
 
 func (x *RebalanceRequest) Reset() {
 	*x = RebalanceRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1420,7 @@ func (x *RebalanceRequest) String() string {
 func (*RebalanceRequest) ProtoMessage() {}
 
 func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[19]
+	mi := &file_connsync_v1_operator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1433,7 @@ func (x *RebalanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceRequest.ProtoReflect.Descriptor instead.
 func (*RebalanceRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{19}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RebalanceRequest) GetDryRun() bool {
@@ -1316,7 +1455,7 @@ type BucketMove struct {
 
 func (x *BucketMove) Reset() {
 	*x = BucketMove{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1467,7 @@ func (x *BucketMove) String() string {
 func (*BucketMove) ProtoMessage() {}
 
 func (x *BucketMove) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[20]
+	mi := &file_connsync_v1_operator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1480,7 @@ func (x *BucketMove) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketMove.ProtoReflect.Descriptor instead.
 func (*BucketMove) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{20}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *BucketMove) GetBucket() uint32 {
@@ -1380,7 +1519,7 @@ type RebalanceResponse struct {
 
 func (x *RebalanceResponse) Reset() {
 	*x = RebalanceResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1531,7 @@ func (x *RebalanceResponse) String() string {
 func (*RebalanceResponse) ProtoMessage() {}
 
 func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[21]
+	mi := &file_connsync_v1_operator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1544,7 @@ func (x *RebalanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebalanceResponse.ProtoReflect.Descriptor instead.
 func (*RebalanceResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{21}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RebalanceResponse) GetMoves() []*BucketMove {
@@ -1445,7 +1584,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	mi := &file_connsync_v1_operator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1596,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[22]
+	mi := &file_connsync_v1_operator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1609,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{22}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainRequest) GetMemberId() string {
@@ -1489,7 +1628,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	mi := &file_connsync_v1_operator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1640,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[23]
+	mi := &file_connsync_v1_operator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1653,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{23}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainResponse) GetMember() *Member {
@@ -1532,7 +1671,7 @@ type SyncStatusRequest struct {
 
 func (x *SyncStatusRequest) Reset() {
 	*x = SyncStatusRequest{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[24]
+	mi := &file_connsync_v1_operator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1683,7 @@ func (x *SyncStatusRequest) String() string {
 func (*SyncStatusRequest) ProtoMessage() {}
 
 func (x *SyncStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[24]
+	mi := &file_connsync_v1_operator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1696,7 @@ func (x *SyncStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncStatusRequest.ProtoReflect.Descriptor instead.
 func (*SyncStatusRequest) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{24}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{26}
 }
 
 // ReplicationStream is one stream from this member to a backup.
@@ -1576,7 +1715,7 @@ type ReplicationStream struct {
 
 func (x *ReplicationStream) Reset() {
 	*x = ReplicationStream{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[25]
+	mi := &file_connsync_v1_operator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1727,7 @@ func (x *ReplicationStream) String() string {
 func (*ReplicationStream) ProtoMessage() {}
 
 func (x *ReplicationStream) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[25]
+	mi := &file_connsync_v1_operator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1740,7 @@ func (x *ReplicationStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationStream.ProtoReflect.Descriptor instead.
 func (*ReplicationStream) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{25}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReplicationStream) GetTarget() string {
@@ -1664,7 +1803,7 @@ type FullSync struct {
 
 func (x *FullSync) Reset() {
 	*x = FullSync{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[26]
+	mi := &file_connsync_v1_operator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1815,7 @@ func (x *FullSync) String() string {
 func (*FullSync) ProtoMessage() {}
 
 func (x *FullSync) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[26]
+	mi := &file_connsync_v1_operator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1828,7 @@ func (x *FullSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FullSync.ProtoReflect.Descriptor instead.
 func (*FullSync) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{26}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FullSync) GetBucket() uint32 {
@@ -1757,7 +1896,7 @@ type DelayClass struct {
 
 func (x *DelayClass) Reset() {
 	*x = DelayClass{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[27]
+	mi := &file_connsync_v1_operator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1908,7 @@ func (x *DelayClass) String() string {
 func (*DelayClass) ProtoMessage() {}
 
 func (x *DelayClass) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[27]
+	mi := &file_connsync_v1_operator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1921,7 @@ func (x *DelayClass) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelayClass.ProtoReflect.Descriptor instead.
 func (*DelayClass) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{27}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DelayClass) GetName() string {
@@ -1835,7 +1974,7 @@ type SyncStatusResponse struct {
 
 func (x *SyncStatusResponse) Reset() {
 	*x = SyncStatusResponse{}
-	mi := &file_connsync_v1_operator_proto_msgTypes[28]
+	mi := &file_connsync_v1_operator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1986,7 @@ func (x *SyncStatusResponse) String() string {
 func (*SyncStatusResponse) ProtoMessage() {}
 
 func (x *SyncStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connsync_v1_operator_proto_msgTypes[28]
+	mi := &file_connsync_v1_operator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1999,7 @@ func (x *SyncStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncStatusResponse.ProtoReflect.Descriptor instead.
 func (*SyncStatusResponse) Descriptor() ([]byte, []int) {
-	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{28}
+	return file_connsync_v1_operator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SyncStatusResponse) GetMemberId() string {
@@ -1938,6 +2077,17 @@ var File_connsync_v1_operator_proto protoreflect.FileDescriptor
 const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"\x1aconnsync/v1/operator.proto\x12\vconnsync.v1\x1a\x18connsync/v1/member.proto\x1a\x17connsync/v1/types.proto\"B\n" +
+	"\x13SiteHandoverRequest\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xc7\x01\n" +
+	"\x14SiteHandoverResponse\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x1b\n" +
+	"\tpeer_site\x18\x02 \x01(\tR\bpeerSite\x12,\n" +
+	"\x12peer_copies_synced\x18\x03 \x01(\rR\x10peerCopiesSynced\x12\x18\n" +
+	"\abuckets\x18\x04 \x01(\rR\abuckets\x12\x1d\n" +
+	"\n" +
+	"site_epoch\x18\x05 \x01(\x04R\tsiteEpoch\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\"B\n" +
 	"\x13SiteFailoverRequest\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"\xa3\x01\n" +
@@ -2084,7 +2234,7 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\rdelay_classes\x18\b \x03(\v2\x17.connsync.v1.DelayClassR\fdelayClasses\x12\x18\n" +
 	"\adelayed\x18\t \x01(\x04R\adelayed\x12\x18\n" +
 	"\arefused\x18\n" +
-	" \x01(\x04R\arefused2\xe7\x06\n" +
+	" \x01(\x04R\arefused2\xbc\a\n" +
 	"\x0fOperatorService\x12A\n" +
 	"\x06Status\x12\x1a.connsync.v1.StatusRequest\x1a\x1b.connsync.v1.StatusResponse\x12P\n" +
 	"\vListMembers\x12\x1f.connsync.v1.ListMembersRequest\x1a .connsync.v1.ListMembersResponse\x12;\n" +
@@ -2097,7 +2247,8 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\n" +
 	"SyncStatus\x12\x1e.connsync.v1.SyncStatusRequest\x1a\x1f.connsync.v1.SyncStatusResponse\x12S\n" +
 	"\fSiteFailover\x12 .connsync.v1.SiteFailoverRequest\x1a!.connsync.v1.SiteFailoverResponse\x12>\n" +
-	"\x05Sites\x12\x19.connsync.v1.SitesRequest\x1a\x1a.connsync.v1.SitesResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\x05Sites\x12\x19.connsync.v1.SitesRequest\x1a\x1a.connsync.v1.SitesResponse\x12S\n" +
+	"\fSiteHandover\x12 .connsync.v1.SiteHandoverRequest\x1a!.connsync.v1.SiteHandoverResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_operator_proto_rawDescOnce sync.Once
@@ -2111,78 +2262,82 @@ func file_connsync_v1_operator_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_operator_proto_rawDescData
 }
 
-var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_connsync_v1_operator_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_connsync_v1_operator_proto_goTypes = []any{
-	(*SiteFailoverRequest)(nil),        // 0: connsync.v1.SiteFailoverRequest
-	(*SiteFailoverResponse)(nil),       // 1: connsync.v1.SiteFailoverResponse
-	(*SitesRequest)(nil),               // 2: connsync.v1.SitesRequest
-	(*SitesResponse)(nil),              // 3: connsync.v1.SitesResponse
-	(*SiteInfo)(nil),                   // 4: connsync.v1.SiteInfo
-	(*StatusRequest)(nil),              // 5: connsync.v1.StatusRequest
-	(*StatusResponse)(nil),             // 6: connsync.v1.StatusResponse
-	(*ListMembersRequest)(nil),         // 7: connsync.v1.ListMembersRequest
-	(*ListMembersResponse)(nil),        // 8: connsync.v1.ListMembersResponse
-	(*MemberDetail)(nil),               // 9: connsync.v1.MemberDetail
-	(*JoinRequest)(nil),                // 10: connsync.v1.JoinRequest
-	(*JoinResponse)(nil),               // 11: connsync.v1.JoinResponse
-	(*RemoveMemberRequest)(nil),        // 12: connsync.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),       // 13: connsync.v1.RemoveMemberResponse
-	(*ListRaftPeersRequest)(nil),       // 14: connsync.v1.ListRaftPeersRequest
-	(*RaftPeer)(nil),                   // 15: connsync.v1.RaftPeer
-	(*ListRaftPeersResponse)(nil),      // 16: connsync.v1.ListRaftPeersResponse
-	(*TransferLeadershipRequest)(nil),  // 17: connsync.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 18: connsync.v1.TransferLeadershipResponse
-	(*RebalanceRequest)(nil),           // 19: connsync.v1.RebalanceRequest
-	(*BucketMove)(nil),                 // 20: connsync.v1.BucketMove
-	(*RebalanceResponse)(nil),          // 21: connsync.v1.RebalanceResponse
-	(*DrainRequest)(nil),               // 22: connsync.v1.DrainRequest
-	(*DrainResponse)(nil),              // 23: connsync.v1.DrainResponse
-	(*SyncStatusRequest)(nil),          // 24: connsync.v1.SyncStatusRequest
-	(*ReplicationStream)(nil),          // 25: connsync.v1.ReplicationStream
-	(*FullSync)(nil),                   // 26: connsync.v1.FullSync
-	(*DelayClass)(nil),                 // 27: connsync.v1.DelayClass
-	(*SyncStatusResponse)(nil),         // 28: connsync.v1.SyncStatusResponse
-	(ReadConsistency)(0),               // 29: connsync.v1.ReadConsistency
-	(*Member)(nil),                     // 30: connsync.v1.Member
-	(*BucketEpoch)(nil),                // 31: connsync.v1.BucketEpoch
+	(*SiteHandoverRequest)(nil),        // 0: connsync.v1.SiteHandoverRequest
+	(*SiteHandoverResponse)(nil),       // 1: connsync.v1.SiteHandoverResponse
+	(*SiteFailoverRequest)(nil),        // 2: connsync.v1.SiteFailoverRequest
+	(*SiteFailoverResponse)(nil),       // 3: connsync.v1.SiteFailoverResponse
+	(*SitesRequest)(nil),               // 4: connsync.v1.SitesRequest
+	(*SitesResponse)(nil),              // 5: connsync.v1.SitesResponse
+	(*SiteInfo)(nil),                   // 6: connsync.v1.SiteInfo
+	(*StatusRequest)(nil),              // 7: connsync.v1.StatusRequest
+	(*StatusResponse)(nil),             // 8: connsync.v1.StatusResponse
+	(*ListMembersRequest)(nil),         // 9: connsync.v1.ListMembersRequest
+	(*ListMembersResponse)(nil),        // 10: connsync.v1.ListMembersResponse
+	(*MemberDetail)(nil),               // 11: connsync.v1.MemberDetail
+	(*JoinRequest)(nil),                // 12: connsync.v1.JoinRequest
+	(*JoinResponse)(nil),               // 13: connsync.v1.JoinResponse
+	(*RemoveMemberRequest)(nil),        // 14: connsync.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),       // 15: connsync.v1.RemoveMemberResponse
+	(*ListRaftPeersRequest)(nil),       // 16: connsync.v1.ListRaftPeersRequest
+	(*RaftPeer)(nil),                   // 17: connsync.v1.RaftPeer
+	(*ListRaftPeersResponse)(nil),      // 18: connsync.v1.ListRaftPeersResponse
+	(*TransferLeadershipRequest)(nil),  // 19: connsync.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 20: connsync.v1.TransferLeadershipResponse
+	(*RebalanceRequest)(nil),           // 21: connsync.v1.RebalanceRequest
+	(*BucketMove)(nil),                 // 22: connsync.v1.BucketMove
+	(*RebalanceResponse)(nil),          // 23: connsync.v1.RebalanceResponse
+	(*DrainRequest)(nil),               // 24: connsync.v1.DrainRequest
+	(*DrainResponse)(nil),              // 25: connsync.v1.DrainResponse
+	(*SyncStatusRequest)(nil),          // 26: connsync.v1.SyncStatusRequest
+	(*ReplicationStream)(nil),          // 27: connsync.v1.ReplicationStream
+	(*FullSync)(nil),                   // 28: connsync.v1.FullSync
+	(*DelayClass)(nil),                 // 29: connsync.v1.DelayClass
+	(*SyncStatusResponse)(nil),         // 30: connsync.v1.SyncStatusResponse
+	(ReadConsistency)(0),               // 31: connsync.v1.ReadConsistency
+	(*Member)(nil),                     // 32: connsync.v1.Member
+	(*BucketEpoch)(nil),                // 33: connsync.v1.BucketEpoch
 }
 var file_connsync_v1_operator_proto_depIdxs = []int32{
-	4,  // 0: connsync.v1.SitesResponse.sites:type_name -> connsync.v1.SiteInfo
-	29, // 1: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
-	30, // 2: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
-	9,  // 3: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
-	30, // 4: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
-	15, // 5: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
-	20, // 6: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
-	30, // 7: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
-	25, // 8: connsync.v1.SyncStatusResponse.streams:type_name -> connsync.v1.ReplicationStream
-	26, // 9: connsync.v1.SyncStatusResponse.sending:type_name -> connsync.v1.FullSync
-	31, // 10: connsync.v1.SyncStatusResponse.waiting:type_name -> connsync.v1.BucketEpoch
-	27, // 11: connsync.v1.SyncStatusResponse.delay_classes:type_name -> connsync.v1.DelayClass
-	5,  // 12: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
-	7,  // 13: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
-	10, // 14: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
-	12, // 15: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
-	14, // 16: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
-	17, // 17: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
-	19, // 18: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
-	22, // 19: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
-	24, // 20: connsync.v1.OperatorService.SyncStatus:input_type -> connsync.v1.SyncStatusRequest
-	0,  // 21: connsync.v1.OperatorService.SiteFailover:input_type -> connsync.v1.SiteFailoverRequest
-	2,  // 22: connsync.v1.OperatorService.Sites:input_type -> connsync.v1.SitesRequest
-	6,  // 23: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
-	8,  // 24: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
-	11, // 25: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
-	13, // 26: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
-	16, // 27: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
-	18, // 28: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
-	21, // 29: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
-	23, // 30: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
-	28, // 31: connsync.v1.OperatorService.SyncStatus:output_type -> connsync.v1.SyncStatusResponse
-	1,  // 32: connsync.v1.OperatorService.SiteFailover:output_type -> connsync.v1.SiteFailoverResponse
-	3,  // 33: connsync.v1.OperatorService.Sites:output_type -> connsync.v1.SitesResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
+	6,  // 0: connsync.v1.SitesResponse.sites:type_name -> connsync.v1.SiteInfo
+	31, // 1: connsync.v1.ListMembersRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	32, // 2: connsync.v1.ListMembersResponse.members:type_name -> connsync.v1.Member
+	11, // 3: connsync.v1.ListMembersResponse.details:type_name -> connsync.v1.MemberDetail
+	32, // 4: connsync.v1.JoinResponse.member:type_name -> connsync.v1.Member
+	17, // 5: connsync.v1.ListRaftPeersResponse.peers:type_name -> connsync.v1.RaftPeer
+	22, // 6: connsync.v1.RebalanceResponse.moves:type_name -> connsync.v1.BucketMove
+	32, // 7: connsync.v1.DrainResponse.member:type_name -> connsync.v1.Member
+	27, // 8: connsync.v1.SyncStatusResponse.streams:type_name -> connsync.v1.ReplicationStream
+	28, // 9: connsync.v1.SyncStatusResponse.sending:type_name -> connsync.v1.FullSync
+	33, // 10: connsync.v1.SyncStatusResponse.waiting:type_name -> connsync.v1.BucketEpoch
+	29, // 11: connsync.v1.SyncStatusResponse.delay_classes:type_name -> connsync.v1.DelayClass
+	7,  // 12: connsync.v1.OperatorService.Status:input_type -> connsync.v1.StatusRequest
+	9,  // 13: connsync.v1.OperatorService.ListMembers:input_type -> connsync.v1.ListMembersRequest
+	12, // 14: connsync.v1.OperatorService.Join:input_type -> connsync.v1.JoinRequest
+	14, // 15: connsync.v1.OperatorService.RemoveMember:input_type -> connsync.v1.RemoveMemberRequest
+	16, // 16: connsync.v1.OperatorService.ListRaftPeers:input_type -> connsync.v1.ListRaftPeersRequest
+	19, // 17: connsync.v1.OperatorService.TransferLeadership:input_type -> connsync.v1.TransferLeadershipRequest
+	21, // 18: connsync.v1.OperatorService.Rebalance:input_type -> connsync.v1.RebalanceRequest
+	24, // 19: connsync.v1.OperatorService.Drain:input_type -> connsync.v1.DrainRequest
+	26, // 20: connsync.v1.OperatorService.SyncStatus:input_type -> connsync.v1.SyncStatusRequest
+	2,  // 21: connsync.v1.OperatorService.SiteFailover:input_type -> connsync.v1.SiteFailoverRequest
+	4,  // 22: connsync.v1.OperatorService.Sites:input_type -> connsync.v1.SitesRequest
+	0,  // 23: connsync.v1.OperatorService.SiteHandover:input_type -> connsync.v1.SiteHandoverRequest
+	8,  // 24: connsync.v1.OperatorService.Status:output_type -> connsync.v1.StatusResponse
+	10, // 25: connsync.v1.OperatorService.ListMembers:output_type -> connsync.v1.ListMembersResponse
+	13, // 26: connsync.v1.OperatorService.Join:output_type -> connsync.v1.JoinResponse
+	15, // 27: connsync.v1.OperatorService.RemoveMember:output_type -> connsync.v1.RemoveMemberResponse
+	18, // 28: connsync.v1.OperatorService.ListRaftPeers:output_type -> connsync.v1.ListRaftPeersResponse
+	20, // 29: connsync.v1.OperatorService.TransferLeadership:output_type -> connsync.v1.TransferLeadershipResponse
+	23, // 30: connsync.v1.OperatorService.Rebalance:output_type -> connsync.v1.RebalanceResponse
+	25, // 31: connsync.v1.OperatorService.Drain:output_type -> connsync.v1.DrainResponse
+	30, // 32: connsync.v1.OperatorService.SyncStatus:output_type -> connsync.v1.SyncStatusResponse
+	3,  // 33: connsync.v1.OperatorService.SiteFailover:output_type -> connsync.v1.SiteFailoverResponse
+	5,  // 34: connsync.v1.OperatorService.Sites:output_type -> connsync.v1.SitesResponse
+	1,  // 35: connsync.v1.OperatorService.SiteHandover:output_type -> connsync.v1.SiteHandoverResponse
+	24, // [24:36] is the sub-list for method output_type
+	12, // [12:24] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -2201,7 +2356,7 @@ func file_connsync_v1_operator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_operator_proto_rawDesc), len(file_connsync_v1_operator_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

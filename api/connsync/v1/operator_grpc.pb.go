@@ -30,6 +30,7 @@ const (
 	OperatorService_SyncStatus_FullMethodName         = "/connsync.v1.OperatorService/SyncStatus"
 	OperatorService_SiteFailover_FullMethodName       = "/connsync.v1.OperatorService/SiteFailover"
 	OperatorService_Sites_FullMethodName              = "/connsync.v1.OperatorService/Sites"
+	OperatorService_SiteHandover_FullMethodName       = "/connsync.v1.OperatorService/SiteHandover"
 )
 
 // OperatorServiceClient is the client API for OperatorService service.
@@ -75,6 +76,13 @@ type OperatorServiceClient interface {
 	SiteFailover(ctx context.Context, in *SiteFailoverRequest, opts ...grpc.CallOption) (*SiteFailoverResponse, error)
 	// Sites reports this member's site and every peer site it links to.
 	Sites(ctx context.Context, in *SitesRequest, opts ...grpc.CallOption) (*SitesResponse, error)
+	// SiteHandover makes the answering member's active site standby, once
+	// the other site (standby) holds a complete remote copy of every bucket:
+	// the failback after a site failover, make-before-break. Under the
+	// witness policy the other site then takes the site lease and activates
+	// about one lease later; under the manual policy activate it with
+	// SiteFailover. Refused while any copy is incomplete.
+	SiteHandover(ctx context.Context, in *SiteHandoverRequest, opts ...grpc.CallOption) (*SiteHandoverResponse, error)
 }
 
 type operatorServiceClient struct {
@@ -195,6 +203,16 @@ func (c *operatorServiceClient) Sites(ctx context.Context, in *SitesRequest, opt
 	return out, nil
 }
 
+func (c *operatorServiceClient) SiteHandover(ctx context.Context, in *SiteHandoverRequest, opts ...grpc.CallOption) (*SiteHandoverResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SiteHandoverResponse)
+	err := c.cc.Invoke(ctx, OperatorService_SiteHandover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // OperatorServiceServer is the server API for OperatorService service.
 // All implementations must embed UnimplementedOperatorServiceServer
 // for forward compatibility.
@@ -238,6 +256,13 @@ type OperatorServiceServer interface {
 	SiteFailover(context.Context, *SiteFailoverRequest) (*SiteFailoverResponse, error)
 	// Sites reports this member's site and every peer site it links to.
 	Sites(context.Context, *SitesRequest) (*SitesResponse, error)
+	// SiteHandover makes the answering member's active site standby, once
+	// the other site (standby) holds a complete remote copy of every bucket:
+	// the failback after a site failover, make-before-break. Under the
+	// witness policy the other site then takes the site lease and activates
+	// about one lease later; under the manual policy activate it with
+	// SiteFailover. Refused while any copy is incomplete.
+	SiteHandover(context.Context, *SiteHandoverRequest) (*SiteHandoverResponse, error)
 	mustEmbedUnimplementedOperatorServiceServer()
 }
 
@@ -280,6 +305,9 @@ func (UnimplementedOperatorServiceServer) SiteFailover(context.Context, *SiteFai
 }
 func (UnimplementedOperatorServiceServer) Sites(context.Context, *SitesRequest) (*SitesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Sites not implemented")
+}
+func (UnimplementedOperatorServiceServer) SiteHandover(context.Context, *SiteHandoverRequest) (*SiteHandoverResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SiteHandover not implemented")
 }
 func (UnimplementedOperatorServiceServer) mustEmbedUnimplementedOperatorServiceServer() {}
 func (UnimplementedOperatorServiceServer) testEmbeddedByValue()                         {}
@@ -500,6 +528,24 @@ func _OperatorService_Sites_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _OperatorService_SiteHandover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SiteHandoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OperatorServiceServer).SiteHandover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OperatorService_SiteHandover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OperatorServiceServer).SiteHandover(ctx, req.(*SiteHandoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // OperatorService_ServiceDesc is the grpc.ServiceDesc for OperatorService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -550,6 +596,10 @@ var OperatorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sites",
 			Handler:    _OperatorService_Sites_Handler,
+		},
+		{
+			MethodName: "SiteHandover",
+			Handler:    _OperatorService_SiteHandover_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
