@@ -272,6 +272,17 @@ func (c *Client) SiteFailover(ctx context.Context, site string, dryRun bool) (r 
 	return r, err
 }
 
+// SiteHandover makes site, the active site the client talks to, standby
+// once the other site holds every remote copy (dryRun: only report). Not
+// retried.
+func (c *Client) SiteHandover(ctx context.Context, site string, dryRun bool) (r *pb.SiteHandoverResponse, err error) {
+	err = c.callOnce(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {
+		r, err = pb.NewOperatorServiceClient(cc).SiteHandover(ctx, &pb.SiteHandoverRequest{Site: site, DryRun: dryRun}, o...)
+		return err
+	})
+	return r, err
+}
+
 // Sites reports the answering member's site and the peer site it follows.
 func (c *Client) Sites(ctx context.Context) (r *pb.SitesResponse, err error) {
 	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {

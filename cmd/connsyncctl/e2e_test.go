@@ -232,6 +232,20 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("sites and site commands", func(t *testing.T) {
+		wantLine(mustCtl("sites"), `^\S+\s+active\s+m0\s+m0\s+local\s+-\s+-$`)
+		for _, args := range [][]string{
+			{"site", "failover", "elsewhere", "--yes"}, // not this member's site
+			{"site", "handover", "elsewhere"},
+		} {
+			var out, errOut strings.Builder
+			if code := run(t.Context(), append([]string{"--addr", addr}, args...), &out, &errOut); code != 1 ||
+				!strings.Contains(errOut.String(), "InvalidArgument: site:") {
+				t.Errorf("%v: exit %d, stderr %q", args, code, errOut.String())
+			}
+		}
+	})
+
 	t.Run("transfer-leader to self", func(t *testing.T) {
 		wantLine(mustCtl("transfer-leader", "m0"), `^Leader is now m0$`)
 	})

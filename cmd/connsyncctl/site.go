@@ -101,7 +101,34 @@ be activated; without --yes the command asks you to type the site's name.`,
 	}
 	failover.Flags().BoolVar(&dryRun, "dry-run", false, "show what would be activated and change nothing")
 	failover.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
-	cmd.AddCommand(failover)
+	var hoDryRun bool
+	handover := &cobra.Command{
+		Use:   "handover SITE",
+		Short: "Make active site SITE standby once the other site holds every remote copy (failback)",
+		Long: `site handover makes the active site SITE standby, make-before-break: it is
+refused until the other (standby) site holds a complete remote copy of every
+bucket. Under the witness policy the other site then takes the site lease and
+activates about one lease later; under the manual policy, activate it with
+'connsyncctl site failover'. --addr must name members of SITE.`,
+		Args: exactArgs(1, "site handover takes the name of the active site to make standby"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *client.Client, p *printer) error {
+				r, err := c.SiteHandover(ctx, args[0], hoDryRun)
+				if err != nil {
+					return err
+				}
+				if p.format == outputJSON {
+					return p.json(r)
+				}
+				if r.DryRun {
+					return p.line("dry run: site %s holds a complete copy of %d of %d buckets", r.PeerSite, r.PeerCopiesSynced, r.Buckets)
+				}
+				return p.line("site %s is standby (site epoch %d); site %s takes over", r.Site, r.SiteEpoch, r.PeerSite)
+			})
+		},
+	}
+	handover.Flags().BoolVar(&hoDryRun, "dry-run", false, "only report how many copies the other site holds")
+	cmd.AddCommand(failover, handover)
 	return cmd
 }
 
