@@ -28,8 +28,6 @@ const (
 	// siteLeaseMargin is taken off the holder's view of its lease (clock
 	// drift and scheduling) and added to an acceptor's start-up wait.
 	siteLeaseMargin = 50 * time.Millisecond
-	// siteLeaseAskTimeout bounds one round of requests to the acceptors.
-	siteLeaseAskTimeout = 200 * time.Millisecond
 )
 
 // leaseAcceptor is one acceptor's state. It is kept in memory: a new one
@@ -102,6 +100,8 @@ type siteLease struct {
 	until    time.Time      // the lease holds until then (this clock); zero: not held
 	epoch    uint64         // epoch of the lease held
 	seen     uint64         // highest epoch any acceptor reported
+
+	lastLapseLog time.Time
 }
 
 func (l *siteLease) acceptorNow() *leaseAcceptor {
@@ -200,7 +200,14 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		l.epoch = 0 // ask above what the acceptors reported next time
 	}
 	until := l.until
+	lapsed := !st.Standby && granted < 2 && held && time.Now().After(until)
+	regained := !st.Standby && granted >= 2 && !held && epoch > 0
 	l.mu.Unlock()
+	if lapsed || (!st.Standby && granted < 2 && !held && l.logLapse()) {
+		s.logger.Warn("site lease not renewed: this site's members stop acting until it is", "site", s.cfg.Site, "granted", granted, "other_holder", others)
+	} else if regained {
+		s.logger.Info("site lease held", "site", s.cfg.Site, "lease_epoch", epoch)
+	}
 	switch {
 	case granted >= 2 && st.Standby:
 		s.logger.Warn("site lease acquired: activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
@@ -227,6 +234,17 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 	}
 }
 
+// logLapse rate-limits the lapse warning to one a second.
+func (l *siteLease) logLapse() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if time.Since(l.lastLapseLog) < time.Second {
+		return false
+	}
+	l.lastLapseLog = time.Now()
+	return true
+}
+
 // peerStandby reports whether the linked peer site is standby.
 func (s *Server) peerStandby() bool {
 	p, _ := s.siteLink.watch()
@@ -250,7 +268,7 @@ func (s *Server) allCopiesSynced() bool {
 // ("" if none).
 func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, other string) {
 	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds()}
-	ctx, cancel := context.WithTimeout(ctx, siteLeaseAskTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.SiteLease/2) // a round must end well inside a lease
 	defer cancel()
 	type answer struct {
 		resp *pb.GrantSiteLeaseResponse
