@@ -181,10 +181,7 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// it first (start the active site, or fail over by hand).
 		l.mu.Unlock()
 		return
-	case s.siteLink != nil && s.siteLink.isUp() && !(s.peerStandby() && s.allCopiesSynced()):
-		// The active site answers: only its loss, or its handover to this
-		// site (it went standby, and this site holds every copy), is a
-		// reason to take over.
+	case !s.takeOver():
 		l.mu.Unlock()
 		return
 	default:
@@ -245,10 +242,19 @@ func (l *siteLease) logLapse() bool {
 	return true
 }
 
-// peerStandby reports whether the linked peer site is standby.
-func (s *Server) peerStandby() bool {
+// takeOver reports whether this standby site should ask for the site lease:
+// the other site handed over (it is standby, and this site holds every
+// remote copy), or the other site, last seen active, is lost (the link to
+// it is down). A site that has just handed over sees the other site
+// standby and holds no copy: it does not take the lease back.
+func (s *Server) takeOver() bool {
 	p, _ := s.siteLink.watch()
-	return p != nil && p.Standby
+	switch {
+	case p != nil && p.Standby:
+		return s.allCopiesSynced()
+	default:
+		return s.siteLink != nil && !s.siteLink.isUp()
+	}
 }
 
 // allCopiesSynced reports whether this standby site holds a complete remote
