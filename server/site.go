@@ -248,6 +248,10 @@ func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailover
 		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the site to activate",
 			req.Site, s.cfg.Site)
 	}
+	if s.witnessPolicy() {
+		return nil, status.Error(codes.FailedPrecondition, "the site-failover policy is witness: the site lease decides which site is active "+
+			"(it fails over by itself when the active site is lost; 'site handover' moves the role on purpose)")
+	}
 	if _, err := s.waitReady(ctx); err != nil {
 		return nil, err
 	}
