@@ -200,6 +200,15 @@ func holds(t testing.TB, m *cluster.Member, buckets map[uint32]bool) map[fsm.Key
 	return out
 }
 
+// roleCounts counts the buckets of each primary/backup pair.
+func roleCounts(as []fsm.Assignment) map[string]int {
+	out := map[string]int{}
+	for _, a := range as {
+		out[a.Primary+"/"+a.LocalBackup]++
+	}
+	return out
+}
+
 // envInt reads a positive integer from the environment, or returns def.
 func envInt(t testing.TB, name string, def int) int {
 	v := os.Getenv(name)
@@ -407,6 +416,9 @@ func TestCluster_BadEventsRefusedOneByOne(t *testing.T) {
 	as := c.Assignments()
 	var mineI, otherI = -1, -1
 	for i := 0; mineI < 0 || otherI < 0; i++ {
+		if i == 1<<20 {
+			t.Fatalf("no connection found whose bucket %s is primary of and one it is not (map %v)", m.ID, roleCounts(as))
+		}
 		_, b := bucketOf(t, conn(i, 0))
 		if as[b].Primary == m.ID && mineI < 0 {
 			mineI = i
@@ -450,11 +462,28 @@ func TestCluster_BadEventsRefusedOneByOne(t *testing.T) {
 func TestCluster_ActivationHandsOverBackedUpStates(t *testing.T) {
 	c := cluster.New(t, 3, cluster.Options{})
 	fs := c.Followers()
-	victim, heir := fs[0], fs[1]
 	as := c.Assignments()
+	// The victim (a follower, so no election interferes) and the heir: the
+	// pair with the most buckets of the victim backed up by the heir
+	// (placement spreads backups, but not necessarily over every pair).
+	pairs := roleCounts(as)
+	var victim, heir *cluster.Member
+	for _, v := range fs {
+		for _, h := range c.Running() {
+			if h != v && (victim == nil || pairs[v.ID+"/"+h.ID] > pairs[victim.ID+"/"+heir.ID]) {
+				victim, heir = v, h
+			}
+		}
+	}
+	if pairs[victim.ID+"/"+heir.ID] == 0 {
+		t.Fatalf("no follower's bucket has a backup: %v", pairs)
+	}
 	var idx []int
 	want := map[uint32]map[fsm.Key]bool{}
 	for i := 0; len(idx) < 500; i++ {
+		if i == 1<<22 {
+			t.Fatalf("found %d of 500 connections with primary %s and backup %s (%v)", len(idx), victim.ID, heir.ID, pairs)
+		}
 		k, b := bucketOf(t, conn(i, 0))
 		if as[b].Primary == victim.ID && as[b].LocalBackup == heir.ID {
 			idx = append(idx, i)
