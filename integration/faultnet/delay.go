@@ -122,6 +122,9 @@ func (c *delayedConn) Read(b []byte) (int, error) {
 		if !ok {
 			c.rerrMu.Lock()
 			defer c.rerrMu.Unlock()
+			if c.rerr == nil { // the reader stopped because the conn was closed
+				return 0, net.ErrClosed
+			}
 			return 0, c.rerr
 		}
 		time.Sleep(time.Until(ch.at))

@@ -54,3 +54,36 @@ func TestDelay_RoundTripAndOrder(t *testing.T) {
 		t.Fatalf("round trip over the delayed link took %v, want >= %v", got, 2*d)
 	}
 }
+
+// Reading a delayed conn that was closed returns an error, never (0, nil):
+// a caller that loops on Read would spin forever.
+func TestDelay_ReadAfterCloseFails(t *testing.T) {
+	h := NewHub()
+	addr, err := h.Reserve("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := h.Node("b").Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	h.Delay([]string{"a"}, []string{"b"}, time.Millisecond)
+	c, err := h.Node("a").Dial(context.Background(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for range 3 {
+		if n, err := c.Read(make([]byte, 10)); err == nil {
+			t.Fatalf("Read after Close = %d, nil", n)
+		}
+	}
+}
