@@ -316,13 +316,17 @@ func witnessFailoverTrial(t *testing.T, n int) time.Duration {
 			got[k] = st
 		}
 	}
-	lost := 0
+	lost, checked := 0, 0
 	for _, i := range idx {
 		k, _ := bucketOf(t, conn(i, 0))
-		if p.acked[i] && got[k] == nil {
-			lost++
+		if p.acked[i] {
+			checked++
+			if got[k] == nil {
+				lost++
+			}
 		}
 	}
+	t.Logf("%d confirmed connections checked at site b, %d lost", checked, lost)
 	if lost > 0 {
 		t.Fatalf("%d of %d confirmed connections lost in the site failover", lost, n)
 	}
