@@ -171,6 +171,7 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 	}
 	m, known := s.fsm.Member(req.MemberId)
 	now := time.Now()
+	leaseCap := s.memberLeaseCap(now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.leading {
@@ -197,12 +198,12 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "restarted: its buckets are being failed over"
 	case now.Sub(l.verified) > l.freshLimit():
 		resp.Reason = "leadership not confirmed recently"
-	case s.memberLeaseCap(now) <= 0:
+	case leaseCap <= 0:
 		resp.Reason = "the site holds no site lease"
 	default:
 		resp.Granted = true
 		resp.AppliedIndex = s.fsm.AppliedIndex()
-		resp.LeaseMs = s.memberLeaseCap(now).Milliseconds()
+		resp.LeaseMs = leaseCap.Milliseconds()
 	}
 	return resp
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -155,7 +156,7 @@ func (l *siteLink) update(info *repl.Peer, table []repl.PeerBucket) {
 		next = *l.peer
 	}
 	if info != nil {
-		if l.peer != nil && next.Site == info.Site && next.Standby == info.Standby && sameAddrs(next.Addrs, info.Addrs) && table == nil {
+		if l.peer != nil && next.Site == info.Site && next.Standby == info.Standby && maps.Equal(next.Addrs, info.Addrs) && table == nil {
 			return
 		}
 		next.Site, next.Standby, next.Addrs = info.Site, info.Standby, info.Addrs
@@ -202,18 +203,6 @@ func (l *siteLink) poll(ctx context.Context, op pb.OperatorServiceClient) (*repl
 	return &repl.Peer{Site: st.Site, Standby: st.Standby, Addrs: addrs}, nil
 }
 
-func sameAddrs(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
 // isUp reports whether the last poll of the peer site succeeded and its
 // stream has not broken since.
 func (l *siteLink) isUp() bool {
@@ -238,15 +227,35 @@ func (l *siteLink) info() *pb.SiteInfo {
 	return out
 }
 
+// checkOwnSite checks that a site command names this member's site; what
+// says which site the command wants.
+func (s *Server) checkOwnSite(site, what string) error {
+	switch {
+	case site == "":
+		return status.Errorf(codes.InvalidArgument, "site: is required (the name of the %s)", what)
+	case site != s.cfg.Site:
+		return status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the %s",
+			site, s.cfg.Site, what)
+	}
+	return nil
+}
+
+// setSiteMode commits a SetSiteModeOp and returns the new site epoch.
+func (s *Server) setSiteMode(ctx context.Context, standby bool, reason string, leaseEpoch uint64) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
+	defer cancel()
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(standby, reason, leaseEpoch)}})
+	if err != nil {
+		return 0, err
+	}
+	return res[0].Epoch, res[0].Err
+}
+
 // SiteFailover activates this member's standby site (see the API).
 func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailoverRequest) (*pb.SiteFailoverResponse, error) {
 	s := o.s
-	switch {
-	case req.Site == "":
-		return nil, status.Error(codes.InvalidArgument, "site: is required (the name of the standby site to activate)")
-	case req.Site != s.cfg.Site:
-		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the site to activate",
-			req.Site, s.cfg.Site)
+	if err := s.checkOwnSite(req.Site, "standby site to activate"); err != nil {
+		return nil, err
 	}
 	if s.witnessPolicy() {
 		return nil, status.Error(codes.FailedPrecondition, "the site-failover policy is witness: the site lease decides which site is active "+
@@ -272,14 +281,10 @@ func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailover
 	if req.DryRun {
 		return out, nil
 	}
-	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site failover by operator", 0)}})
-	if err != nil {
+	var err error
+	if out.SiteEpoch, err = s.setSiteMode(ctx, false, "site failover by operator", 0); err != nil {
 		return nil, err
 	}
-	if res[0].Err != nil {
-		return nil, res[0].Err
-	}
-	out.SiteEpoch = res[0].Epoch
 	s.logger.Warn("site activated by operator", "site", s.cfg.Site, "site_epoch", out.SiteEpoch,
 		"buckets", out.Buckets, "with_complete_remote_copy", out.BucketsSynced)
 	return out, nil
@@ -289,12 +294,8 @@ func (o *operatorService) SiteFailover(ctx context.Context, req *pb.SiteFailover
 // holds every remote copy (see the API).
 func (o *operatorService) SiteHandover(ctx context.Context, req *pb.SiteHandoverRequest) (*pb.SiteHandoverResponse, error) {
 	s := o.s
-	switch {
-	case req.Site == "":
-		return nil, status.Error(codes.InvalidArgument, "site: is required (the name of the active site to make standby)")
-	case req.Site != s.cfg.Site:
-		return nil, status.Errorf(codes.InvalidArgument, "site: %q is not this member's site %q; send the command to a member of the active site",
-			req.Site, s.cfg.Site)
+	if err := s.checkOwnSite(req.Site, "active site to make standby"); err != nil {
+		return nil, err
 	}
 	if _, err := s.waitReady(ctx); err != nil {
 		return nil, err
@@ -324,14 +325,10 @@ func (o *operatorService) SiteHandover(ctx context.Context, req *pb.SiteHandover
 		return nil, status.Errorf(codes.FailedPrecondition, "site %s holds a complete copy of %d of %d buckets; hand over once it holds all (connsyncctl sites)",
 			peer.Site, out.PeerCopiesSynced, st.BucketCount)
 	}
-	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(true, "handover to site "+peer.Site, 0)}})
-	if err != nil {
+	var err error
+	if out.SiteEpoch, err = s.setSiteMode(ctx, true, "handover to site "+peer.Site, 0); err != nil {
 		return nil, err
 	}
-	if res[0].Err != nil {
-		return nil, res[0].Err
-	}
-	out.SiteEpoch = res[0].Epoch
 	s.logger.Warn("site handed over: standby now", "site", s.cfg.Site, "to", peer.Site, "site_epoch", out.SiteEpoch)
 	return out, nil
 }

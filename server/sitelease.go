@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 )
@@ -197,24 +196,17 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		l.epoch = 0 // ask above what the acceptors reported next time
 	}
 	until := l.until
-	lapsed := !st.Standby && granted < 2 && held && time.Now().After(until)
-	regained := !st.Standby && granted >= 2 && !held && epoch > 0
 	l.mu.Unlock()
-	if lapsed || (!st.Standby && granted < 2 && !held && l.logLapse()) {
+	// The first lapse is always told; while it lasts, once a second.
+	if lapsed := !st.Standby && granted < 2 && time.Now().After(until); lapsed && (held || l.logLapse()) {
 		s.logger.Warn("site lease not renewed: this site's members stop acting until it is", "site", s.cfg.Site, "granted", granted, "other_holder", others)
-	} else if regained {
+	} else if !st.Standby && granted >= 2 && !held {
 		s.logger.Info("site lease held", "site", s.cfg.Site, "lease_epoch", epoch)
 	}
 	switch {
 	case granted >= 2 && st.Standby:
 		s.logger.Warn("site lease acquired: activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
-		res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(false, "site lease acquired", epoch)}})
-		cancel()
-		if err == nil && res[0].Err != nil {
-			err = res[0].Err
-		}
-		if err != nil {
+		if _, err := s.setSiteMode(ctx, false, "site lease acquired", epoch); err != nil {
 			s.logger.Warn("site activation", "error", err)
 		}
 	case !st.Standby && time.Now().After(until) && others != "":
@@ -222,10 +214,7 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// stopped acting when the lease ran out (their leases are capped by
 		// it); going standby makes them take the new active site's copies.
 		s.logger.Warn("site lease held by another site: this site goes standby", "site", s.cfg.Site, "holder", others)
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
-		_, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(true, "site lease held by "+others, 0)}})
-		cancel()
-		if err != nil {
+		if _, err := s.setSiteMode(ctx, true, "site lease held by "+others, 0); err != nil {
 			s.logger.Warn("site deactivation", "error", err)
 		}
 	}
