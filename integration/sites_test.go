@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -80,6 +81,36 @@ func activeOn(servers []*server.Server) map[uint32]int {
 		}
 	}
 	return out
+}
+
+// waitActive waits until the members of servers act for want buckets in
+// all (site names them in the failure message).
+func waitActive(t *testing.T, site string, servers []*server.Server, want int, timeout time.Duration) {
+	t.Helper()
+	cluster.CheckFor(t, timeout, 5*time.Millisecond, func() error {
+		if got := len(activeOn(servers)); got != want {
+			return fmt.Errorf("%d buckets active on site %s, want %d", got, site, want)
+		}
+		return nil
+	})
+}
+
+// heldByPrimaries returns the states each running member of c holds for the
+// buckets it is primary of.
+func heldByPrimaries(t *testing.T, c *cluster.Cluster) map[fsm.Key]*pb.ConnState {
+	t.Helper()
+	as := c.Assignments()
+	got := map[fsm.Key]*pb.ConnState{}
+	for _, m := range c.Running() {
+		mine := map[uint32]bool{}
+		for i, x := range as {
+			if x.Primary == m.ID {
+				mine[uint32(i)] = true
+			}
+		}
+		maps.Copy(got, holds(t, m, mine))
+	}
+	return got
 }
 
 func serversOf(c *cluster.Cluster) []*server.Server {
@@ -165,37 +196,14 @@ func TestSites_ManualFailoverLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cluster.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		active := 0
-		for _, m := range b.Running() {
-			act, _ := m.Server.Active()
-			active += len(act)
-		}
-		if active != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site b", active)
-		}
-		return nil
-	})
+	waitActive(t, "b", serversOf(b), fsm.DefaultBucketCount, 10*time.Second)
 	t.Logf("site failover command to the last bucket active on site b: %v (site epoch %d)", time.Since(t0), res.SiteEpoch)
 	if _, err := op.SiteFailover(ctx, &pb.SiteFailoverRequest{Site: "b"}); err == nil {
 		t.Fatalf("a second failover of an active site was accepted")
 	}
 
 	// Every confirmed connection is at its new primary, at its version.
-	as := b.Assignments()
-	all := map[uint32]bool{}
-	got := map[fsm.Key]*pb.ConnState{}
-	for _, m := range b.Running() {
-		mine := map[uint32]bool{}
-		for i, x := range as {
-			if x.Primary == m.ID {
-				mine[uint32(i)], all[uint32(i)] = true, true
-			}
-		}
-		for k, st := range holds(t, m, mine) {
-			got[k] = st
-		}
-	}
+	got := heldByPrimaries(t, b)
 	checked, lost := 0, 0
 	for _, i := range idx {
 		if !p.acked[i] {
@@ -263,12 +271,7 @@ func witnessFailoverTrial(t *testing.T, n int) time.Duration {
 	a, b, _ := dualSite(t, 3, true)
 	defer a.Close()
 	defer b.Close()
-	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a", got)
-		}
-		return nil
-	})
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
 	waitRemoteCopies(t, b, 60*time.Second)
 	if got := len(activeOn(serversOf(b))); got != 0 {
 		t.Fatalf("standby site b acts for %d buckets", got)
@@ -303,19 +306,7 @@ func witnessFailoverTrial(t *testing.T, n int) time.Duration {
 	for _, m := range a.Members {
 		m.Server = nil // shut down above
 	}
-	as := b.Assignments()
-	got := map[fsm.Key]*pb.ConnState{}
-	for _, m := range b.Running() {
-		mine := map[uint32]bool{}
-		for i, x := range as {
-			if x.Primary == m.ID {
-				mine[uint32(i)] = true
-			}
-		}
-		for k, st := range holds(t, m, mine) {
-			got[k] = st
-		}
-	}
+	got := heldByPrimaries(t, b)
 	lost, checked := 0, 0
 	for _, i := range idx {
 		k, _ := bucketOf(t, conn(i, 0))
@@ -344,12 +335,7 @@ func TestSites_LinkCutNeverActivatesBoth(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, seed))
 	a, b, _ := dualSite(t, 3, true)
 	as, bs := serversOf(a), serversOf(b)
-	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if got := len(activeOn(as)); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a", got)
-		}
-		return nil
-	})
+	waitActive(t, "a", as, fsm.DefaultBucketCount, 20*time.Second)
 	stop := make(chan struct{})
 	var overlaps, polls atomic.Int64
 	var worst atomic.Value
@@ -388,12 +374,7 @@ func TestSites_LinkCutNeverActivatesBoth(t *testing.T) {
 	cut = time.Duration(1500+rng.IntN(1500)) * time.Millisecond
 	t.Logf("cutting site a off from site b and the witness for %v", cut)
 	a.Hub.Partition(aIDs, append(bIDs, "w"))
-	cluster.CheckFor(t, cut+5*time.Second, 5*time.Millisecond, func() error {
-		if got := len(activeOn(bs)); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site b", got)
-		}
-		return nil
-	})
+	waitActive(t, "b", bs, fsm.DefaultBucketCount, cut+5*time.Second)
 	if got := len(activeOn(as)); got != 0 {
 		t.Errorf("site a, cut off, acts for %d buckets after site b took over", got)
 	}
@@ -417,21 +398,11 @@ func TestSites_LinkCutNeverActivatesBoth(t *testing.T) {
 // still works, and losing it does not activate the standby site.
 func TestSites_WitnessDownNoSiteFailover(t *testing.T) {
 	a, b, w := dualSite(t, 3, true)
-	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a", got)
-		}
-		return nil
-	})
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
 	w.Close()
 	victim := a.Followers()[0]
 	a.Stop(victim)
-	cluster.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a after %s stopped (witness down)", got, victim.ID)
-		}
-		return nil
-	})
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 10*time.Second)
 	for _, m := range a.Running() {
 		a.Stop(m)
 	}
@@ -456,12 +427,7 @@ func TestSites_WitnessDownNoSiteFailover(t *testing.T) {
 func TestSites_FailbackLosesNothing(t *testing.T) {
 	n := envInt(t, "CONNSYNC_SITE_CONNS", 5000)
 	a, b, _ := dualSite(t, 3, true)
-	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a", got)
-		}
-		return nil
-	})
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
 	waitRemoteCopies(t, b, 60*time.Second)
 	idx := make([]int, n)
 	for i := range idx {
@@ -478,12 +444,7 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 	for _, m := range a.Running() {
 		a.Stop(m)
 	}
-	cluster.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(b))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site b", got)
-		}
-		return nil
-	})
+	waitActive(t, "b", serversOf(b), fsm.DefaultBucketCount, 20*time.Second)
 	// Connections move on at site b: a quarter get a new version.
 	pb2 := newPublisher(t, b)
 	pb2.site = true
@@ -521,29 +482,12 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 		return err
 	})
 	t0 := time.Now()
-	cluster.CheckFor(t, 20*time.Second, 5*time.Millisecond, func() error {
-		if got := len(activeOn(serversOf(a))); got != fsm.DefaultBucketCount {
-			return fmt.Errorf("%d buckets active on site a after the handover", got)
-		}
-		return nil
-	})
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
 	t.Logf("handover (site epoch %d at b): site a active %v after site b went standby", res.SiteEpoch, time.Since(t0))
 	if got := len(activeOn(serversOf(b))); got != 0 {
 		t.Fatalf("site b acts for %d buckets after the handover", got)
 	}
-	as := a.Assignments()
-	got := map[fsm.Key]*pb.ConnState{}
-	for _, m := range a.Running() {
-		mine := map[uint32]bool{}
-		for i, x := range as {
-			if x.Primary == m.ID {
-				mine[uint32(i)] = true
-			}
-		}
-		for k, st := range holds(t, m, mine) {
-			got[k] = st
-		}
-	}
+	got := heldByPrimaries(t, a)
 	lost := 0
 	for _, i := range idx {
 		want := pa.version[i]

@@ -44,10 +44,10 @@ type delayedConn struct {
 	in     chan chunk
 	done   chan struct{}
 	once   sync.Once
-	mu     sync.Mutex // guards rest and readErr
+	mu     sync.Mutex // serialises Read; guards rest
 	rest   []byte
 	werr   chan error
-	rerr   error
+	rerr   error // guarded by rerrMu
 	rerrMu sync.Mutex
 }
 
