@@ -1,12 +1,15 @@
 package fsm
 
-import pb "github.com/connsync/connsync/api/connsync/v1"
+import (
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/internal/sabotage"
+)
 
 func (st *state) claim(k Key, member string) Result {
 	if err := st.checkMember(member); err != nil {
 		return Result{Err: err}
 	}
-	if c, ok := st.claims.get(k); ok {
+	if c, ok := st.claims.get(k); ok && !sabotage.StealClaims.Load() {
 		owner := st.memberIDs[c.member]
 		if owner == member {
 			return Result{Epoch: c.epoch, MemberID: member} // idempotent re-claim
@@ -15,6 +18,9 @@ func (st *state) claim(k Key, member string) Result {
 			Epoch: c.epoch, MemberID: owner}
 	}
 	c := claimRec{member: st.indexOf(member), epoch: st.nextToken()}
+	if sabotage.ForgetClaims.Load() {
+		return Result{Epoch: c.epoch, MemberID: member}
+	}
 	st.claims.put(k, c)
 	return Result{Epoch: c.epoch, MemberID: member}
 }

@@ -166,6 +166,14 @@ func (f *FSM) notify() {
 	f.changed = make(chan struct{})
 }
 
+// Wake wakes every watcher without a change: for a condition outside the
+// state machine that watchers also read (the server's handoff gates).
+func (f *FSM) Wake() {
+	f.mu.Lock()
+	f.notify()
+	f.mu.Unlock()
+}
+
 // Watch returns the applied index and a channel that is closed once a later
 // entry changes members or assignments, or a snapshot replaces the state.
 // Read the state after calling Watch, and call it again after each wake-up.

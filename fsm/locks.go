@@ -2,6 +2,8 @@ package fsm
 
 import (
 	"time"
+
+	"github.com/connsync/connsync/internal/sabotage"
 )
 
 // MaxLockTTL is the longest lease a lock may be granted for.
@@ -41,6 +43,9 @@ func (st *state) acquireLock(k Key, member string, ttl int64) Result {
 		return r
 	}
 	l := Lock{MemberID: member, Token: st.nextToken(), Expires: st.now + ttl, TTL: ttl}
+	if sabotage.ReuseLockTokens.Load() {
+		l.Token = 1
+	}
 	st.locks[k] = l
 	return lockResult(l)
 }

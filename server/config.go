@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/server/repl"
@@ -132,6 +133,9 @@ type Config struct {
 
 	// Network is the transport for Raft and member-to-member gRPC (nil = TCP).
 	Network Network
+	// WrapLogStore, if set, wraps the Raft log store (raft-boltdb under
+	// Raft's log cache); tests use it to inject a slow disk.
+	WrapLogStore func(raft.LogStore) raft.LogStore
 	// Logger receives the member's logs, Raft's included (nil = stderr, info).
 	Logger hclog.Logger
 }

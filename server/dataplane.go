@@ -23,6 +23,7 @@ func (v replView) Incarnation() uint64                     { return v.s.incarnat
 func (v replView) Assignments() ([]fsm.Assignment, uint64) { return v.s.fsm.Buckets() }
 func (v replView) Watch() (uint64, <-chan struct{})        { return v.s.fsm.Watch() }
 func (v replView) Acting() bool                            { return v.s.lease.acting() }
+func (v replView) Pending(b uint32, epoch uint64) bool     { return v.s.handoff.pending(b, epoch) }
 func (v replView) Addr(member string) (string, bool) {
 	if m, ok := v.s.fsm.Member(member); ok && m.GRPCAddr != "" {
 		return m.GRPCAddr, true

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/internal/sabotage"
 )
 
 // leaseKeeper is the member side of the member lease (see MemberService.
@@ -48,13 +49,17 @@ func (l *leaseKeeper) valid() bool {
 // the state machine has caught up with the grant, and the site is not a
 // standby site.
 func (l *leaseKeeper) acting() bool {
+	if sabotage.IgnoreMemberLease.Load() {
+		return !l.s.fsm.Standby()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return time.Now().Before(l.expires) && l.s.fsm.AppliedIndex() >= l.minApplied && !l.s.fsm.Standby()
 }
 
 // activeBuckets returns the buckets this member acts as primary for now:
-// none without a lease, else those the state machine assigns it.
+// none without a lease, else those the state machine assigns it that no
+// other member may still act for (handoff).
 func (l *leaseKeeper) activeBuckets() ([]*pb.BucketEpoch, uint64) {
 	as, applied := l.s.fsm.Buckets()
 	if !l.acting() {
@@ -62,7 +67,7 @@ func (l *leaseKeeper) activeBuckets() ([]*pb.BucketEpoch, uint64) {
 	}
 	var out []*pb.BucketEpoch
 	for i, a := range as {
-		if a.Primary == l.s.cfg.MemberID {
+		if a.Primary == l.s.cfg.MemberID && !l.s.handoff.pending(uint32(i), a.Epoch) {
 			out = append(out, &pb.BucketEpoch{Bucket: uint32(i), Epoch: a.Epoch})
 		}
 	}

@@ -50,6 +50,7 @@ type Server struct {
 	incarnation uint64
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
+	handoff     *handoff         // buckets taken over that it may not act for yet
 	pool        *membership.Pool // gossip; nil without GossipBind
 	repl        replHolder       // connection-state replication
 
@@ -87,7 +88,7 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.Syncer == nil {
 		s.cfg.Syncer = replSyncer{s}
 	}
-	s.live, s.lease = newLiveness(s), newLeaseKeeper(s)
+	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
@@ -117,6 +118,8 @@ func New(cfg Config) (*Server, error) {
 	go s.tickLoop()
 	go s.peersLoop()
 	go s.lease.run()
+	s.wg.Add(1)
+	go s.handoff.run()
 	go s.rejoinLoop()
 	go s.syncLoop()
 	go s.observeRaft()
@@ -151,7 +154,11 @@ func (s *Server) startRaft() error {
 		return fmt.Errorf("server: open raft.db: %w", err)
 	}
 	s.store = store
-	logs, err := raft.NewLogCache(1024, store)
+	var logStore raft.LogStore = store
+	if s.cfg.WrapLogStore != nil {
+		logStore = s.cfg.WrapLogStore(store)
+	}
+	logs, err := raft.NewLogCache(1024, logStore)
 	if err != nil {
 		return err
 	}
@@ -168,9 +175,15 @@ func (s *Server) startRaft() error {
 		ln.Close()
 		return fmt.Errorf("server: raft-advertise: %w", err)
 	}
+	// MaxRPCsInFlight 1 turns raft's pipelined replication off: with the
+	// default (2) its pipeline channels are unbuffered, and a follower that
+	// answers an AppendEntries with Success=false can leave the leader's
+	// replication goroutine blocked for good (the follower gets no more
+	// entries, and Raft's shutdown never returns). The chaos suite hit it
+	// (seed 6, with a delayed link); grafana/pyroscope#5518 describes it.
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  &streamLayer{Listener: ln, advertise: adv, network: s.network},
-		MaxPool: 3, Timeout: 2 * time.Second, Logger: s.logger.Named("transport"),
+		MaxPool: 3, Timeout: 2 * time.Second, Logger: s.logger.Named("transport"), MaxRPCsInFlight: 1,
 	})
 
 	rc := raft.DefaultConfig()
@@ -486,6 +499,10 @@ func (s *Server) Raft() *raft.Raft { return s.raft }
 
 // FSM exposes the state machine (read-only use).
 func (s *Server) FSM() *fsm.FSM { return s.fsm }
+
+// LogStore returns the member's Raft log store (for tests and tools that
+// compare logs).
+func (s *Server) LogStore() raft.LogStore { return s.store }
 
 // IsLeader reports whether this member is the leader and ready to serve.
 func (s *Server) IsLeader() bool { return s.isReady() }

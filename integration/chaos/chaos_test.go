@@ -150,7 +150,7 @@ func TestActivations(t *testing.T) {
 	a.Observe("b", 5*ms, map[uint32]uint64{1: 7, 2: 6}) // a still acting for 1 at 4ms...
 	a.Observe("a", 6*ms, map[uint32]uint64{1: 5})       // ...and at 6ms
 	a.Observe("b", 7*ms, map[uint32]uint64{1: 7, 2: 6})
-	a.Observe("a", 8*ms, map[uint32]uint64{2: 4})       // and back on 2 with an older epoch
+	a.Observe("a", 8*ms, map[uint32]uint64{2: 4}) // and back on 2 with an older epoch
 	r := a.Check()
 	if r.Overlaps != 1 || r.Longest != time.Millisecond {
 		t.Fatalf("want one overlap of 1ms on bucket 1, got %+v", r)

@@ -90,6 +90,7 @@ func (f *Fencing) Check() (grants, accepted, rejected int, violations []string) 
 // spans that intersect are an overlap, reported with its length (which may
 // be 0: both were seen acting, each between two sightings of the other).
 type Activations struct {
+	base  int64 // times in reports are counted from here
 	mu    sync.Mutex
 	spans map[uint32][]*span
 	open  map[string]map[uint32]*span // member -> bucket -> its open span
@@ -104,7 +105,7 @@ type span struct {
 
 // NewActivations returns an empty observer.
 func NewActivations() *Activations {
-	return &Activations{spans: map[uint32][]*span{}, open: map[string]map[uint32]*span{}}
+	return &Activations{base: Now(), spans: map[uint32][]*span{}, open: map[string]map[uint32]*span{}}
 }
 
 // Observe records that at time t member acts as primary of the buckets in
@@ -142,6 +143,12 @@ func (a *Activations) Forget(member string) {
 	a.mu.Unlock()
 }
 
+// when describes a span's times, from the observer's start.
+func (a *Activations) when(s *span) string {
+	ms := func(t int64) string { return fmt.Sprintf("+%.1fms", float64(t-a.base)/1e6) }
+	return ms(s.first) + " to " + ms(s.last)
+}
+
 // ActivationReport is what Check found.
 type ActivationReport struct {
 	Polls       int
@@ -172,8 +179,8 @@ func (a *Activations) Check() ActivationReport {
 				if from, to := max(x.first, y.first), min(x.last, y.last); from <= to {
 					r.Overlaps++
 					r.Longest = max(r.Longest, time.Duration(to-from))
-					r.Violations = append(r.Violations, fmt.Sprintf("bucket %d: %s (epoch %d) and %s (epoch %d) both acting for %v",
-						b, x.member, x.epoch, y.member, y.epoch, time.Duration(to-from)))
+					r.Violations = append(r.Violations, fmt.Sprintf("bucket %d: %s (epoch %d, seen acting %s) and %s (epoch %d, %s) both acting for %v",
+						b, x.member, x.epoch, a.when(x), y.member, y.epoch, a.when(y), time.Duration(to-from)))
 					continue
 				}
 				if x.epoch == y.epoch {

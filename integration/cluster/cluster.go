@@ -7,9 +7,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,9 +43,13 @@ func (m *Member) Addr() string { return m.Config.GRPCAdvertise }
 
 // Cluster is a running test site.
 type Cluster struct {
-	t       testing.TB
-	Hub     *faultnet.Hub
+	t   testing.TB
+	Hub *faultnet.Hub
+	// mu guards Members and each member's Server against RunningNow, which
+	// goroutines may call while the test starts and stops members.
+	mu      sync.Mutex
 	Members []*Member
+	made    int // members ever made: the next member's number (IDs are never reused)
 	opts    Options
 	dir     string
 	logs    *testkit.LogWriter
@@ -65,6 +73,10 @@ type Options struct {
 	// order, reserved on Hub for them beforehand (so two sites can name each
 	// other before either starts).
 	GRPCAddrs []string
+	// Dir, if set, holds the members' data directories instead of a test
+	// temporary directory, and each member's log (ID.log) besides the test
+	// log; it is not removed (the chaos suite keeps a failing run's).
+	Dir string
 }
 
 // New starts an n-member site: the first member bootstraps, the others join
@@ -82,7 +94,10 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 	if opts.Hub == nil {
 		opts.Hub = faultnet.NewHub()
 	}
-	c := &Cluster{t: t, Hub: opts.Hub, opts: opts, dir: t.TempDir()}
+	c := &Cluster{t: t, Hub: opts.Hub, opts: opts, dir: opts.Dir}
+	if c.dir == "" {
+		c.dir = t.TempDir()
+	}
 	c.logs = testkit.NewLogWriter(t) // registered first, so it stops last: after shutdown
 	t.Cleanup(c.shutdown)
 	for i := 0; i < n; i++ {
@@ -112,11 +127,12 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 // the others join the first.
 func (c *Cluster) newMember(bootstrap bool) *Member {
 	t := c.t
-	id := fmt.Sprintf("%s%d", c.opts.IDPrefix, len(c.Members))
+	id := fmt.Sprintf("%s%d", c.opts.IDPrefix, c.made)
+	c.made++
 	cfg := server.DefaultConfig()
 	cfg.MemberID, cfg.Site = id, c.opts.Site
 	cfg.DataDir = filepath.Join(c.dir, id)
-	if i := len(c.Members); i < len(c.opts.GRPCAddrs) {
+	if i := c.made - 1; i < len(c.opts.GRPCAddrs) {
 		cfg.GRPCBind = c.opts.GRPCAddrs[i]
 	} else {
 		cfg.GRPCBind = c.reserve(id)
@@ -132,7 +148,16 @@ func (c *Cluster) newMember(bootstrap bool) *Member {
 		}
 		cfg.GossipBind = addr
 	}
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: c.logs})
+	var out io.Writer = c.logs
+	if c.opts.Dir != "" {
+		f, err := os.OpenFile(filepath.Join(c.opts.Dir, id+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatalf("member log: %v", err)
+		}
+		t.Cleanup(func() { f.Close() }) // registered after the shutdown, so it runs before it: the log's last lines go to the test log only
+		out = io.MultiWriter(c.logs, f)
+	}
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: out})
 	if bootstrap {
 		cfg.Bootstrap = true
 	} else {
@@ -152,7 +177,9 @@ func (c *Cluster) AddMember(tweak func(*server.Config)) *Member {
 	if tweak != nil {
 		tweak(&m.Config)
 	}
+	c.mu.Lock()
 	c.Members = append(c.Members, m)
+	c.mu.Unlock()
 	c.Start(m)
 	return m
 }
@@ -175,30 +202,43 @@ func (c *Cluster) Start(m *Member) {
 	if err != nil {
 		c.t.Fatalf("start %s: %v", m.ID, err)
 	}
+	c.mu.Lock()
 	m.Server = s
+	c.mu.Unlock()
 }
 
 // Stop shuts a member down; its data directory stays for Start.
 func (c *Cluster) Stop(m *Member) {
 	c.t.Helper()
-	if m.Server == nil {
+	c.mu.Lock()
+	s := m.Server
+	m.Server = nil
+	c.mu.Unlock()
+	if s == nil {
 		return
 	}
-	if err := m.Server.Shutdown(); err != nil {
+	if err := s.Shutdown(); err != nil {
 		c.t.Logf("shutdown %s: %v", m.ID, err)
 	}
-	m.Server = nil
+}
+
+// Forget drops a stopped member that left the site for good from Members
+// (its data directory stays).
+func (c *Cluster) Forget(m *Member) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Members = slices.DeleteFunc(c.Members, func(x *Member) bool { return x == m })
 }
 
 // Close shuts every member down now (it also happens when the test ends).
 func (c *Cluster) Close() { c.shutdown() }
 
 func (c *Cluster) shutdown() {
-	for _, m := range c.Members {
-		if m.Server != nil {
-			m.Server.Shutdown()
-			m.Server = nil
-		}
+	c.mu.Lock()
+	ms := append([]*Member(nil), c.Members...)
+	c.mu.Unlock()
+	for _, m := range ms {
+		c.Stop(m)
 	}
 	c.Hub.Close()
 }
@@ -211,6 +251,20 @@ func (c *Cluster) Member(id string) *Member {
 		}
 	}
 	return nil
+}
+
+// RunningNow returns a copy of each running member, safe to call from any
+// goroutine while the test starts and stops members.
+func (c *Cluster) RunningNow() []Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Member
+	for _, m := range c.Members {
+		if m.Server != nil {
+			out = append(out, *m)
+		}
+	}
+	return out
 }
 
 // Running returns the members that are running.

@@ -2,6 +2,7 @@ package faultnet
 
 import (
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -22,6 +23,31 @@ func (h *Hub) Delay(a, b []string, d time.Duration) {
 			h.delay[[2]string{y, x}] = d
 		}
 	}
+}
+
+// Reset closes every connection open between a member of group a and one
+// of group b, so the next ones are dialled afresh (and get the delay of the
+// moment).
+func (h *Hub) Reset(a, b []string) {
+	in := func(x string, g []string) bool { return slices.Contains(g, x) }
+	h.mu.Lock()
+	var victims []*conn
+	for c := range h.conns {
+		if in(c.from, a) && in(c.to, b) || in(c.from, b) && in(c.to, a) {
+			victims = append(victims, c)
+		}
+	}
+	h.mu.Unlock()
+	for _, c := range victims {
+		c.Close()
+	}
+}
+
+// ClearDelays removes every delay (for connections dialled from now on).
+func (h *Hub) ClearDelays() {
+	h.mu.Lock()
+	h.delay = nil
+	h.mu.Unlock()
 }
 
 func (h *Hub) delayOf(from, to string) time.Duration {

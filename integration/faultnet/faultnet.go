@@ -88,6 +88,33 @@ func (h *Hub) Isolate(member string, others []string) {
 	h.Partition([]string{member}, others)
 }
 
+// Cut cuts the links from each member of from to each member of to, one way
+// (an asymmetric partition): from's connections to to are refused and the
+// ones it dialled are closed, and its gossip packets to them are dropped,
+// while to still reaches from, and from answers on the connections to
+// dialled.
+func (h *Hub) Cut(from, to []string) {
+	h.mu.Lock()
+	for _, x := range from {
+		for _, y := range to {
+			h.cut[[2]string{x, y}] = true
+		}
+	}
+	h.mu.Unlock()
+	h.closeCut()
+}
+
+// HealMember removes every cut to or from member.
+func (h *Hub) HealMember(member string) {
+	h.mu.Lock()
+	for pair := range h.cut {
+		if pair[0] == member || pair[1] == member {
+			delete(h.cut, pair)
+		}
+	}
+	h.mu.Unlock()
+}
+
 // HealAll removes every cut.
 func (h *Hub) HealAll() {
 	h.mu.Lock()

@@ -208,17 +208,36 @@ func (bk *bucket) put(k fsm.Key, r Record, now int64) {
 	bk.setLive(k, entry{vf: vf, state: r.State})
 }
 
+// epochShift: a primary numbers its writes of a bucket from the bucket's
+// epoch shifted this far up (VersionFloor).
+const epochShift = 24
+
+// VersionFloor is the lowest version a primary of a bucket at epoch gives a
+// write. Versions then order the writes of successive primaries: a new
+// primary (a higher epoch) writes above anything an earlier one wrote, so a
+// member that comes back holding an old primary's writes it never got
+// confirmed (a divergent copy) cannot win over the new primary's records
+// when they reach it. A primary would have to write one connection 2^24
+// times in one epoch to spill into the next epoch's range.
+func VersionFloor(epoch uint64) uint64 {
+	if epoch > MaxVersion>>epochShift {
+		return MaxVersion >> 1 // beyond any Raft index a site reaches
+	}
+	return epoch << epochShift
+}
+
 // Update is the primary's write: it gives k the next version (one above
-// whatever the table holds, tombstones included), applies r with it and
-// returns the new record and what the table held before.
-func (t *Table) Update(b uint32, k fsm.Key, r Record, now int64) (cur Record, prev Record, existed bool) {
-	return t.UpdateFunc(b, k, now, func(Record, bool) (Record, bool) { return r, true })
+// whatever the table holds, tombstones included, and at least floor),
+// applies r with it and returns the new record and what the table held
+// before.
+func (t *Table) Update(b uint32, k fsm.Key, r Record, now int64, floor uint64) (cur Record, prev Record, existed bool) {
+	return t.UpdateFunc(b, k, now, floor, func(Record, bool) (Record, bool) { return r, true })
 }
 
 // UpdateFunc is Update with the new record decided by fn from the live
 // record the table holds (existed false if none): one lookup, one write,
 // under the bucket's lock. fn returns ok false to change nothing.
-func (t *Table) UpdateFunc(b uint32, k fsm.Key, now int64, fn func(prev Record, existed bool) (Record, bool)) (cur Record, prev Record, existed bool) {
+func (t *Table) UpdateFunc(b uint32, k fsm.Key, now int64, floor uint64, fn func(prev Record, existed bool) (Record, bool)) (cur Record, prev Record, existed bool) {
 	bk := t.bucket(b)
 	if bk == nil {
 		return Record{}, Record{}, false
@@ -235,7 +254,7 @@ func (t *Table) UpdateFunc(b uint32, k fsm.Key, now int64, fn func(prev Record, 
 	if !ok {
 		return prev, prev, existed
 	}
-	r.Version = v + 1
+	r.Version = max(v+1, floor)
 	bk.put(k, r, now)
 	return r, prev, existed
 }

@@ -122,7 +122,7 @@ func TestTable_SyncAndDeltasCommute(t *testing.T) {
 func TestTable_UpdateVersionsAndPending(t *testing.T) {
 	tb := New(8)
 	k := key(t, 3)
-	r, _, existed := tb.Update(2, k, Record{State: "a", Pending: true}, 0)
+	r, _, existed := tb.Update(2, k, Record{State: "a", Pending: true}, 0, 0)
 	if r.Version != 1 || existed {
 		t.Fatalf("first update %+v existed %v", r, existed)
 	}
@@ -135,7 +135,7 @@ func TestTable_UpdateVersionsAndPending(t *testing.T) {
 	if snap := tb.Snapshot(2); len(snap) != 1 || snap[0].Version != 1 {
 		t.Fatalf("snapshot after release: %v", snap)
 	}
-	r, prev, existed := tb.Update(2, k, Record{Deleted: true}, 5)
+	r, prev, existed := tb.Update(2, k, Record{Deleted: true}, 5, 0)
 	if r.Version != 2 || !existed || prev.Version != 1 {
 		t.Fatalf("delete %+v prev %+v", r, prev)
 	}
@@ -143,7 +143,7 @@ func TestTable_UpdateVersionsAndPending(t *testing.T) {
 		t.Fatal("release of a deleted connection")
 	}
 	// Versions keep growing past the tombstone.
-	if r, _, _ := tb.Update(2, k, Record{State: "b"}, 6); r.Version != 3 {
+	if r, _, _ := tb.Update(2, k, Record{State: "b"}, 6, 0); r.Version != 3 {
 		t.Fatalf("reopened at %d, want 3", r.Version)
 	}
 	tb.Drop(2)
@@ -185,4 +185,28 @@ func BenchmarkTable_BytesPerConn(b *testing.B) {
 		runtime.KeepAlive(tb)
 	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// A new primary's writes (a higher epoch) version above what an earlier
+// primary wrote, so a divergent old copy cannot win when the new primary's
+// record reaches it.
+func TestUpdateVersionFloor(t *testing.T) {
+	tb := New(4)
+	k := key(t, 1)
+	old, _, _ := tb.Update(2, k, Record{State: "old primary, many writes"}, 0, VersionFloor(10))
+	for range 5 {
+		old, _, _ = tb.Update(2, k, Record{State: "old primary, many writes"}, 0, VersionFloor(10))
+	}
+	other := New(4)
+	other.Apply(2, k, Record{State: "as replicated", Version: VersionFloor(10)}, 0)
+	cur, _, _ := other.Update(2, k, Record{State: "new primary"}, 0, VersionFloor(11))
+	if cur.Version <= old.Version {
+		t.Fatalf("new primary's version %d not above the old primary's %d", cur.Version, old.Version)
+	}
+	if !tb.Apply(2, k, cur, 0) {
+		t.Fatal("the new primary's record lost to a divergent old copy")
+	}
+	if VersionFloor(1<<62) > MaxVersion {
+		t.Fatal("floor beyond MaxVersion")
+	}
 }

@@ -25,8 +25,16 @@ const (
 
 // Publish serves one DataPlaneService.Publish stream: it applies each
 // batch, answers it, and reports how far replication has got.
+//
+// Confirmations are a watermark over the stream's batches. If, while batches
+// of the stream are unconfirmed, a backup refuses records it acknowledged
+// (it knows a newer epoch: this member lost the bucket) or a stream to a
+// backup closes with records outstanding, the watermark would count records
+// no backup holds; the stream is then ended with Aborted instead, and the
+// firewall sends its unconfirmed events again, to the primaries of the
+// moment.
 func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
-	type waiting struct{ seq, mark uint64 }
+	type waiting struct{ seq, mark, poisoned uint64 }
 	var queue []waiting // batches not yet replicated to every site
 	var through, siteThrough uint64
 	for {
@@ -38,8 +46,12 @@ func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 			return err
 		}
 		resp := r.publishBatch(req)
-		queue = append(queue, waiting{req.Seq, r.marks.Load()})
+		queue = append(queue, waiting{req.Seq, r.marks.Load(), r.poisoned.Load()})
 		local, all := r.watermark(false), r.watermark(true)
+		if len(queue) > 0 && queue[0].poisoned != r.poisoned.Load() { // read after the watermarks (see sender.onAck)
+			return status.Errorf(codes.Aborted, "events up to seq %d may not all be replicated (a backup refused records, "+
+				"or a replication stream closed, while they were unconfirmed): send the unconfirmed events again", req.Seq)
+		}
 		for len(queue) > 0 && queue[0].mark <= all {
 			siteThrough = queue[0].seq
 			queue = queue[1:]
@@ -103,7 +115,9 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 		return codes.InvalidArgument, field() + "." + err.Error(), buf
 	}
 	b := key.Bucket(r.table.Buckets())
-	if !r.planOf(b).primary {
+	p := r.planOf(b)
+	floor := conntable.VersionFloor(p.epoch)
+	if !p.primary {
 		return codes.FailedPrecondition, fmt.Sprintf("%s: bucket %d of %s is not active on %s (its primary is another member, or this member holds no lease)",
 			field(), b, key, r.self), buf
 	}
@@ -125,7 +139,7 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 		}
 		data := buf
 		var delay time.Duration
-		cur, _, _ := r.table.UpdateFunc(b, key, now.UnixNano(), func(prev conntable.Record, existed bool) (conntable.Record, bool) {
+		cur, _, _ := r.table.UpdateFunc(b, key, now.UnixNano(), floor, func(prev conntable.Record, existed bool) (conntable.Record, bool) {
 			pending := existed && prev.Pending
 			if !existed { // a new connection: its service's delay class applies
 				delay = classify(r.cfg.Delays, key.Protocol(), uint16(k.SrcPort), uint16(k.DstPort))
@@ -140,7 +154,7 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 			r.mark(b, key)
 		}
 	case pb.ConnEventType_CONN_EVENT_TYPE_CLOSED:
-		_, prev, existed := r.table.UpdateFunc(b, key, now.UnixNano(), func(_ conntable.Record, existed bool) (conntable.Record, bool) {
+		_, prev, existed := r.table.UpdateFunc(b, key, now.UnixNano(), floor, func(_ conntable.Record, existed bool) (conntable.Record, bool) {
 			return conntable.Record{Deleted: true}, existed // closing twice, or a connection never published: nothing to do
 		})
 		if existed && !prev.Pending { // the backups have it: tell them it is gone
@@ -179,7 +193,7 @@ func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataP
 		active := map[uint32]uint64{}
 		if r.cfg.View.Acting() {
 			for i, a := range as {
-				if a.Primary == r.self {
+				if a.Primary == r.self && !r.cfg.View.Pending(uint32(i), a.Epoch) {
 					active[uint32(i)] = a.Epoch
 				}
 			}

@@ -41,6 +41,7 @@ func (v *staticView) Incarnation() uint64                     { return 1 }
 func (v *staticView) Assignments() ([]fsm.Assignment, uint64) { return v.as, 10 }
 func (v *staticView) Watch() (uint64, <-chan struct{})        { return 10, v.ch }
 func (v *staticView) Acting() bool                            { return true }
+func (v *staticView) Pending(uint32, uint64) bool             { return false }
 func (v *staticView) Addr(m string) (string, bool)            { a, ok := v.addrs[m]; return a, ok }
 func (v *staticView) Site() string                            { return "s1" }
 func (v *staticView) Standby() bool                           { return false }
@@ -111,7 +112,7 @@ func pairWith(tb testing.TB, delays []DelayClass) (a, b *Replicator, applied *at
 // the primary's table, then queued for the backups.
 func write(r *Replicator, k fsm.Key, state string) {
 	b := k.Bucket(4096)
-	r.table.Update(b, k, conntable.Record{State: state}, 0)
+	r.table.Update(b, k, conntable.Record{State: state}, 0, 0)
 	r.mark(b, k)
 }
 

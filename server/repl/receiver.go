@@ -10,6 +10,7 @@ import (
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/internal/sabotage"
 )
 
 var errNoAddr = errors.New("repl: no address known for the member")
@@ -63,6 +64,9 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 			}
 			if w.marker {
 				r.noteMarker(w.bucket, w.epoch)
+				return
+			}
+			if sabotage.DropDeltas.Load() {
 				return
 			}
 			if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {

@@ -63,6 +63,9 @@ type View interface {
 	Watch() (uint64, <-chan struct{})
 	// Acting reports whether this member may act as primary (lease held).
 	Acting() bool
+	// Pending reports whether this member, primary of bucket b at epoch,
+	// must not act for it yet: another member may still be acting for it.
+	Pending(b uint32, epoch uint64) bool
 	// Addr returns a member's gRPC address (of either site).
 	Addr(member string) (string, bool)
 	// Site is this member's site; Standby whether it is a standby site.
@@ -149,6 +152,10 @@ type Replicator struct {
 	recvEpoch []atomic.Uint64
 
 	marks   atomic.Uint64 // global mark sequence (see sender watermarks)
+	// poisoned counts the events that make the watermarks overstate what
+	// the backups hold: a record acknowledged but refused, or a stream
+	// closed with records not yet acknowledged (see Publish).
+	poisoned atomic.Uint64
 	delayer *delayer
 	refused atomic.Uint64
 
@@ -246,7 +253,7 @@ func (r *Replicator) replan() {
 		p := plan{epoch: a.Epoch}
 		switch {
 		case a.Primary == r.self:
-			p.owner, p.primary = true, acting
+			p.owner, p.primary = true, acting && !r.cfg.View.Pending(b, a.Epoch)
 			for _, t := range []string{a.LocalBackup, a.Incoming} {
 				if t == "" || t == r.self {
 					continue
@@ -277,7 +284,7 @@ func (r *Replicator) replan() {
 	defer r.mu.Unlock()
 	for t, remote := range need {
 		if s := r.senders[t]; s != nil && s.remote != remote {
-			s.close() // a member ID seen on the other site now (or back): a new stream
+			r.closeSender(s) // a member ID seen on the other site now (or back): a new stream
 			delete(r.senders, t)
 		}
 		if r.senders[t] == nil && r.ctx != nil {
@@ -286,7 +293,7 @@ func (r *Replicator) replan() {
 	}
 	for t, s := range r.senders {
 		if _, ok := need[t]; !ok {
-			s.close()
+			r.closeSender(s)
 			delete(r.senders, t)
 		}
 	}
@@ -341,6 +348,21 @@ func (r *Replicator) mark(b uint32, key fsm.Key) {
 			s.enqueue(b, key, seq)
 		}
 	}
+}
+
+// poison records that the watermarks overstate what the backups hold.
+func (r *Replicator) poison(why string) {
+	r.poisoned.Add(1)
+	r.cfg.Logger.Debug("replication confirmations cut short", "why", why)
+}
+
+// closeSender closes a stream that is no longer needed; r.mu is held.
+// Records it had not got acknowledged leave the watermark with it.
+func (r *Replicator) closeSender(s *sender) {
+	if s.outstanding() {
+		r.poison("stream to " + s.target + " closed with records outstanding")
+	}
+	s.close()
 }
 
 // watermark is the highest mark sequence up to which every queued change has

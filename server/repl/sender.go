@@ -77,8 +77,11 @@ type sender struct {
 	connected bool
 	sent      uint64 // records sent
 	acked     uint64 // batches acknowledged
-	refused   uint64
-	closed    bool
+	refused   uint64 // records refused, as the receiver last counted them
+	// streamRefused is the receiver's count on the current stream (it
+	// counts from 0 on each new stream).
+	streamRefused uint64
+	closed        bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -141,6 +144,13 @@ func (s *sender) syncing() []uint32 {
 		out[i] = f.bucket
 	}
 	return out
+}
+
+// outstanding reports whether records are queued or in flight.
+func (s *sender) outstanding() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.head < len(s.queue) || len(s.inflight) > 0
 }
 
 // watermark returns the mark sequence up to which everything queued on this
@@ -246,6 +256,7 @@ func (s *sender) reset(connected bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.connected = connected
+	s.streamRefused = 0
 	var again []qitem
 	for _, f := range s.inflight {
 		for _, k := range f.keys {
@@ -267,6 +278,12 @@ func (s *sender) reset(connected bool) {
 
 func (s *sender) onAck(resp *pb.ReplicateResponse) {
 	s.mu.Lock()
+	if resp.Refused > s.streamRefused {
+		// Before the acknowledgement can raise the watermark: the refused
+		// records are acknowledged but not stored.
+		s.r.poison("records refused by " + s.target)
+	}
+	s.streamRefused = resp.Refused
 	for len(s.inflight) > 0 && s.inflight[0].seq <= resp.AckedSeq {
 		s.inflight = s.inflight[1:]
 		s.acked++

@@ -1,0 +1,297 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/integration/chaos"
+)
+
+// chaosProcSeeds is how many multi-process schedules CI runs (each takes
+// about 20 s: five connsyncd processes start, place 4096 buckets, and are
+// killed and paused).
+const chaosProcSeeds = 2
+
+// TestChaos_Processes runs fault schedules against a site of five real
+// connsyncd processes on loopback: SIGKILL and restart from the data
+// directory, and SIGSTOP for longer than the member lease then SIGCONT, of
+// random members (the leader among them), under claim and lock traffic. It
+// checks S3 (porcupine), S2 (fencing oracle), S1 (activations polled with
+// GetActive), S4 (acknowledged claims at the end), one leader per term, and
+// that every member's Raft log holds the same entries (read from the
+// raft.db files once the processes have stopped).
+//
+//	go test ./integration -run 'TestChaos_Processes$' -chaos.seed 5 -v
+func TestChaos_Processes(t *testing.T) {
+	seeds := []uint64{101, 102}[:chaosProcSeeds]
+	switch {
+	case *chaosSeed != 0:
+		seeds = []uint64{*chaosSeed}
+	case *chaosSeeds > 0:
+		seeds = nil
+		first := *chaosFirst
+		if first == 0 {
+			first = uint64(time.Now().UnixNano()) & (1<<40 - 1)
+		}
+		for i := range *chaosSeeds {
+			seeds = append(seeds, first+uint64(i))
+		}
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runProcChaos(t, seed, *chaosDuration) })
+	}
+}
+
+func runProcChaos(t *testing.T, seed uint64, dur time.Duration) {
+	t.Logf("chaos seed %d; re-run: go test ./integration -run 'TestChaos_Processes$' -chaos.seed %d -chaos.duration %v -v", seed, seed, dur)
+	rng := rand.New(rand.NewPCG(seed, 0x9e))
+	ps := startProcSite(t, 5)
+	began := time.Now()
+	logf := func(format string, args ...any) {
+		t.Logf("+%.1fms %s", float64(time.Since(began))/1e6, fmt.Sprintf(format, args...))
+	}
+	ids := make([]string, len(ps.procs))
+	for i, p := range ps.procs {
+		ids[i] = p.id
+	}
+	obs := startProcObserver(ps)
+	tr := newTraffic(ids)
+	if err := tr.start(ps.addrs(), seed, 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	cl := ps.client(5 * time.Second)
+	leaderOf := func() *proc {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := cl.Status(ctx)
+		if err != nil || st.LeaderId == "" {
+			return nil
+		}
+		return ps.proc(st.LeaderId)
+	}
+	var injected []string
+	for i := 0; i == 0 || time.Now().Before(began.Add(dur)); i++ {
+		victim, useLeader, pause := ps.procs[rng.IntN(len(ps.procs))], rng.IntN(3) == 0, rng.IntN(2) == 0
+		if l := leaderOf(); l != nil && useLeader {
+			victim = l
+		}
+		if i == 0 {
+			pause = seed%2 == 0 // the CI pair covers both kinds
+		}
+		hold := time.Duration(700+rng.IntN(1300)) * time.Millisecond // longer than the 500 ms member lease
+		obs.victim(victim.id) // it may be failed, and lose its locks, between two polls of the member list
+		if pause {
+			logf("SIGSTOP %s for %v", victim.id, hold)
+			victim.signal(syscall.SIGSTOP)
+			time.Sleep(hold) // the fault lasts this long
+			victim.signal(syscall.SIGCONT)
+			logf("SIGCONT %s", victim.id)
+			injected = append(injected, "pause")
+		} else {
+			logf("SIGKILL %s; restart in %v", victim.id, hold)
+			victim.kill()
+			time.Sleep(hold)
+			ps.restart(victim)
+			injected = append(injected, "kill-restart")
+		}
+		time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond) // quiet spell
+	}
+	ps.waitPlaced(60*time.Second, len(ps.procs))
+	tr.halt()
+	final, err := tr.finalReads(ps.addrs(), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs.stop()
+
+	ops := tr.hist.Ops()
+	claims := chaos.CheckLinearizable("claims", chaos.ClaimModel(), ops, []chaos.Kind{chaos.Claim, chaos.Release, chaos.Lookup}, time.Minute)
+	locks := chaos.CheckLinearizable("locks", chaos.LockModel(obs.mayDrop), ops,
+		[]chaos.Kind{chaos.Acquire, chaos.Renew, chaos.Unlock, chaos.GetLock}, time.Minute)
+	grants, writes, stale, fencing := tr.fencing.Check()
+	act := obs.act.Check()
+	terms, termViolations := obs.terms.Check()
+	durable, lost := chaos.CheckDurable(ops, final)
+	t.Logf("faults %v; %v; %v; fencing: %d grants, %d writes accepted, %d stale refused; activations: %d polls, %d spans, "+
+		"%d overlaps (longest %v); %d terms; %d acknowledged claims durable",
+		injected, claims, locks, grants, writes, stale, act.Polls, act.Activations, act.Overlaps, act.Longest, terms, durable)
+	for _, v := range []chaos.Verdict{claims, locks} {
+		if !v.OK() {
+			t.Errorf("S3: %v", v)
+			dir, err := os.MkdirTemp(*chaosKeep, fmt.Sprintf("connsync-chaos-proc-%d-", seed))
+			if err != nil {
+				continue
+			}
+			if err := v.Visualize(filepath.Join(dir, v.Model+".html")); err != nil {
+				t.Logf("porcupine visualisation: %v", err)
+			}
+			if err := tr.hist.WriteJSON(filepath.Join(dir, "history.jsonl")); err != nil {
+				t.Logf("history: %v", err)
+			}
+			t.Logf("history and porcupine visualisation kept in %s", dir)
+		}
+	}
+	for _, vs := range [][]string{fencing, act.Violations, termViolations, lost} {
+		for _, v := range vs {
+			t.Error(v)
+		}
+	}
+	// Stop every process and compare the Raft logs on disk.
+	for _, p := range ps.procs {
+		p.signal(syscall.SIGTERM)
+	}
+	for _, p := range ps.procs {
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			p.kill()
+		}
+	}
+	if err := compareLogFiles(ps); err != nil {
+		t.Error(err)
+	}
+}
+
+// procObserver polls every process with GetActive and Status.
+type procObserver struct {
+	act     *chaos.Activations
+	terms   *chaos.Terms
+	mu      sync.Mutex
+	downed  map[string]bool
+	stopped chan struct{}
+	done    chan struct{}
+}
+
+func startProcObserver(ps *procSite) *procObserver {
+	o := &procObserver{act: chaos.NewActivations(), terms: chaos.NewTerms(), downed: map[string]bool{},
+		stopped: make(chan struct{}), done: make(chan struct{})}
+	conns := map[string]*pb.AssignmentServiceClient{}
+	ops := map[string]pb.OperatorServiceClient{}
+	for _, p := range ps.procs {
+		cc := dial(ps.t, p.grpc)
+		a := pb.NewAssignmentServiceClient(cc)
+		conns[p.id], ops[p.id] = &a, pb.NewOperatorServiceClient(cc)
+	}
+	go func() {
+		defer close(o.done)
+		for round := 0; ; round++ {
+			select {
+			case <-o.stopped:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			for _, p := range ps.procs {
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				r, err := (*conns[p.id]).GetActive(ctx, &pb.GetActiveRequest{})
+				if err != nil {
+					cancel()
+					o.act.Forget(p.id) // not answering: not observed acting
+					continue
+				}
+				set := make(map[uint32]uint64, len(r.Buckets))
+				for _, b := range r.Buckets {
+					set[b.Bucket] = b.Epoch
+				}
+				o.act.Observe(p.id, chaos.Now(), set)
+				if st, err := ops[p.id].Status(ctx, &pb.StatusRequest{}); err == nil && st.RaftState == raft.Leader.String() {
+					o.terms.Leader(st.Term, p.id)
+				}
+				if round%20 == 0 {
+					if ms, err := ops[p.id].ListMembers(ctx, &pb.ListMembersRequest{}); err == nil {
+						o.mu.Lock()
+						for _, m := range ms.Members {
+							if m.State == pb.MemberState_MEMBER_STATE_FAILED || m.State == pb.MemberState_MEMBER_STATE_LEFT {
+								o.downed[m.Id] = true
+							}
+						}
+						o.mu.Unlock()
+					}
+				}
+				cancel()
+			}
+		}
+	}()
+	return o
+}
+
+func (o *procObserver) stop() {
+	close(o.stopped)
+	<-o.done
+}
+
+func (o *procObserver) victim(member string) {
+	o.mu.Lock()
+	o.downed[member] = true
+	o.mu.Unlock()
+}
+
+func (o *procObserver) mayDrop(member string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.downed[member]
+}
+
+// compareLogFiles opens each stopped member's raft.db and checks that the
+// entries every member still holds are the same.
+func compareLogFiles(ps *procSite) error {
+	var stores []*raftboltdb.BoltStore
+	for _, p := range ps.procs {
+		s, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(p.dir, "raft.db"), NoSync: true})
+		if err != nil {
+			return fmt.Errorf("open %s's log: %w", p.id, err)
+		}
+		defer s.Close()
+		stores = append(stores, s)
+	}
+	var first, last uint64
+	for i, s := range stores {
+		f, err := s.FirstIndex()
+		if err != nil {
+			return err
+		}
+		l, err := s.LastIndex()
+		if err != nil {
+			return err
+		}
+		if i == 0 || f > first {
+			first = f
+		}
+		if i == 0 || l < last {
+			last = l
+		}
+	}
+	checked := 0
+	for idx := first; idx <= last && idx > 0; idx++ {
+		var want raft.Log
+		for i, s := range stores {
+			var got raft.Log
+			if err := s.GetLog(idx, &got); err != nil {
+				return fmt.Errorf("%s: entry %d: %w", ps.procs[i].id, idx, err)
+			}
+			if i == 0 {
+				want = got
+				continue
+			}
+			if got.Term != want.Term || got.Type != want.Type || !slices.Equal(got.Data, want.Data) {
+				return fmt.Errorf("entry %d: %s has term %d, %s has term %d (or other data)", idx, ps.procs[0].id, want.Term, ps.procs[i].id, got.Term)
+			}
+		}
+		checked++
+	}
+	if checked == 0 {
+		return fmt.Errorf("no log entry common to every member (first %d, last %d)", first, last)
+	}
+	return nil
+}

@@ -1,0 +1,459 @@
+package integration
+
+import (
+	"context"
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/integration/chaos"
+	"github.com/connsync/connsync/integration/cluster"
+	"github.com/connsync/connsync/internal/sabotage"
+	"github.com/connsync/connsync/server"
+)
+
+// The chaos suite (docs/CHAOS.md). CI mode runs a fixed set of seeds; a
+// failing schedule prints its seed and where its history, porcupine
+// visualisation, member logs and data directories were kept.
+//
+//	go test ./integration -run 'TestChaos$' -v                          # a quick few (also in go test ./...)
+//	go test ./integration -run 'TestChaos' -chaos.ci -v                 # the CI set (.ci/run)
+//	go test ./integration -run 'TestChaos$' -chaos.seed 17 -v           # re-run one seed
+//	go test ./integration -run 'TestChaos$' -chaos.seeds 200 -timeout 0 # long mode
+var (
+	chaosCI       = flag.Bool("chaos.ci", false, "run the CI set of seeds (every fault kind opens two schedules)")
+	chaosSeed     = flag.Uint64("chaos.seed", 0, "run only the schedule of this seed")
+	chaosSeeds    = flag.Int("chaos.seeds", 0, "long mode: run this many schedules, seeds from -chaos.first on (0: the CI set)")
+	chaosFirst    = flag.Uint64("chaos.first", 0, "first seed of long mode (0: from the clock)")
+	chaosDuration = flag.Duration("chaos.duration", 4*time.Second, "how long each schedule injects faults")
+	chaosKeep     = flag.String("chaos.keep", os.TempDir(), "where a failing schedule's history, logs and data are kept")
+)
+
+// chaosCISeeds is the CI set: two schedules opening with each fault kind;
+// plain go test runs the first chaosQuickSeeds of them.
+const chaosCISeeds, chaosQuickSeeds = 24, 4
+
+const chaosBuckets = 256
+
+// chaosSpec is one schedule: a seed, and optionally the faults to inject
+// (default: the first kind chosen by the seed, then random ones).
+type chaosSpec struct {
+	seed   uint64
+	dur    time.Duration
+	faults []fault
+	hold   time.Duration // how long each fault lasts (0: 0.3-2 s at random)
+	// sabotage, if set, is turned on once the site has formed (and off when
+	// the test ends): the checkers must catch what it breaks.
+	sabotage *atomic.Bool
+}
+
+// chaosResult is what the checkers found in one schedule.
+type chaosResult struct {
+	claims, locks     chaos.Verdict
+	grants, writes    int
+	staleWrites       int
+	fencing           []string
+	act               chaos.ActivationReport
+	terms             int
+	termViolations    []string
+	durable           int
+	lost              []string
+	deltas, deltaLost int
+	deltaMissing      []string
+	injected          []string
+	published         int64
+}
+
+func (r *chaosResult) violations() []string {
+	var out []string
+	add := func(checker string, vs []string) {
+		for i, v := range vs {
+			if i == 10 {
+				out = append(out, fmt.Sprintf("%s: ... %d more", checker, len(vs)-10))
+				break
+			}
+			out = append(out, checker+": "+v)
+		}
+	}
+	if !r.claims.OK() {
+		add("S3 claims (porcupine)", []string{r.claims.String()})
+	}
+	if !r.locks.OK() {
+		add("S3 locks (porcupine)", []string{r.locks.String()})
+	}
+	add("S2 fencing", r.fencing)
+	add("S1/S2 activations", r.act.Violations)
+	add("leader per term", r.termViolations)
+	add("S4 durability", r.lost)
+	add("S5 session persistence", r.deltaMissing)
+	return out
+}
+
+// chaosTotals adds up the checkers' figures over a run of schedules.
+type chaosTotals struct {
+	mu                                  sync.Mutex
+	schedules, ops, unknown, grants     int
+	activations, deltas, durable, terms int
+	longest                             time.Duration
+	overlaps                            int
+	kinds                               map[string]int
+}
+
+func (tt *chaosTotals) add(r *chaosResult) {
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	tt.schedules++
+	tt.ops += r.claims.Ops + r.locks.Ops
+	tt.unknown += r.claims.Unknown + r.locks.Unknown
+	tt.grants += r.grants
+	tt.activations += r.act.Activations
+	tt.overlaps += r.act.Overlaps
+	tt.longest = max(tt.longest, r.act.Longest)
+	tt.deltas += r.deltas
+	tt.durable += r.durable
+	tt.terms += r.terms
+	for _, k := range r.injected {
+		tt.kinds[k]++
+	}
+}
+
+func (tt *chaosTotals) String() string {
+	kinds := make([]string, 0, len(tt.kinds))
+	for k, n := range tt.kinds {
+		kinds = append(kinds, fmt.Sprintf("%s=%d", k, n))
+	}
+	slices.Sort(kinds)
+	return fmt.Sprintf("%d schedules; operations checked by porcupine %d (%d unknown); lock grants fenced %d; "+
+		"acknowledged claims checked durable %d; confirmed deltas checked at the primaries %d; bucket activations %d, "+
+		"dual-primary overlaps %d, longest %v; terms with a leader %d; faults injected: %s",
+		tt.schedules, tt.ops, tt.unknown, tt.grants, tt.durable, tt.deltas, tt.activations, tt.overlaps, tt.longest,
+		tt.terms, strings.Join(kinds, " "))
+}
+
+// TestChaos runs randomized fault schedules against in-process sites of
+// five members (real Raft, raft-boltdb with fsync, loopback TCP through a
+// fault-injecting network) under claim, lock and data-plane traffic, and
+// checks S1-S5 (see chaosResult.violations).
+func TestChaos(t *testing.T) {
+	var seeds []uint64
+	switch {
+	case *chaosSeed != 0:
+		seeds = []uint64{*chaosSeed}
+	case *chaosSeeds > 0:
+		first := *chaosFirst
+		if first == 0 {
+			first = uint64(time.Now().UnixNano()) & (1<<40 - 1)
+		}
+		for i := range *chaosSeeds {
+			seeds = append(seeds, first+uint64(i))
+		}
+	default:
+		n := uint64(chaosQuickSeeds)
+		if *chaosCI {
+			n = chaosCISeeds
+		}
+		for s := uint64(1); s <= n; s++ {
+			seeds = append(seeds, s)
+		}
+	}
+	totals := &chaosTotals{kinds: map[string]int{}}
+	start := time.Now()
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			r := runChaos(t, chaosSpec{seed: seed, dur: *chaosDuration})
+			totals.add(r)
+			for _, v := range r.violations() {
+				t.Error(v)
+			}
+		})
+	}
+	t.Logf("chaos totals after %v: %v", time.Since(start).Round(time.Second), totals)
+	if (*chaosCI || *chaosSeeds >= len(faultKinds())) && *chaosSeed == 0 && !t.Failed() {
+		for _, f := range faultKinds() {
+			if totals.kinds[f.name()] == 0 {
+				t.Errorf("fault %s was never injected", f.name())
+			}
+		}
+	}
+}
+
+// runChaos runs one schedule and checks it. A failing schedule keeps its
+// directory (history.jsonl, porcupine HTML, member logs and data).
+func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
+	t.Logf("chaos seed %d; re-run: go test ./integration -run 'TestChaos$' -chaos.seed %d -chaos.duration %v -v",
+		spec.seed, spec.seed, spec.dur)
+	dir, err := os.MkdirTemp(*chaosKeep, fmt.Sprintf("connsync-chaos-%d-", spec.seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := &chaosResult{}
+	var tr *traffic
+	t.Cleanup(func() { // registered first: runs after the cluster has shut down
+		if !t.Failed() {
+			os.RemoveAll(dir)
+			return
+		}
+		if tr != nil {
+			if err := tr.hist.WriteJSON(filepath.Join(dir, "history.jsonl")); err != nil {
+				t.Logf("write history: %v", err)
+			}
+		}
+		for name, v := range map[string]chaos.Verdict{"claims": res.claims, "locks": res.locks} {
+			if v.Model != "" && !v.OK() {
+				if err := v.Visualize(filepath.Join(dir, name+".html")); err != nil {
+					t.Logf("porcupine visualisation: %v", err)
+				}
+			}
+		}
+		t.Logf("seed %d failed: history, porcupine visualisation, member logs and data kept in %s", spec.seed, dir)
+	})
+	rng := rand.New(rand.NewPCG(spec.seed, 0x5eed))
+	disks := newSlowDisks()
+	c := cluster.New(t, 5, cluster.Options{Dir: dir, Tweak: func(cfg *server.Config) {
+		cfg.BucketCount = chaosBuckets
+		cfg.SnapshotThreshold, cfg.SnapshotInterval, cfg.TrailingLogs = 128, 100*time.Millisecond, 64
+		disks.wrap(cfg)
+	}})
+	if spec.sabotage != nil {
+		t.Cleanup(sabotage.Reset)
+		spec.sabotage.Store(true)
+	}
+	admin := c.Client()
+	obs := startObserver(c) // its report's times count from about when began does
+	tr = newTraffic(cluster.IDs(c.Members...))
+	if err := tr.start(c.Addrs(), spec.seed, 3, 2); err != nil {
+		t.Fatal(err)
+	}
+	dp := startDataPlane(c, 500, chaosBuckets, spec.seed)
+	if n := dp.warm(10 * time.Second); n < 250 {
+		t.Logf("only %d of 250 cold connections confirmed before the faults", n)
+	}
+	var fill atomic.Int64
+	began := time.Now()
+	logf := func(format string, args ...any) {
+		t.Logf("+%.1fms %s", float64(time.Since(began))/1e6, fmt.Sprintf(format, args...))
+	}
+	env := &chaosEnv{c: c, rng: rng, logf: logf, disk: disks, admin: admin, filler: func(n int) error {
+		for range n {
+			i := fill.Add(1)
+			k := &pb.ConnKey{Protocol: 17, SrcIp: netip.AddrFrom4([4]byte{10, 98, byte(i >> 8), byte(i)}).String(),
+				SrcPort: 53, DstIp: "198.51.100.8", DstPort: 53}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := admin.Claim(ctx, k, c.Members[0].ID)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+
+	kinds := faultKinds()
+	faults := spec.faults
+	if faults == nil {
+		faults = []fault{kinds[spec.seed%uint64(len(kinds))]}
+	}
+	end := time.Now().Add(spec.dur)
+	for i := 0; i < len(faults) || spec.faults == nil && time.Now().Before(end); i++ {
+		var f fault
+		if i < len(faults) {
+			f = faults[i]
+		} else {
+			f = faultKinds()[rng.IntN(len(kinds))]
+		}
+		batch := []fault{f}
+		if spec.faults == nil && rng.IntN(3) == 0 { // now and then two at once
+			batch = append(batch, faultKinds()[rng.IntN(len(kinds))])
+		}
+		for _, f := range batch {
+			if err := f.inject(env); err != nil {
+				t.Fatalf("inject %s: %v", f.name(), err)
+			}
+			res.injected = append(res.injected, f.name())
+		}
+		hold := time.Duration(300+rng.IntN(1700)) * time.Millisecond
+		if spec.hold > 0 {
+			hold = spec.hold
+		}
+		time.Sleep(hold) // the fault lasts this long: the schedule's own time, not a wait for a condition
+		for _, f := range slices.Backward(batch) {
+			if err := f.heal(env); err != nil {
+				t.Fatalf("heal %s: %v", f.name(), err)
+			}
+		}
+		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond) // quiet spell between faults
+	}
+	// Heal everything, let the site settle, stop the traffic.
+	c.HealAll()
+	c.Hub.ClearDelays()
+	for _, m := range c.Members {
+		disks.set(m.ID, 0)
+		if m.Server == nil {
+			c.Start(m)
+		}
+	}
+	c.WaitPlaced(60 * time.Second)
+	tr.halt()
+	dp.halt()
+	dp.flush(10 * time.Second)
+	final, err := tr.finalReads(c.Addrs(), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitPlaced(30 * time.Second)
+	c.WaitConverged(30 * time.Second)
+	obs.stop()
+	dp.closeAll()
+	if err := compareLogs(c); err != nil {
+		t.Errorf("logs differ: %v", err)
+	}
+
+	ops := tr.hist.Ops()
+	res.claims = chaos.CheckLinearizable("claims", chaos.ClaimModel(), ops, []chaos.Kind{chaos.Claim, chaos.Release, chaos.Lookup}, time.Minute)
+	res.locks = chaos.CheckLinearizable("locks", chaos.LockModel(obs.mayDrop), ops,
+		[]chaos.Kind{chaos.Acquire, chaos.Renew, chaos.Unlock, chaos.GetLock}, time.Minute)
+	res.grants, res.writes, res.staleWrites, res.fencing = tr.fencing.Check()
+	res.act = obs.act.Check()
+	res.terms, res.termViolations = obs.terms.Check()
+	res.durable, res.lost = chaos.CheckDurable(ops, final)
+	res.deltas, res.deltaMissing = checkDeltas(t, c, dp)
+	res.published = dp.published.Load()
+	t.Logf("faults %v; %v; %v; fencing: %d grants, %d writes accepted, %d stale refused; activations: %d polls, %d spans, "+
+		"%d overlaps (longest %v); %d terms; %d acknowledged claims durable; %d of %d published deltas confirmed, checked at the primaries",
+		res.injected, res.claims, res.locks, res.grants, res.writes, res.staleWrites, res.act.Polls, res.act.Activations,
+		res.act.Overlaps, res.act.Longest, res.terms, res.durable, res.deltas, res.published)
+	return res
+}
+
+// checkDeltas (S5): every connection whose version a primary confirmed
+// replicated is at its bucket's primary now, at that version or newer.
+func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane) (checked int, missing []string) {
+	t.Helper()
+	as := c.Assignments()
+	byMember := map[string]map[uint32]bool{}
+	for b, a := range as {
+		if byMember[a.Primary] == nil {
+			byMember[a.Primary] = map[uint32]bool{}
+		}
+		byMember[a.Primary][uint32(b)] = true
+	}
+	have := map[fsm.Key]uint32{}
+	for id, buckets := range byMember {
+		m := c.Member(id)
+		if m == nil || m.Server == nil {
+			t.Fatalf("primary %s is not running", id)
+		}
+		for k, st := range holds(t, m, buckets) {
+			if len(st.Blob) == 4 {
+				have[k] = binary.BigEndian.Uint32(st.Blob)
+			}
+		}
+	}
+	for i, v := range dp.confirmed {
+		if v == 0 {
+			continue
+		}
+		checked++
+		k, err := fsm.ParseKey(dataConn(i, 0).Key, "key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := have[k]; got < v {
+			missing = append(missing, fmt.Sprintf("connection %d (bucket %d, primary %s): confirmed version %d, the primary has %d",
+				i, k.Bucket(chaosBuckets), as[k.Bucket(chaosBuckets)].Primary, v, got))
+		}
+	}
+	return checked, missing
+}
+
+// compareLogs checks that the running members' Raft logs hold the same
+// entries over the range all of them still have.
+func compareLogs(c *cluster.Cluster) error {
+	ms := c.Running()
+	var first, last uint64
+	for i, m := range ms {
+		f, err := m.Server.LogStore().FirstIndex()
+		if err != nil {
+			return err
+		}
+		l, err := m.Server.LogStore().LastIndex()
+		if err != nil {
+			return err
+		}
+		if i == 0 || f > first {
+			first = f
+		}
+		if i == 0 || l < last {
+			last = l
+		}
+	}
+	for idx := first; idx <= last && idx > 0; idx++ {
+		var want raft.Log
+		for i, m := range ms {
+			var got raft.Log
+			if err := m.Server.LogStore().GetLog(idx, &got); err != nil {
+				if i == 0 || err == raft.ErrLogNotFound { // compacted meanwhile
+					break
+				}
+				return err
+			}
+			if i == 0 {
+				want = got
+				continue
+			}
+			if got.Term != want.Term || got.Type != want.Type || string(got.Data) != string(want.Data) {
+				return fmt.Errorf("entry %d: %s has term %d type %v, %s has term %d type %v (or other data)",
+					idx, ms[0].ID, want.Term, want.Type, m.ID, got.Term, got.Type)
+			}
+		}
+	}
+	return nil
+}
+
+// TestChaos_CheckersCatchBrokenProperties breaks each safety property on
+// purpose (internal/sabotage) and runs a schedule that exercises it: the
+// checker of that property must report it. A checker that cannot fail
+// proves nothing.
+func TestChaos_CheckersCatchBrokenProperties(t *testing.T) {
+	cases := []struct {
+		name     string
+		sabotage *atomic.Bool
+		faults   []fault
+		caught   func(r *chaosResult) bool
+	}{
+		{"S1 member acts without a lease", &sabotage.IgnoreMemberLease, []fault{&leaderIsolation{}},
+			func(r *chaosResult) bool { return r.act.Overlaps > 0 }},
+		{"S2 lock tokens reused", &sabotage.ReuseLockTokens, []fault{&transferFault{}},
+			func(r *chaosResult) bool { return len(r.fencing) > 0 && !r.locks.OK() }},
+		{"S3 claims stolen", &sabotage.StealClaims, []fault{&transferFault{}},
+			func(r *chaosResult) bool { return !r.claims.OK() }},
+		{"S4 claims acknowledged but not stored", &sabotage.ForgetClaims, []fault{&transferFault{}},
+			func(r *chaosResult) bool { return len(r.lost) > 0 }},
+		{"S5 backups drop deltas", &sabotage.DropDeltas, []fault{&crashFault{}},
+			func(r *chaosResult) bool { return len(r.deltaMissing) > 0 }},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runChaos(t, chaosSpec{seed: uint64(1000 + i), faults: tc.faults, hold: 3 * time.Second, sabotage: tc.sabotage})
+			vs := r.violations()
+			if !tc.caught(r) {
+				t.Fatalf("the checker did not catch the sabotage; violations reported: %v", vs)
+			}
+			t.Logf("caught: %d violations, first: %s", len(vs), vs[0])
+		})
+	}
+}

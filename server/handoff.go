@@ -1,0 +1,193 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+)
+
+// handoff keeps this member from acting as primary of a bucket it takes over
+// while another member may still act for it (S1). A planned move flips the
+// primary role in one Raft entry (the bucket's new epoch is that entry's
+// index), but each member applies it in its own time: without a gate the new
+// primary could act before the old one has applied the flip, or, if the old
+// one is cut off, before its lease runs out.
+//
+// So a bucket this member becomes primary of at epoch e is pending until
+// the previous primary has applied index e (asked with GetActive; a member
+// that has applied e knows it is not the bucket's primary at an older
+// epoch), or until MemberLease + HeartbeatInterval after
+// this member saw the flip: a lease the old primary was granted before the
+// leader applied the flip has run out by then, and a later grant makes it
+// apply the flip before it acts again (leaseKeeper.acting). No gate when the
+// previous primary was this member, nobody, or a failed member: a member is
+// failed only once its lease has lapsed or its process is gone, which is
+// what keeps local failover fast. On the first view after a start every
+// bucket is pending until every other alive member has applied its epoch,
+// as the previous primary is not known.
+//
+// Asked about a bucket whose epoch is newer than the last view it
+// processed, handoff processes the current view first, so there is no window
+// between the state machine applying a flip and the gate being set.
+type handoff struct {
+	s *Server
+
+	mu        sync.Mutex
+	processed uint64                 // applied index of the last view looked at (0: none yet)
+	prev      []fsm.Assignment       // that view
+	gates     map[uint32]handoffGate // pending buckets
+}
+
+type handoffGate struct {
+	epoch    uint64
+	from     string // the previous primary ("": not known, every other member)
+	deadline time.Time
+}
+
+func newHandoff(s *Server) *handoff { return &handoff{s: s, gates: map[uint32]handoffGate{}} }
+
+// pending reports whether this member must not act yet as primary of bucket
+// b at epoch. A view newer than the last one processed is processed first,
+// so a caller never sees a flip the gates have not been set for.
+func (h *handoff) pending(b uint32, epoch uint64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if epoch > h.processed {
+		h.updateLocked(h.s.fsm.Buckets())
+	}
+	g, ok := h.gates[b]
+	return ok && g.epoch == epoch
+}
+
+// update processes the state machine's current view.
+func (h *handoff) update() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.updateLocked(h.s.fsm.Buckets())
+}
+
+// updateLocked sets the gates for a view of the bucket map; h.mu is held.
+func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
+	if applied <= h.processed && h.prev != nil {
+		return
+	}
+	self := h.s.cfg.MemberID
+	failed := map[string]bool{}
+	for _, m := range h.s.fsm.Members() {
+		failed[m.ID] = m.State == pb.MemberState_MEMBER_STATE_FAILED
+	}
+	deadline := time.Now().Add(h.s.cfg.MemberLease + h.s.cfg.HeartbeatInterval)
+	for i, a := range as {
+		b := uint32(i)
+		g, gated := h.gates[b]
+		switch {
+		case a.Primary != self:
+			delete(h.gates, b)
+		case gated && g.epoch == a.Epoch:
+		case gated: // another change while pending: still pending, at the new epoch
+			g.epoch = a.Epoch
+			h.gates[b] = g
+		case h.prev == nil:
+			h.gates[b] = handoffGate{a.Epoch, "", deadline}
+		case i < len(h.prev) && h.prev[i].Primary != self && h.prev[i].Primary != "" && !failed[h.prev[i].Primary]:
+			h.gates[b] = handoffGate{a.Epoch, h.prev[i].Primary, deadline}
+		}
+	}
+	h.prev, h.processed = as, applied
+}
+
+// release ends the gates whose previous primary (or, not known, every other
+// alive member) has applied past the gate's epoch, and those whose deadline
+// has passed. It reports whether any ended.
+func (h *handoff) release(ctx context.Context) bool {
+	h.mu.Lock()
+	need := map[string]bool{}
+	for _, g := range h.gates {
+		need[g.from] = true
+	}
+	h.mu.Unlock()
+	if len(need) == 0 {
+		return false
+	}
+	applied := map[string]uint64{} // member -> its applied index (0: not known)
+	unknown := ^uint64(0)          // the least applied index of the alive others
+	for _, m := range h.s.fsm.Members() {
+		if m.ID == h.s.cfg.MemberID {
+			continue
+		}
+		alive := m.State == pb.MemberState_MEMBER_STATE_ALIVE || m.State == pb.MemberState_MEMBER_STATE_DRAINING
+		if need[m.ID] || need[""] && alive {
+			applied[m.ID] = h.appliedOf(ctx, m.GRPCAddr)
+		}
+		if alive && need[""] {
+			unknown = min(unknown, applied[m.ID])
+		}
+	}
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	released := false
+	for b, g := range h.gates {
+		reached := applied[g.from]
+		if g.from == "" {
+			reached = unknown
+		}
+		if g.epoch <= reached || now.After(g.deadline) {
+			delete(h.gates, b)
+			released = true
+		}
+	}
+	return released
+}
+
+// appliedOf asks a member how far its state machine has applied (0 if it
+// cannot be asked).
+func (h *handoff) appliedOf(ctx context.Context, addr string) uint64 {
+	if addr == "" {
+		return 0
+	}
+	cc, err := h.s.peers.get(addr)
+	if err != nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	r, err := pb.NewAssignmentServiceClient(cc).GetActive(ctx, &pb.GetActiveRequest{})
+	if err != nil {
+		return 0
+	}
+	return r.AppliedIndex
+}
+
+// run follows the bucket map until shutdown, and while buckets are pending
+// asks the other members every few milliseconds; when gates end it wakes
+// the state machine's watchers (the replicator and activation streams read
+// pending through replView).
+func (h *handoff) run() {
+	s := h.s
+	defer s.wg.Done()
+	_, changed := s.fsm.Watch()
+	for {
+		h.update()
+		if h.release(s.ctx) {
+			s.fsm.Wake()
+		}
+		h.mu.Lock()
+		waiting := len(h.gates) > 0
+		h.mu.Unlock()
+		var retry <-chan time.Time
+		if waiting {
+			retry = time.After(5 * time.Millisecond)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-changed:
+			_, changed = s.fsm.Watch()
+		case <-retry:
+		}
+	}
+}
