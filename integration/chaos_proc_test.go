@@ -91,7 +91,7 @@ func runProcChaos(t *testing.T, seed uint64, dur time.Duration) {
 			pause = seed%2 == 0 // the CI pair covers both kinds
 		}
 		hold := time.Duration(700+rng.IntN(1300)) * time.Millisecond // longer than the 500 ms member lease
-		obs.victim(victim.id) // it may be failed, and lose its locks, between two polls of the member list
+		obs.victim(victim.id)                                        // it may be failed, and lose its locks, between two polls of the member list
 		if pause {
 			logf("SIGSTOP %s for %v", victim.id, hold)
 			victim.signal(syscall.SIGSTOP)

@@ -151,13 +151,13 @@ type Replicator struct {
 	// assignment that sent them).
 	recvEpoch []atomic.Uint64
 
-	marks   atomic.Uint64 // global mark sequence (see sender watermarks)
+	marks atomic.Uint64 // global mark sequence (see sender watermarks)
 	// poisoned counts the events that make the watermarks overstate what
 	// the backups hold: a record acknowledged but refused, or a stream
 	// closed with records not yet acknowledged (see Publish).
 	poisoned atomic.Uint64
-	delayer *delayer
-	refused atomic.Uint64
+	delayer  *delayer
+	refused  atomic.Uint64
 
 	wake       chan struct{} // replanning
 	lastActing bool          // Run's goroutine only
