@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -35,7 +36,73 @@ const chaosProcSeeds = 2
 //
 //	go test ./integration -run 'TestChaos_Processes$' -chaos.seed 5 -v
 func TestChaos_Processes(t *testing.T) {
-	seeds := []uint64{101, 102}[:chaosProcSeeds]
+	for _, seed := range procSeeds(101, 102) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			ps := startProcSite(t, 5)
+			runProcChaos(t, seed, *chaosDuration, ps, signalFaults(ps))
+		})
+	}
+}
+
+// TestChaos_Namespaces is TestChaos_Processes with every member in its own
+// network namespace (netLab), which adds the kernel's faults: packet loss
+// and delay with tc netem on a member's interface, and the interface down.
+// It needs root; elsewhere it is skipped, saying why.
+//
+//	go test ./integration -run 'TestChaos_Namespaces$' -chaos.seed 5 -v
+func TestChaos_Namespaces(t *testing.T) {
+	for _, seed := range procSeeds(103, 104) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			lab, err := newNetLab(t, 5)
+			if err != nil {
+				t.Skipf("no network namespaces: %v", err)
+			}
+			ps := startNetnsSite(t, lab, 5)
+			rng := rand.New(rand.NewPCG(seed, 0x7c))
+			faults := append(signalFaults(ps),
+				procFault{"link-down", func(i int) error { return lab.link(i, false) }, func(i int) error { return lab.link(i, true) }})
+			if lab.hasNft {
+				faults = append(faults, procFault{"loss", func(i int) error {
+					pct := 5 + rng.IntN(30)
+					t.Logf("dropping %d%% of %s's packets", pct, ps.procs[i].id)
+					return lab.loss(i, pct)
+				}, func(i int) error { return lab.loss(i, 0) }})
+			} else {
+				t.Log("nft not installed: no packet-loss fault")
+			}
+			if lab.hasNetem {
+				faults = append(faults, procFault{"netem-delay", func(i int) error {
+					delay := 20 + rng.IntN(80)
+					t.Logf("delaying %s's packets by %dms +- 10ms", ps.procs[i].id, delay)
+					return lab.netem(i, "delay", fmt.Sprintf("%dms", delay), "10ms")
+				}, func(i int) error { return lab.netem(i) }})
+			} else {
+				t.Log("tc netem is not available in this kernel: no delay fault here (the in-process schedules inject delays)")
+			}
+			runProcChaos(t, seed, *chaosDuration, ps, faults)
+		})
+	}
+}
+
+// A procFault is a fault of the multi-process schedules, on member i.
+type procFault struct {
+	name         string
+	inject, heal func(i int) error
+}
+
+// signalFaults: SIGKILL and restart from the data directory; SIGSTOP, then
+// SIGCONT (held longer than the member lease).
+func signalFaults(ps *procSite) []procFault {
+	return []procFault{
+		{"kill-restart", func(i int) error { ps.procs[i].kill(); return nil }, func(i int) error { ps.restart(ps.procs[i]); return nil }},
+		{"pause", func(i int) error { ps.procs[i].signal(syscall.SIGSTOP); return nil },
+			func(i int) error { ps.procs[i].signal(syscall.SIGCONT); return nil }},
+	}
+}
+
+// procSeeds returns the seeds to run: the CI pair, or what the flags ask.
+func procSeeds(ci ...uint64) []uint64 {
+	seeds := ci[:chaosProcSeeds]
 	switch {
 	case *chaosSeed != 0:
 		seeds = []uint64{*chaosSeed}
@@ -49,15 +116,15 @@ func TestChaos_Processes(t *testing.T) {
 			seeds = append(seeds, first+uint64(i))
 		}
 	}
-	for _, seed := range seeds {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) { runProcChaos(t, seed, *chaosDuration) })
-	}
+	return seeds
 }
 
-func runProcChaos(t *testing.T, seed uint64, dur time.Duration) {
-	t.Logf("chaos seed %d; re-run: go test ./integration -run 'TestChaos_Processes$' -chaos.seed %d -chaos.duration %v -v", seed, seed, dur)
+// runProcChaos injects faults (the first chosen by the seed) into a running
+// site of processes under traffic, then checks.
+func runProcChaos(t *testing.T, seed uint64, dur time.Duration, ps *procSite, faults []procFault) {
+	t.Logf("chaos seed %d; re-run: go test ./integration -run '%s$' -chaos.seed %d -chaos.duration %v -v",
+		seed, strings.Split(t.Name(), "/")[0], seed, dur)
 	rng := rand.New(rand.NewPCG(seed, 0x9e))
-	ps := startProcSite(t, 5)
 	began := time.Now()
 	logf := func(format string, args ...any) {
 		t.Logf("+%.1fms %s", float64(time.Since(began))/1e6, fmt.Sprintf(format, args...))
@@ -83,29 +150,27 @@ func runProcChaos(t *testing.T, seed uint64, dur time.Duration) {
 	}
 	var injected []string
 	for i := 0; i == 0 || time.Now().Before(began.Add(dur)); i++ {
-		victim, useLeader, pause := ps.procs[rng.IntN(len(ps.procs))], rng.IntN(3) == 0, rng.IntN(2) == 0
-		if l := leaderOf(); l != nil && useLeader {
-			victim = l
-		}
+		v, useLeader, f := rng.IntN(len(ps.procs)), rng.IntN(3) == 0, faults[rng.IntN(len(faults))]
 		if i == 0 {
-			pause = seed%2 == 0 // the CI pair covers both kinds
+			f = faults[seed%uint64(len(faults))] // the CI seeds open with different faults
 		}
-		hold := time.Duration(700+rng.IntN(1300)) * time.Millisecond // longer than the 500 ms member lease
-		obs.victim(victim.id)                                        // it may be failed, and lose its locks, between two polls of the member list
-		if pause {
-			logf("SIGSTOP %s for %v", victim.id, hold)
-			victim.signal(syscall.SIGSTOP)
-			time.Sleep(hold) // the fault lasts this long
-			victim.signal(syscall.SIGCONT)
-			logf("SIGCONT %s", victim.id)
-			injected = append(injected, "pause")
-		} else {
-			logf("SIGKILL %s; restart in %v", victim.id, hold)
-			victim.kill()
-			time.Sleep(hold)
-			ps.restart(victim)
-			injected = append(injected, "kill-restart")
+		if l := leaderOf(); l != nil && useLeader {
+			v = slices.Index(ps.procs, l)
 		}
+		// Held longer than the 500 ms member lease. The victim may be failed,
+		// and lose its locks, between two polls of the member list.
+		hold := time.Duration(700+rng.IntN(1300)) * time.Millisecond
+		obs.victim(ps.procs[v].id)
+		logf("%s on %s for %v", f.name, ps.procs[v].id, hold)
+		if err := f.inject(v); err != nil {
+			t.Fatalf("inject %s: %v", f.name, err)
+		}
+		time.Sleep(hold) // the fault lasts this long
+		if err := f.heal(v); err != nil {
+			t.Fatalf("heal %s: %v", f.name, err)
+		}
+		logf("healed %s on %s", f.name, ps.procs[v].id)
+		injected = append(injected, f.name)
 		time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond) // quiet spell
 	}
 	ps.waitPlaced(60*time.Second, len(ps.procs))

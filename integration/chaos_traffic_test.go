@@ -255,17 +255,21 @@ func (tr *traffic) finalReads(addrs []string, deadline time.Duration) (map[strin
 // buckets it acts for (S1, S2), whether it leads and in which term, and which
 // members the leader's state machine has seen fail or leave.
 type observer struct {
-	act     *chaos.Activations
-	terms   *chaos.Terms
-	mu      sync.Mutex
-	downed  map[string]bool // members seen failed or left
+	act    *chaos.Activations
+	terms  *chaos.Terms
+	mu     sync.Mutex
+	downed map[string]bool // members seen failed or left
+	// wiped: when a bucket got a primary that held no copy of it (its
+	// primary and every synced backup had failed together), by bucket.
+	wiped   map[uint32][]int64
+	last    []fsm.Assignment // the leader's bucket map at the last poll
 	stopped chan struct{}
 	done    chan struct{}
 }
 
 func startObserver(c *cluster.Cluster) *observer {
 	o := &observer{act: chaos.NewActivations(), terms: chaos.NewTerms(), downed: map[string]bool{},
-		stopped: make(chan struct{}), done: make(chan struct{})}
+		wiped: map[uint32][]int64{}, stopped: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
 		tick := time.NewTicker(3 * time.Millisecond)
@@ -290,6 +294,12 @@ func startObserver(c *cluster.Cluster) *observer {
 				r := m.Server.Raft()
 				if r.State() == raft.Leader {
 					o.terms.Leader(r.CurrentTerm(), m.ID)
+					as, _ := m.Server.FSM().Buckets()
+					alive := map[string]bool{}
+					for _, mm := range m.Server.FSM().Members() {
+						alive[mm.ID] = mm.State == pb.MemberState_MEMBER_STATE_ALIVE || mm.State == pb.MemberState_MEMBER_STATE_DRAINING
+					}
+					o.noteWiped(as, alive)
 				}
 				for _, mm := range m.Server.FSM().Members() {
 					if mm.State == pb.MemberState_MEMBER_STATE_FAILED || mm.State == pb.MemberState_MEMBER_STATE_LEFT {
@@ -308,6 +318,42 @@ func startObserver(c *cluster.Cluster) *observer {
 		}
 	}()
 	return o
+}
+
+// noteWiped records the buckets whose new primary held no copy (neither
+// their primary, nor their synced local backup, nor a synced incoming member
+// before) while none of those is alive: a double fault, for which S5
+// promises nothing. Polls every few milliseconds may miss a state in
+// between.
+func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := chaos.Now()
+	for b, a := range as {
+		if b >= len(o.last) {
+			continue
+		}
+		p := o.last[b]
+		held := a.Primary == p.Primary || (a.Primary == p.LocalBackup && p.BackupSynced) ||
+			(a.Primary == p.Incoming && p.IncomingSynced)
+		holderAlive := alive[p.Primary] || (p.BackupSynced && alive[p.LocalBackup]) || (p.IncomingSynced && alive[p.Incoming])
+		if !held && !holderAlive {
+			o.wiped[uint32(b)] = append(o.wiped[uint32(b)], now)
+		}
+	}
+	o.last = as
+}
+
+// wipedAfter reports whether bucket b lost every copy after time t.
+func (o *observer) wipedAfter(b uint32, t int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, w := range o.wiped[b] {
+		if w > t {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *observer) stop() {
@@ -334,6 +380,7 @@ type dataPlane struct {
 	mu        sync.Mutex
 	version   []uint32 // last version published per connection
 	confirmed []uint32 // highest version confirmed replicated
+	at        []int64  // when it was confirmed
 	streams   map[string]*pubStream
 	stop      chan struct{}
 	done      chan struct{}
@@ -356,7 +403,7 @@ func dataConn(i int, v uint32) *pb.ConnState {
 }
 
 func startDataPlane(c *cluster.Cluster, n, buckets int, seed uint64) *dataPlane {
-	d := &dataPlane{c: c, n: n, buckets: buckets, version: make([]uint32, n), confirmed: make([]uint32, n),
+	d := &dataPlane{c: c, n: n, buckets: buckets, version: make([]uint32, n), confirmed: make([]uint32, n), at: make([]int64, n),
 		streams: map[string]*pubStream{}, stop: make(chan struct{}), done: make(chan struct{})}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	go func() {
@@ -478,7 +525,9 @@ func (d *dataPlane) confirm(ps *pubStream, through uint64) {
 			continue
 		}
 		for j, i := range list {
-			d.confirmed[i] = max(d.confirmed[i], ps.vers[seq][j])
+			if v := ps.vers[seq][j]; v > d.confirmed[i] {
+				d.confirmed[i], d.at[i] = v, chaos.Now()
+			}
 		}
 		delete(ps.sent, seq)
 		delete(ps.vers, seq)

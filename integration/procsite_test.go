@@ -48,6 +48,7 @@ func connsyncdBinary(t testing.TB) string {
 // proc is one connsyncd process.
 type proc struct {
 	id, grpc, raft, gossip, dir, log string
+	netns                            string // network namespace to run in ("": the test's own)
 	args                             []string
 	cmd                              *exec.Cmd
 	exited                           chan struct{}
@@ -71,6 +72,9 @@ func (p *proc) start(t testing.TB, bin string) {
 	args := append([]string{"-member-id", p.id, "-site", "s1", "-data-dir", p.dir,
 		"-grpc-bind", p.grpc, "-raft-bind", p.raft, "-gossip-bind", p.gossip, "-log-level", "warn"}, p.args...)
 	p.cmd = exec.Command(bin, args...)
+	if p.netns != "" { // ip netns exec execs the binary: the process (and its PID) is connsyncd's
+		p.cmd = exec.Command("ip", append([]string{"netns", "exec", p.netns, bin}, args...)...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -104,13 +108,22 @@ type procSite struct {
 
 func startProcSite(t testing.TB, n int, extra ...string) *procSite {
 	t.Helper()
-	ps := &procSite{t: t, bin: connsyncdBinary(t), manual: slices.Contains(extra, "-auto-rebalance=false")}
 	base := t.TempDir()
+	var procs []*proc
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("p%d", i)
-		ps.procs = append(ps.procs, &proc{id: id, grpc: freeAddr(t), raft: freeAddr(t), gossip: freeAddr(t),
+		procs = append(procs, &proc{id: id, grpc: freeAddr(t), raft: freeAddr(t), gossip: freeAddr(t),
 			dir: filepath.Join(base, id), log: filepath.Join(base, id+".log")})
 	}
+	return runProcSite(t, procs, extra...)
+}
+
+// runProcSite starts procs (their addresses and directories set) as one
+// site and waits until it is placed.
+func runProcSite(t testing.TB, procs []*proc, extra ...string) *procSite {
+	t.Helper()
+	n := len(procs)
+	ps := &procSite{t: t, bin: connsyncdBinary(t), manual: slices.Contains(extra, "-auto-rebalance=false"), procs: procs}
 	for i, p := range ps.procs {
 		p.args = append([]string{"-bootstrap"}, extra...)
 		if i > 0 {

@@ -78,6 +78,14 @@ func newLiveness(s *Server) *liveness {
 	return &liveness{s: s, peers: map[string]*peer{}, kick: make(chan struct{}, 1)}
 }
 
+// freshAfterStall reports whether the last leadership check started late
+// enough after any stall of this process to count (stallWatch); l.mu is
+// held.
+func (l *liveness) freshAfterStall(now time.Time) bool {
+	from, ok := l.s.stall.evidenceFrom(now)
+	return ok && !l.verified.Before(from)
+}
+
 // freshLimit is how recent the leader's last quorum check must be for it to
 // grant a lease.
 func (l *liveness) freshLimit() time.Duration { return l.s.cfg.MemberLease / 4 }
@@ -198,6 +206,8 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "restarted: its buckets are being failed over"
 	case now.Sub(l.verified) > l.freshLimit():
 		resp.Reason = "leadership not confirmed recently"
+	case !l.freshAfterStall(now):
+		resp.Reason = "the leader's process was stalled: leadership not confirmed since"
 	case leaseCap <= 0:
 		resp.Reason = "the site holds no site lease"
 	default:

@@ -51,6 +51,7 @@ type Server struct {
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
 	handoff     *handoff         // buckets taken over that it may not act for yet
+	stall       *stallWatch      // notices when this process was stopped for a while
 	pool        *membership.Pool // gossip; nil without GossipBind
 	repl        replHolder       // connection-state replication
 
@@ -89,6 +90,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Syncer = replSyncer{s}
 	}
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
+	s.stall = newStallWatch(150*time.Millisecond, s.cfg.MemberLease/2)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
@@ -120,6 +122,8 @@ func New(cfg Config) (*Server, error) {
 	go s.lease.run()
 	s.wg.Add(1)
 	go s.handoff.run()
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.stall.run(s.stop) }()
 	go s.rejoinLoop()
 	go s.syncLoop()
 	go s.observeRaft()

@@ -27,12 +27,12 @@ const (
 // batch, answers it, and reports how far replication has got.
 //
 // Confirmations are a watermark over the stream's batches. If, while batches
-// of the stream are unconfirmed, a backup refuses records it acknowledged
-// (it knows a newer epoch: this member lost the bucket) or a stream to a
-// backup closes with records outstanding, the watermark would count records
-// no backup holds; the stream is then ended with Aborted instead, and the
-// firewall sends its unconfirmed events again, to the primaries of the
-// moment.
+// of the stream are unconfirmed, a backup refuses records because it knows
+// this member was deposed (a newer epoch of the bucket with another
+// primary), or a stream to a backup closes with records outstanding, the
+// watermark would count records no backup holds; the stream is then ended
+// with Aborted instead, and the firewall sends its unconfirmed events again,
+// to the primaries of the moment.
 func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 	type waiting struct{ seq, mark, poisoned uint64 }
 	var queue []waiting // batches not yet replicated to every site

@@ -33,7 +33,7 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	if v := md.Get(mdSite); len(v) > 0 && v[0] != "" && v[0] != r.cfg.View.Site() {
 		remote = true
 	}
-	var refused uint64
+	var refused, stale uint64
 	for {
 		req, err := st.Recv()
 		if err != nil {
@@ -45,7 +45,12 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 		var batchRefused uint64
 		bad, ferr := decodeRecords(req.Records, func(w *wireRecord) {
 			if remote {
-				if !standby || !r.holdsRemote(as, w.bucket) {
+				if !standby { // this site was activated: the sender's site is deposed
+					batchRefused++
+					stale++
+					return
+				}
+				if !r.holdsRemote(as, w.bucket) {
 					batchRefused++
 					return
 				}
@@ -56,8 +61,11 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 				}
 				return
 			}
-			if !r.accepts(as, w, from) {
+			if ok, deposed := r.accepts(as, w, from); !ok {
 				batchRefused++
+				if deposed {
+					stale++
+				}
 				return
 			}
 			for e := r.recvEpoch[w.bucket].Load(); w.epoch > e && !r.recvEpoch[w.bucket].CompareAndSwap(e, w.epoch); e = r.recvEpoch[w.bucket].Load() {
@@ -79,7 +87,7 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 		}
 		refused += batchRefused
 		r.refused.Add(batchRefused)
-		if err := st.Send(&pb.ReplicateResponse{AckedSeq: req.Seq, Refused: refused}); err != nil {
+		if err := st.Send(&pb.ReplicateResponse{AckedSeq: req.Seq, Refused: refused, RefusedStale: stale}); err != nil {
 			return nil
 		}
 	}
@@ -99,17 +107,22 @@ func (r *Replicator) holdsRemote(as []fsm.Assignment, b uint32) bool {
 // it) is taken if this member is a target of the bucket. A record from any
 // other member is taken only if it carries a newer epoch than this member
 // knows (its state machine lags the sender's); otherwise the sender is a
-// deposed primary and the record is refused (fencing by epoch).
-func (r *Replicator) accepts(as []fsm.Assignment, w *wireRecord, from string) bool {
+// deposed primary and the record is refused (fencing by epoch): deposed
+// reports that case, as against a record from the primary to a member that
+// is not (or no longer) its target, which the primary still holds.
+func (r *Replicator) accepts(as []fsm.Assignment, w *wireRecord, from string) (ok, deposed bool) {
 	if w.bucket >= r.table.Buckets() {
-		return false
+		return false, false
 	}
 	if int(w.bucket) >= len(as) {
-		return w.epoch > 0 // this member's state machine has not got the table yet
+		return w.epoch > 0, false // this member's state machine has not got the table yet
 	}
 	a := as[w.bucket]
 	if a.Primary == from && (a.LocalBackup == r.self || a.Incoming == r.self) {
-		return true
+		return true, false
 	}
-	return w.epoch > a.Epoch
+	if w.epoch > a.Epoch {
+		return true, false
+	}
+	return false, a.Primary != from
 }

@@ -356,11 +356,16 @@ func (r *Replicator) poison(why string) {
 	r.cfg.Logger.Debug("replication confirmations cut short", "why", why)
 }
 
-// closeSender closes a stream that is no longer needed; r.mu is held.
-// Records it had not got acknowledged leave the watermark with it.
+// closeSender closes a stream that is no longer needed; r.mu is held and
+// the new plans are stored. Records it had not got acknowledged leave the
+// watermark with it: harmless for buckets this member still acts for (it
+// holds them, and their new backups get full syncs), not for the others.
 func (r *Replicator) closeSender(s *sender) {
-	if s.outstanding() {
-		r.poison("stream to " + s.target + " closed with records outstanding")
+	for b := range s.outstanding() {
+		if !r.planOf(b).primary {
+			r.poison("stream to " + s.target + " closed with records outstanding")
+			break
+		}
 	}
 	s.close()
 }

@@ -78,10 +78,10 @@ type sender struct {
 	sent      uint64 // records sent
 	acked     uint64 // batches acknowledged
 	refused   uint64 // records refused, as the receiver last counted them
-	// streamRefused is the receiver's count on the current stream (it
-	// counts from 0 on each new stream).
-	streamRefused uint64
-	closed        bool
+	// streamStale is the receiver's count of records refused as from a
+	// deposed primary on the current stream (from 0 on each new stream).
+	streamStale uint64
+	closed      bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -146,11 +146,20 @@ func (s *sender) syncing() []uint32 {
 	return out
 }
 
-// outstanding reports whether records are queued or in flight.
-func (s *sender) outstanding() bool {
+// outstanding returns the buckets of the records queued or in flight.
+func (s *sender) outstanding() map[uint32]bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.head < len(s.queue) || len(s.inflight) > 0
+	out := map[uint32]bool{}
+	for _, it := range s.queue[s.head:] {
+		out[it.bucket] = true
+	}
+	for _, f := range s.inflight {
+		for _, k := range f.keys {
+			out[k.bucket] = true
+		}
+	}
+	return out
 }
 
 // watermark returns the mark sequence up to which everything queued on this
@@ -256,7 +265,7 @@ func (s *sender) reset(connected bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.connected = connected
-	s.streamRefused = 0
+	s.streamStale = 0
 	var again []qitem
 	for _, f := range s.inflight {
 		for _, k := range f.keys {
@@ -278,12 +287,15 @@ func (s *sender) reset(connected bool) {
 
 func (s *sender) onAck(resp *pb.ReplicateResponse) {
 	s.mu.Lock()
-	if resp.Refused > s.streamRefused {
-		// Before the acknowledgement can raise the watermark: the refused
-		// records are acknowledged but not stored.
-		s.r.poison("records refused by " + s.target)
+	if resp.RefusedStale > s.streamStale {
+		// Before the acknowledgement can raise the watermark: records
+		// refused as from a deposed primary are acknowledged but stored
+		// nowhere this member can count on. (Records refused because their
+		// receiver is no longer a target are still at this primary, and
+		// reach the bucket's new backups by full sync.)
+		s.r.poison("records refused by " + s.target + ": this member was deposed")
 	}
-	s.streamRefused = resp.Refused
+	s.streamStale = resp.RefusedStale
 	for len(s.inflight) > 0 && s.inflight[0].seq <= resp.AckedSeq {
 		s.inflight = s.inflight[1:]
 		s.acked++

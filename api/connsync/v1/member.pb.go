@@ -415,7 +415,12 @@ type ReplicateResponse struct {
 	AckedSeq uint64 `protobuf:"varint,1,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
 	// Records refused so far on this stream (stale epoch, not this member's
 	// bucket, malformed).
-	Refused       uint64 `protobuf:"varint,2,opt,name=refused,proto3" json:"refused,omitempty"`
+	Refused uint64 `protobuf:"varint,2,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Of those, records refused because this member knows an epoch of the
+	// bucket, as new as the record's or newer, at which the sender is not the
+	// primary: the sender has been deposed, and what it sent is not stored
+	// here (its confirmations must not count it).
+	RefusedStale  uint64 `protobuf:"varint,3,opt,name=refused_stale,json=refusedStale,proto3" json:"refused_stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,6 +469,13 @@ func (x *ReplicateResponse) GetRefused() uint64 {
 	return 0
 }
 
+func (x *ReplicateResponse) GetRefusedStale() uint64 {
+	if x != nil {
+		return x.RefusedStale
+	}
+	return 0
+}
+
 var File_connsync_v1_member_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_member_proto_rawDesc = "" +
@@ -494,10 +506,11 @@ const file_connsync_v1_member_proto_rawDesc = "" +
 	"\x10ReplicateRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\fR\arecords\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\rR\x05count\"J\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"o\n" +
 	"\x11ReplicateResponse\x12\x1b\n" +
 	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\x12\x18\n" +
-	"\arefused\x18\x02 \x01(\x04R\arefused2\x84\x02\n" +
+	"\arefused\x18\x02 \x01(\x04R\arefused\x12#\n" +
+	"\rrefused_stale\x18\x03 \x01(\x04R\frefusedStale2\x84\x02\n" +
 	"\rMemberService\x12N\n" +
 	"\tHeartbeat\x12\x1d.connsync.v1.HeartbeatRequest\x1a\x1e.connsync.v1.HeartbeatResponse(\x010\x01\x12S\n" +
 	"\fReportSynced\x12 .connsync.v1.ReportSyncedRequest\x1a!.connsync.v1.ReportSyncedResponse\x12N\n" +

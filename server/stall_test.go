@@ -1,0 +1,24 @@
+package server
+
+import (
+	"testing"
+	"time"
+)
+
+func TestStallWatch(t *testing.T) {
+	w := newStallWatch(100*time.Millisecond, 250*time.Millisecond)
+	t0 := w.last
+	w.tick(t0.Add(10 * time.Millisecond))
+	if from, ok := w.evidenceFrom(t0.Add(20 * time.Millisecond)); !ok || !from.IsZero() {
+		t.Fatalf("no stall yet: from %v ok %v", from, ok)
+	}
+	if _, ok := w.evidenceFrom(t0.Add(300 * time.Millisecond)); ok {
+		t.Fatal("a stall in progress (no tick for 290ms) must refuse")
+	}
+	resumed := t0.Add(1300 * time.Millisecond) // stopped for 1.29 s
+	w.tick(resumed)
+	from, ok := w.evidenceFrom(resumed.Add(time.Millisecond))
+	if !ok || !from.Equal(resumed.Add(250*time.Millisecond)) {
+		t.Fatalf("after the stall, evidence must start %v, got %v (ok %v)", resumed.Add(250*time.Millisecond), from, ok)
+	}
+}
