@@ -90,7 +90,10 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Syncer = replSyncer{s}
 	}
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
-	s.stall = newStallWatch(150*time.Millisecond, s.cfg.MemberLease/2)
+	// A stall shorter than half a lease cannot have let buckets move away
+	// (that takes a lease and more); a shorter limit would mistake a
+	// loaded machine's scheduling delays for stalls and hold back grants.
+	s.stall = newStallWatch(s.cfg.MemberLease/2, s.cfg.MemberLease/2)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}

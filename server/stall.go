@@ -15,7 +15,8 @@ import (
 // leader that had been paused could so confirm its leadership, grant leases
 // (its own included) with a state machine that no longer knows where its
 // buckets went, and act for them beside their new primaries (the chaos suite
-// saw 350 ms of it after a 1.3 s SIGSTOP). After a stall, grants wait until a
+// saw 350 ms of it after a 1.3 s SIGSTOP). After a stall (no tick for longer
+// than limit), grants wait until a
 // leadership check that started stallGuard after the process resumed has
 // succeeded: by then the old answers are consumed, and fresh ones from a new
 // term have made Raft step down.
