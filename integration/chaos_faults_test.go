@@ -373,7 +373,7 @@ func (f *laggingFollower) inject(e *chaosEnv) error {
 		if time.Now().After(end) {
 			return fmt.Errorf("lagging follower: leader's log still starts at %d after 20s (follower at %d)", first, last)
 		}
-		if err := e.filler(64); err != nil {
+		if err := e.filler(128); err != nil {
 			e.logf("filler writes: %v", err)
 		}
 	}
