@@ -58,8 +58,10 @@ func (h *handoff) pending(b uint32, epoch uint64) bool {
 	if epoch > h.processed {
 		h.updateLocked(h.s.fsm.Buckets())
 	}
-	g, ok := h.gates[b]
-	return ok && g.epoch == epoch
+	// A gate moved on to a newer epoch still holds for a caller reading an
+	// older view.
+	_, ok := h.gates[b]
+	return ok
 }
 
 // update processes the state machine's current view.

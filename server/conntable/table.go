@@ -221,7 +221,7 @@ const epochShift = 24
 // times in one epoch to spill into the next epoch's range.
 func VersionFloor(epoch uint64) uint64 {
 	if epoch > MaxVersion>>epochShift {
-		return MaxVersion >> 1 // beyond any Raft index a site reaches
+		return (MaxVersion >> epochShift) << epochShift // the highest floor: keeps the order, at 2^38 entries
 	}
 	return epoch << epochShift
 }

@@ -45,8 +45,9 @@ func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 		if err != nil {
 			return err
 		}
+		poisoned := r.poisoned.Load() // before the batch's records can be sent and refused
 		resp := r.publishBatch(req)
-		queue = append(queue, waiting{req.Seq, r.marks.Load(), r.poisoned.Load()})
+		queue = append(queue, waiting{req.Seq, r.marks.Load(), poisoned})
 		local, all := r.watermark(false), r.watermark(true)
 		if len(queue) > 0 && queue[0].poisoned != r.poisoned.Load() { // read after the watermarks (see sender.onAck)
 			return status.Errorf(codes.Aborted, "events up to seq %d may not all be replicated (a backup refused records, "+

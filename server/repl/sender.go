@@ -337,9 +337,15 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 		delete(s.queued, it.qkey)
 		p := r.planOf(it.bucket)
 		if !p.owner {
-			continue // no longer this member's bucket to replicate
+			// No longer this member's bucket to replicate: the record leaves
+			// the watermark unsent.
+			r.poison("records of a bucket this member lost dropped unsent")
+			continue
 		}
 		rec, ok := r.table.Lookup(it.bucket, it.key)
+		if !ok && !p.primary {
+			r.poison("records of a bucket this member no longer acts for dropped unsent")
+		}
 		if !ok || rec.Pending {
 			continue
 		}
