@@ -246,6 +246,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 	if n := dp.warm(10 * time.Second); n < 250 {
 		t.Logf("only %d of 250 cold connections confirmed before the faults", n)
 	}
+	dp.startMap = c.Assignments() // for the S5 report
 	var fill atomic.Int64
 	began := time.Now()
 	logf := func(format string, args ...any) {
@@ -362,6 +363,7 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 		byMember[a.Primary][uint32(b)] = true
 	}
 	have := map[fsm.Key]uint32{}
+	held := map[uint32]int{} // states the primary holds per bucket
 	for id, buckets := range byMember {
 		m := c.Member(id)
 		if m == nil || m.Server == nil {
@@ -371,6 +373,7 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 			if len(st.Blob) == 4 {
 				have[k] = binary.BigEndian.Uint32(st.Blob)
 			}
+			held[k.Bucket(chaosBuckets)]++
 		}
 	}
 	for i, v := range dp.confirmed {
@@ -387,8 +390,9 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 		}
 		checked++
 		if got := have[k]; got < v {
-			missing = append(missing, fmt.Sprintf("connection %d (bucket %d, primary %s): confirmed version %d, the primary has %d",
-				i, k.Bucket(chaosBuckets), as[k.Bucket(chaosBuckets)].Primary, v, got))
+			b := k.Bucket(chaosBuckets)
+			missing = append(missing, fmt.Sprintf("connection %d (bucket %d, now %+v; before the faults %+v): confirmed version %d, the primary has %d (and %d states of the bucket)",
+				i, b, as[b], dp.startMap[b], v, got, held[b]))
 		}
 	}
 	return checked, wiped, missing

@@ -385,6 +385,7 @@ type dataPlane struct {
 	stop      chan struct{}
 	done      chan struct{}
 	published atomic.Int64
+	startMap  []fsm.Assignment // the bucket map when the faults began
 }
 
 type pubStream struct {
