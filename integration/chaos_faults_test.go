@@ -62,19 +62,35 @@ func (e *chaosEnv) others(m *cluster.Member) []string {
 	return out
 }
 
-// voters returns the running members in the Raft configuration as voters.
-func (e *chaosEnv) voters(l *cluster.Member) ([]*cluster.Member, error) {
+// followers returns the leader and the running members its Raft
+// configuration has as voters, the leader left out.
+func (e *chaosEnv) followers() (*cluster.Member, []*cluster.Member, error) {
+	l, err := e.leader()
+	if err != nil {
+		return nil, nil, err
+	}
 	f := l.Server.Raft().GetConfiguration()
 	if err := f.Error(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []*cluster.Member
 	for _, s := range f.Configuration().Servers {
-		if m := e.c.Member(string(s.ID)); m != nil && m.Server != nil && s.Suffrage == raft.Voter {
+		if m := e.c.Member(string(s.ID)); m != nil && m != l && m.Server != nil && s.Suffrage == raft.Voter {
 			out = append(out, m)
 		}
 	}
-	return out, nil
+	return l, out, nil
+}
+
+// pickOrLeader picks a running member; one time in n the leader instead,
+// if there is one. The random draws are the same either way, so a seed
+// replays its choices.
+func (e *chaosEnv) pickOrLeader(n int) *cluster.Member {
+	m, useLeader := e.pick(e.running()), e.rng.IntN(n) == 0
+	if l := e.c.Leader(); l != nil && useLeader {
+		return l
+	}
+	return m
 }
 
 func faultKinds() []fault {
@@ -106,10 +122,7 @@ type oneWayFault struct{}
 
 func (*oneWayFault) name() string { return "one-way" }
 func (*oneWayFault) inject(e *chaosEnv) error {
-	from, useLeader := e.pick(e.running()), e.rng.IntN(2) == 0
-	if l := e.c.Leader(); l != nil && useLeader {
-		from = l
-	}
+	from := e.pickOrLeader(2)
 	to := e.others(from)
 	to = to[e.rng.IntN(len(to)):][:1]
 	e.logf("one-way cut %s -> %v", from.ID, to)
@@ -140,20 +153,11 @@ type minoritySplit struct{}
 
 func (*minoritySplit) name() string { return "minority-split" }
 func (*minoritySplit) inject(e *chaosEnv) error {
-	l, err := e.leader()
+	l, vs, err := e.followers()
 	if err != nil {
 		return err
 	}
-	vs, err := e.voters(l)
-	if err != nil {
-		return err
-	}
-	var voters []string
-	for _, v := range vs {
-		if v != l {
-			voters = append(voters, v.ID)
-		}
-	}
+	voters := cluster.IDs(vs...)
 	e.rng.Shuffle(len(voters), func(i, j int) { voters[i], voters[j] = voters[j], voters[i] })
 	k := (len(voters)+1)/2 - 1 // the leader's side has fewer than half of the voters
 	minority, majority := append([]string{l.ID}, voters[:k]...), voters[k:]
@@ -198,10 +202,7 @@ type crashFault struct{ victim *cluster.Member }
 
 func (*crashFault) name() string { return "crash-restart" }
 func (f *crashFault) inject(e *chaosEnv) error {
-	f.victim = e.pick(e.running())
-	if l, useLeader := e.c.Leader(), e.rng.IntN(3) == 0; l != nil && useLeader {
-		f.victim = l
-	}
+	f.victim = e.pickOrLeader(3)
 	e.logf("crash %s", f.victim.ID)
 	e.c.Isolate(f.victim)
 	e.c.Stop(f.victim)
@@ -306,15 +307,10 @@ type transferFault struct{}
 func (*transferFault) name() string { return "transfer-leader" }
 func (*transferFault) inject(e *chaosEnv) error {
 	for i := 0; i < 2; i++ {
-		l, err := e.leader()
+		l, vs, err := e.followers()
 		if err != nil {
 			return err
 		}
-		vs, err := e.voters(l)
-		if err != nil {
-			return err
-		}
-		vs = slices.DeleteFunc(vs, func(m *cluster.Member) bool { return m == l })
 		if len(vs) == 0 {
 			return nil
 		}
@@ -338,15 +334,10 @@ type laggingFollower struct{ victim *cluster.Member }
 
 func (*laggingFollower) name() string { return "lagging-follower" }
 func (f *laggingFollower) inject(e *chaosEnv) error {
-	l, err := e.leader()
+	_, vs, err := e.followers()
 	if err != nil {
 		return err
 	}
-	vs, err := e.voters(l)
-	if err != nil {
-		return err
-	}
-	vs = slices.DeleteFunc(vs, func(m *cluster.Member) bool { return m == l })
 	if len(vs) == 0 {
 		return nil
 	}
@@ -391,10 +382,7 @@ type slowDiskFault struct{ victim string }
 
 func (*slowDiskFault) name() string { return "slow-disk" }
 func (f *slowDiskFault) inject(e *chaosEnv) error {
-	m := e.pick(e.running())
-	if l, useLeader := e.c.Leader(), e.rng.IntN(2) == 0; l != nil && useLeader {
-		m = l
-	}
+	m := e.pickOrLeader(2)
 	d := time.Duration(50+e.rng.IntN(250)) * time.Millisecond
 	f.victim = m.ID
 	e.logf("slow disk on %s: %v per log write", m.ID, d)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,7 +35,7 @@ const chaosProcSeeds = 2
 //
 //	go test ./integration -run 'TestChaos_Processes$' -chaos.seed 5 -v
 func TestChaos_Processes(t *testing.T) {
-	for _, seed := range procSeeds(101, 102) {
+	for _, seed := range seedsToRun([]uint64{101, 102}[:chaosProcSeeds]) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			ps := startProcSite(t, 5)
 			runProcChaos(t, seed, *chaosDuration, ps, signalFaults(ps))
@@ -51,7 +50,7 @@ func TestChaos_Processes(t *testing.T) {
 //
 //	go test ./integration -run 'TestChaos_Namespaces$' -chaos.seed 5 -v
 func TestChaos_Namespaces(t *testing.T) {
-	for _, seed := range procSeeds(103, 104) {
+	for _, seed := range seedsToRun([]uint64{103, 104}[:chaosProcSeeds]) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			lab, err := newNetLab(t, 5)
 			if err != nil {
@@ -100,25 +99,6 @@ func signalFaults(ps *procSite) []procFault {
 	}
 }
 
-// procSeeds returns the seeds to run: the CI pair, or what the flags ask.
-func procSeeds(ci ...uint64) []uint64 {
-	seeds := ci[:chaosProcSeeds]
-	switch {
-	case *chaosSeed != 0:
-		seeds = []uint64{*chaosSeed}
-	case *chaosSeeds > 0:
-		seeds = nil
-		first := *chaosFirst
-		if first == 0 {
-			first = uint64(time.Now().UnixNano()) & (1<<40 - 1)
-		}
-		for i := range *chaosSeeds {
-			seeds = append(seeds, first+uint64(i))
-		}
-	}
-	return seeds
-}
-
 // runProcChaos injects faults (the first chosen by the seed) into a running
 // site of processes under traffic, then checks.
 func runProcChaos(t *testing.T, seed uint64, dur time.Duration, ps *procSite, faults []procFault) {
@@ -160,7 +140,7 @@ func runProcChaos(t *testing.T, seed uint64, dur time.Duration, ps *procSite, fa
 		// Held longer than the 500 ms member lease. The victim may be failed,
 		// and lose its locks, between two polls of the member list.
 		hold := time.Duration(700+rng.IntN(1300)) * time.Millisecond
-		obs.victim(ps.procs[v].id)
+		obs.down(ps.procs[v].id)
 		logf("%s on %s for %v", f.name, ps.procs[v].id, hold)
 		if err := f.inject(v); err != nil {
 			t.Fatalf("inject %s: %v", f.name, err)
@@ -230,18 +210,10 @@ func runProcChaos(t *testing.T, seed uint64, dur time.Duration, ps *procSite, fa
 }
 
 // procObserver polls every process with GetActive and Status.
-type procObserver struct {
-	act     *chaos.Activations
-	terms   *chaos.Terms
-	mu      sync.Mutex
-	downed  map[string]bool
-	stopped chan struct{}
-	done    chan struct{}
-}
+type procObserver struct{ watch }
 
 func startProcObserver(ps *procSite) *procObserver {
-	o := &procObserver{act: chaos.NewActivations(), terms: chaos.NewTerms(), downed: map[string]bool{},
-		stopped: make(chan struct{}), done: make(chan struct{})}
+	o := &procObserver{newWatch()}
 	conns := map[string]*pb.AssignmentServiceClient{}
 	ops := map[string]pb.OperatorServiceClient{}
 	for _, p := range ps.procs {
@@ -275,13 +247,11 @@ func startProcObserver(ps *procSite) *procObserver {
 				}
 				if round%20 == 0 {
 					if ms, err := ops[p.id].ListMembers(ctx, &pb.ListMembersRequest{}); err == nil {
-						o.mu.Lock()
 						for _, m := range ms.Members {
 							if m.State == pb.MemberState_MEMBER_STATE_FAILED || m.State == pb.MemberState_MEMBER_STATE_LEFT {
-								o.downed[m.Id] = true
+								o.down(m.Id)
 							}
 						}
-						o.mu.Unlock()
 					}
 				}
 				cancel()
@@ -291,72 +261,22 @@ func startProcObserver(ps *procSite) *procObserver {
 	return o
 }
 
-func (o *procObserver) stop() {
-	close(o.stopped)
-	<-o.done
-}
-
-func (o *procObserver) victim(member string) {
-	o.mu.Lock()
-	o.downed[member] = true
-	o.mu.Unlock()
-}
-
-func (o *procObserver) mayDrop(member string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.downed[member]
-}
-
 // compareLogFiles opens each stopped member's raft.db and checks that the
 // entries every member still holds are the same.
 func compareLogFiles(ps *procSite) error {
-	var stores []*raftboltdb.BoltStore
+	var names []string
+	var stores []raft.LogStore
 	for _, p := range ps.procs {
 		s, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(p.dir, "raft.db"), NoSync: true})
 		if err != nil {
 			return fmt.Errorf("open %s's log: %w", p.id, err)
 		}
 		defer s.Close()
-		stores = append(stores, s)
+		names, stores = append(names, p.id), append(stores, s)
 	}
-	var first, last uint64
-	for i, s := range stores {
-		f, err := s.FirstIndex()
-		if err != nil {
-			return err
-		}
-		l, err := s.LastIndex()
-		if err != nil {
-			return err
-		}
-		if i == 0 || f > first {
-			first = f
-		}
-		if i == 0 || l < last {
-			last = l
-		}
+	checked, err := compareLogStores(names, stores, false)
+	if err == nil && checked == 0 {
+		err = fmt.Errorf("no log entry common to every member")
 	}
-	checked := 0
-	for idx := first; idx <= last && idx > 0; idx++ {
-		var want raft.Log
-		for i, s := range stores {
-			var got raft.Log
-			if err := s.GetLog(idx, &got); err != nil {
-				return fmt.Errorf("%s: entry %d: %w", ps.procs[i].id, idx, err)
-			}
-			if i == 0 {
-				want = got
-				continue
-			}
-			if got.Term != want.Term || got.Type != want.Type || !slices.Equal(got.Data, want.Data) {
-				return fmt.Errorf("entry %d: %s has term %d, %s has term %d (or other data)", idx, ps.procs[0].id, want.Term, ps.procs[i].id, got.Term)
-			}
-		}
-		checked++
-	}
-	if checked == 0 {
-		return fmt.Errorf("no log entry common to every member (first %d, last %d)", first, last)
-	}
-	return nil
+	return err
 }

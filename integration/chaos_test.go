@@ -1,8 +1,10 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -149,27 +151,15 @@ func (tt *chaosTotals) String() string {
 // fault-injecting network) under claim, lock and data-plane traffic, and
 // checks S1-S5 (see chaosResult.violations).
 func TestChaos(t *testing.T) {
-	var seeds []uint64
-	switch {
-	case *chaosSeed != 0:
-		seeds = []uint64{*chaosSeed}
-	case *chaosSeeds > 0:
-		first := *chaosFirst
-		if first == 0 {
-			first = uint64(time.Now().UnixNano()) & (1<<40 - 1)
-		}
-		for i := range *chaosSeeds {
-			seeds = append(seeds, first+uint64(i))
-		}
-	default:
-		n := uint64(chaosQuickSeeds)
-		if *chaosCI {
-			n = chaosCISeeds
-		}
-		for s := uint64(1); s <= n; s++ {
-			seeds = append(seeds, s)
-		}
+	var set []uint64 // without -chaos.seed or -chaos.seeds: the quick set, or the CI set
+	n := uint64(chaosQuickSeeds)
+	if *chaosCI {
+		n = chaosCISeeds
 	}
+	for s := uint64(1); s <= n; s++ {
+		set = append(set, s)
+	}
+	seeds := seedsToRun(set)
 	totals := &chaosTotals{kinds: map[string]int{}}
 	start := time.Now()
 	for _, seed := range seeds {
@@ -189,6 +179,27 @@ func TestChaos(t *testing.T) {
 			}
 		}
 	}
+}
+
+// seedsToRun returns the seeds the flags ask for: -chaos.seed, or the long
+// mode's -chaos.seeds from -chaos.first (from the clock if not set), or else
+// set.
+func seedsToRun(set []uint64) []uint64 {
+	switch {
+	case *chaosSeed != 0:
+		return []uint64{*chaosSeed}
+	case *chaosSeeds > 0:
+		first := *chaosFirst
+		if first == 0 {
+			first = uint64(time.Now().UnixNano()) & (1<<40 - 1)
+		}
+		seeds := make([]uint64, *chaosSeeds)
+		for i := range seeds {
+			seeds[i] = first + uint64(i)
+		}
+		return seeds
+	}
+	return set
 }
 
 // runChaos runs one schedule and checks it. A failing schedule keeps its
@@ -402,15 +413,28 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 // entries over the range all of them still have.
 func compareLogs(c *cluster.Cluster) error {
 	ms := c.Running()
-	var first, last uint64
+	stores := make([]raft.LogStore, len(ms))
 	for i, m := range ms {
-		f, err := m.Server.LogStore().FirstIndex()
+		stores[i] = m.Server.LogStore()
+	}
+	_, err := compareLogStores(cluster.IDs(ms...), stores, true)
+	return err
+}
+
+// compareLogStores checks that the members' logs (names[i] is stores[i]'s)
+// hold the same entries, by term, type and data, over the range all of them
+// have, and returns how many it compared. compacting: the members run, so
+// an entry may be compacted away while it reads; such an entry is skipped.
+func compareLogStores(names []string, stores []raft.LogStore, compacting bool) (int, error) {
+	var first, last uint64
+	for i, s := range stores {
+		f, err := s.FirstIndex()
 		if err != nil {
-			return err
+			return 0, err
 		}
-		l, err := m.Server.LogStore().LastIndex()
+		l, err := s.LastIndex()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if i == 0 || f > first {
 			first = f
@@ -419,27 +443,30 @@ func compareLogs(c *cluster.Cluster) error {
 			last = l
 		}
 	}
+	checked := 0
+next:
 	for idx := first; idx <= last && idx > 0; idx++ {
 		var want raft.Log
-		for i, m := range ms {
+		for i, s := range stores {
 			var got raft.Log
-			if err := m.Server.LogStore().GetLog(idx, &got); err != nil {
-				if i == 0 || err == raft.ErrLogNotFound { // compacted meanwhile
-					break
+			if err := s.GetLog(idx, &got); err != nil {
+				if compacting && (i == 0 || errors.Is(err, raft.ErrLogNotFound)) {
+					continue next
 				}
-				return err
+				return checked, fmt.Errorf("%s: entry %d: %w", names[i], idx, err)
 			}
 			if i == 0 {
 				want = got
 				continue
 			}
-			if got.Term != want.Term || got.Type != want.Type || string(got.Data) != string(want.Data) {
-				return fmt.Errorf("entry %d: %s has term %d type %v, %s has term %d type %v (or other data)",
-					idx, ms[0].ID, want.Term, want.Type, m.ID, got.Term, got.Type)
+			if got.Term != want.Term || got.Type != want.Type || !bytes.Equal(got.Data, want.Data) {
+				return checked, fmt.Errorf("entry %d: %s has term %d type %v, %s has term %d type %v (or other data)",
+					idx, names[0], want.Term, want.Type, names[i], got.Term, got.Type)
 			}
 		}
+		checked++
 	}
-	return nil
+	return checked, nil
 }
 
 // TestChaos_CheckersCatchBrokenProperties breaks each safety property on

@@ -255,21 +255,51 @@ func (tr *traffic) finalReads(addrs []string, deadline time.Duration) (map[strin
 // buckets it acts for (S1, S2), whether it leads and in which term, and which
 // members the leader's state machine has seen fail or leave.
 type observer struct {
-	act    *chaos.Activations
-	terms  *chaos.Terms
-	mu     sync.Mutex
-	downed map[string]bool // members seen failed or left
+	watch
 	// wiped: when a bucket got a primary that held no copy of it (its
 	// primary and every synced backup had failed together), by bucket.
-	wiped   map[uint32][]int64
-	last    []fsm.Assignment // the leader's bucket map at the last poll
+	// Guarded by mu.
+	wiped map[uint32][]int64
+	last  []fsm.Assignment // the leader's bucket map at the last poll
+}
+
+// watch is what the in-process and the multi-process observers share: the
+// activation and term checkers, the members seen down, and the polling
+// goroutine's stop.
+type watch struct {
+	act     *chaos.Activations
+	terms   *chaos.Terms
+	mu      sync.Mutex
+	downed  map[string]bool // members seen failed or left (or made victims of a fault)
 	stopped chan struct{}
 	done    chan struct{}
 }
 
+func newWatch() watch {
+	return watch{act: chaos.NewActivations(), terms: chaos.NewTerms(), downed: map[string]bool{},
+		stopped: make(chan struct{}), done: make(chan struct{})}
+}
+
+// down records that member may have failed or left (and so lost its locks).
+func (w *watch) down(member string) {
+	w.mu.Lock()
+	w.downed[member] = true
+	w.mu.Unlock()
+}
+
+func (w *watch) mayDrop(member string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.downed[member]
+}
+
+func (w *watch) stop() {
+	close(w.stopped)
+	<-w.done
+}
+
 func startObserver(c *cluster.Cluster) *observer {
-	o := &observer{act: chaos.NewActivations(), terms: chaos.NewTerms(), downed: map[string]bool{},
-		wiped: map[uint32][]int64{}, stopped: make(chan struct{}), done: make(chan struct{})}
+	o := &observer{watch: newWatch(), wiped: map[uint32][]int64{}}
 	go func() {
 		defer close(o.done)
 		tick := time.NewTicker(3 * time.Millisecond)
@@ -303,9 +333,7 @@ func startObserver(c *cluster.Cluster) *observer {
 				}
 				for _, mm := range m.Server.FSM().Members() {
 					if mm.State == pb.MemberState_MEMBER_STATE_FAILED || mm.State == pb.MemberState_MEMBER_STATE_LEFT {
-						o.mu.Lock()
-						o.downed[mm.ID] = true
-						o.mu.Unlock()
+						o.down(mm.ID)
 					}
 				}
 			}
@@ -354,17 +382,6 @@ func (o *observer) wipedAfter(b uint32, t int64) bool {
 		}
 	}
 	return false
-}
-
-func (o *observer) stop() {
-	close(o.stopped)
-	<-o.done
-}
-
-func (o *observer) mayDrop(member string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.downed[member]
 }
 
 // dataPlane publishes connection states through each bucket's primary and
@@ -491,8 +508,7 @@ func (d *dataPlane) publish(idx []int) {
 		if ps == nil {
 			continue
 		}
-		ps.seq++
-		req := &pb.PublishRequest{Seq: ps.seq}
+		req := &pb.PublishRequest{}
 		vers := make([]uint32, len(list))
 		d.mu.Lock()
 		for j, i := range list {
@@ -501,13 +517,8 @@ func (d *dataPlane) publish(idx []int) {
 			req.Events = append(req.Events, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, State: dataConn(i, vers[j])})
 		}
 		d.mu.Unlock()
-		if err := ps.st.Send(req); err != nil {
-			d.drop(id)
-			continue
-		}
-		resp, err := ps.st.Recv()
-		if err != nil {
-			d.drop(id)
+		resp := d.exchange(id, ps, req)
+		if resp == nil {
 			continue
 		}
 		d.published.Add(int64(len(list)))
@@ -562,6 +573,23 @@ func (d *dataPlane) stream(id string) *pubStream {
 	return ps
 }
 
+// exchange sends req on member id's stream with the stream's next seq and
+// returns the answer, or nil if the stream broke (it is dropped).
+func (d *dataPlane) exchange(id string, ps *pubStream, req *pb.PublishRequest) *pb.PublishResponse {
+	ps.seq++
+	req.Seq = ps.seq
+	if err := ps.st.Send(req); err != nil {
+		d.drop(id)
+		return nil
+	}
+	resp, err := ps.st.Recv()
+	if err != nil {
+		d.drop(id)
+		return nil
+	}
+	return resp
+}
+
 // drop forgets a broken stream; its unconfirmed batches stay unconfirmed.
 func (d *dataPlane) drop(id string) {
 	if ps := d.streams[id]; ps != nil {
@@ -580,14 +608,8 @@ func (d *dataPlane) flush(timeout time.Duration) {
 			if len(ps.sent) == 0 {
 				continue
 			}
-			ps.seq++
-			if err := ps.st.Send(&pb.PublishRequest{Seq: ps.seq}); err != nil {
-				d.drop(id)
-				continue
-			}
-			resp, err := ps.st.Recv()
-			if err != nil {
-				d.drop(id)
+			resp := d.exchange(id, ps, &pb.PublishRequest{})
+			if resp == nil {
 				continue
 			}
 			d.confirm(ps, resp.ReplicatedThrough)

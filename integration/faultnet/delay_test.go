@@ -4,23 +4,32 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"testing"
 	"time"
 )
+
+// listenOn reserves an address for member and listens on it until the test
+// ends.
+func listenOn(t *testing.T, h *Hub, member string) (string, net.Listener) {
+	t.Helper()
+	addr, err := h.Reserve(member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := h.Node(member).Listen(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return addr, ln
+}
 
 // A delayed link carries every byte, in order, a round trip of at least 2d
 // later; other links stay fast.
 func TestDelay_RoundTripAndOrder(t *testing.T) {
 	h := NewHub()
-	addr, err := h.Reserve("b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := h.Node("b").Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	addr, ln := listenOn(t, h, "b")
 	go func() { // echo server
 		for {
 			c, err := ln.Accept()
@@ -59,15 +68,7 @@ func TestDelay_RoundTripAndOrder(t *testing.T) {
 // a caller that loops on Read would spin forever.
 func TestDelay_ReadAfterCloseFails(t *testing.T) {
 	h := NewHub()
-	addr, err := h.Reserve("b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := h.Node("b").Listen(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	addr, ln := listenOn(t, h, "b")
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
