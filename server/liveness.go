@@ -78,9 +78,8 @@ func newLiveness(s *Server) *liveness {
 	return &liveness{s: s, peers: map[string]*peer{}, kick: make(chan struct{}, 1)}
 }
 
-// freshAfterStall reports whether the last leadership check started late
-// enough after any stall of this process to count (stallWatch); l.mu is
-// held.
+// freshAfterStall reports whether the last leadership check started after
+// any stall of this process (stallWatch); l.mu is held.
 func (l *liveness) freshAfterStall(now time.Time) bool {
 	from, ok := l.s.stall.evidenceFrom(now)
 	return ok && !l.verified.Before(from)
@@ -148,7 +147,7 @@ func (l *liveness) verifyLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		start := time.Now()
-		f := l.s.raft.VerifyLeader()
+		f := l.s.checkLeadership(start)
 		done := make(chan error, 1)
 		go func() { done <- f.Error() }() // not waited for: raft may never answer once shut down
 		select {

@@ -92,7 +92,8 @@ func New(cfg Config) (*Server, error) {
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
 	// A stall shorter than half a lease cannot have let buckets move away
 	// (that takes a lease and more); a shorter limit would mistake a
-	// loaded machine's scheduling delays for stalls and hold back grants.
+	// loaded machine's scheduling delays for stalls more often (each costs
+	// a barrier round).
 	s.stall = newStallWatch(s.cfg.MemberLease/2, s.cfg.MemberLease/2)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
