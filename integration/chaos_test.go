@@ -261,7 +261,8 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 	var fill atomic.Int64
 	began := time.Now()
 	logf := func(format string, args ...any) {
-		t.Logf("+%.1fms %s", float64(time.Since(began))/1e6, fmt.Sprintf(format, args...))
+		now := time.Now()
+		t.Logf("+%.1fms (%s) %s", float64(now.Sub(began))/1e6, now.UTC().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 	}
 	env := &chaosEnv{c: c, rng: rng, logf: logf, disk: disks, admin: admin, filler: func(n int) error {
 		for range n {
@@ -325,6 +326,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 			c.Start(m)
 		}
 	}
+	waitMembers(t, c, 60*time.Second) // a member that joined at the end must be placed too: its moves would race the checks
 	c.WaitPlaced(60 * time.Second)
 	tr.halt()
 	dp.halt()
@@ -359,32 +361,64 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 	return res
 }
 
+// waitMembers waits until every running member is an alive (or draining)
+// member in the leader's state machine: one that joined late is then in the
+// bucket map WaitPlaced settles.
+func waitMembers(t *testing.T, c *cluster.Cluster, timeout time.Duration) {
+	cluster.CheckFor(t, timeout, 20*time.Millisecond, func() error {
+		l := c.Leader()
+		if l == nil {
+			return fmt.Errorf("no leader")
+		}
+		for _, m := range c.RunningNow() {
+			st, ok := l.Server.FSM().Member(m.ID)
+			if !ok || (st.State != pb.MemberState_MEMBER_STATE_ALIVE && st.State != pb.MemberState_MEMBER_STATE_DRAINING) {
+				return fmt.Errorf("running member %s is not an alive member yet (known %v, %+v)", m.ID, ok, st)
+			}
+		}
+		return nil
+	})
+}
+
 // checkDeltas (S5): every connection whose version a primary confirmed
 // replicated is at its bucket's primary now, at that version or newer,
 // unless its bucket lost every copy after it was confirmed (the primary and
-// its backup failed together: a double fault; counted in wiped).
+// its backup failed together: a double fault; counted in wiped). The map is
+// read again when a member asked no longer is a bucket's primary.
 func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer) (checked, wiped int, missing []string) {
 	t.Helper()
+	cluster.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		var err error
+		checked, wiped, missing, err = checkDeltasOnce(t, c, dp, obs)
+		return err
+	})
+	return checked, wiped, missing
+}
+
+// checkDeltasOnce is checkDeltas on one reading of the bucket map; it
+// returns an error when a primary's Dump says it no longer is.
+func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer) (checked, wiped int, missing []string, err error) {
 	as := c.Assignments()
-	byMember := map[string]map[uint32]bool{}
-	for b, a := range as {
-		if byMember[a.Primary] == nil {
-			byMember[a.Primary] = map[uint32]bool{}
-		}
-		byMember[a.Primary][uint32(b)] = true
-	}
 	have := map[fsm.Key]uint32{}
 	held := map[uint32]int{} // states the primary holds per bucket
-	for id, buckets := range byMember {
-		m := c.Member(id)
+	for b, a := range as {
+		m := c.Member(a.Primary)
 		if m == nil || m.Server == nil {
-			t.Fatalf("primary %s is not running", id)
+			t.Fatalf("primary %s is not running", a.Primary)
 		}
-		for k, st := range holds(t, m, buckets) {
+		r, err := pb.NewDataPlaneServiceClient(dial(t, m.Addr())).Dump(context.Background(), &pb.DumpRequest{Bucket: uint32(b)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Role != "primary" {
+			return 0, 0, nil, fmt.Errorf("bucket %d: %s is %s, not primary, now: the map moved", b, a.Primary, r.Role)
+		}
+		for _, st := range r.States {
+			k, _ := bucketOf(t, st)
 			if len(st.Blob) == 4 {
 				have[k] = binary.BigEndian.Uint32(st.Blob)
 			}
-			held[k.Bucket(chaosBuckets)]++
+			held[uint32(b)]++
 		}
 	}
 	for i, v := range dp.confirmed {
@@ -406,7 +440,7 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 				i, b, as[b], dp.startMap[b], v, got, held[b]))
 		}
 	}
-	return checked, wiped, missing
+	return checked, wiped, missing, nil
 }
 
 // compareLogs checks that the running members' Raft logs hold the same

@@ -143,9 +143,12 @@ func (a *Activations) Forget(member string) {
 	a.mu.Unlock()
 }
 
-// when describes a span's times, from the observer's start.
+// when describes a span's times, from the observer's start and by the
+// wall clock (to match the members' logs).
 func (a *Activations) when(s *span) string {
-	ms := func(t int64) string { return fmt.Sprintf("+%.1fms", float64(t-a.base)/1e6) }
+	ms := func(t int64) string {
+		return fmt.Sprintf("+%.1fms (%s)", float64(t-a.base)/1e6, time.Unix(0, t).UTC().Format("15:04:05.000"))
+	}
 	return ms(s.first) + " to " + ms(s.last)
 }
 

@@ -124,7 +124,7 @@ func New(t testing.TB, n int, opts Options) *Cluster {
 }
 
 // newMember configures the next member: m0, m1, ... The first bootstraps,
-// the others join the first.
+// the others join through any of those made before.
 func (c *Cluster) newMember(bootstrap bool) *Member {
 	t := c.t
 	id := fmt.Sprintf("%s%d", c.opts.IDPrefix, c.made)
@@ -161,7 +161,12 @@ func (c *Cluster) newMember(bootstrap bool) *Member {
 	if bootstrap {
 		cfg.Bootstrap = true
 	} else {
-		cfg.Join = []string{c.Members[0].Config.GRPCAdvertise}
+		// Every member made so far, as an operator lists several: the
+		// first may be gone (it left, or is cut off) by the time this one
+		// joins.
+		for _, m := range c.Members {
+			cfg.Join = append(cfg.Join, m.Config.GRPCAdvertise)
+		}
 	}
 	if c.opts.Tweak != nil {
 		c.opts.Tweak(&cfg)
