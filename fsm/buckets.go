@@ -80,6 +80,7 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 			next.Incoming != cur.Incoming {
 			next.Epoch = index
 		}
+		next = succeed(*cur, next, index)
 		if next != *cur {
 			*cur = next
 			st.topologyChanged = true
@@ -166,5 +167,5 @@ func (a Assignment) record(b uint32) *ipb.BucketRecord {
 	return &ipb.BucketRecord{Bucket: b, Primary: a.Primary, LocalBackup: a.LocalBackup, RemoteBackup: a.RemoteBackup,
 		Epoch: a.Epoch, BackupSynced: a.BackupSynced, Revision: a.Revision,
 		Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary,
-		RemoteCopySynced: a.RemoteCopySynced}
+		RemoteCopySynced: a.RemoteCopySynced, PreviousPrimary: a.Previous, PrimarySince: a.Since}
 }

@@ -29,7 +29,7 @@ func TestFSM_ReassignEpochsAndRevisions(t *testing.T) {
 		&ipb.BucketChange{Bucket: 2, Primary: "m2", LocalBackup: "m3"})))
 	first := idx
 	idx++
-	want := Assignment{Primary: "m1", LocalBackup: "m2", BackupSynced: true, Epoch: first, Revision: first}
+	want := Assignment{Primary: "m1", LocalBackup: "m2", BackupSynced: true, Epoch: first, Revision: first, Since: first}
 	if a, _ := f.Assignment(1); a != want {
 		t.Fatalf("bucket 1 = %+v, want %+v", a, want)
 	}
@@ -39,6 +39,18 @@ func TestFSM_ReassignEpochsAndRevisions(t *testing.T) {
 		&ipb.BucketChange{Bucket: 2, PrevRevision: first, Primary: "m2", LocalBackup: "m3", BackupSynced: true})))
 	if a, _ := f.Assignment(2); a.Epoch != first || a.Revision != idx || !a.BackupSynced {
 		t.Fatalf("bucket 2 = %+v, want epoch %d revision %d synced", a, first, idx)
+	}
+	idx++
+	// Previous and Since follow the primary as the log moves it: a backup
+	// change keeps them, a new primary records the one before.
+	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
+		&ipb.BucketChange{Bucket: 2, PrevRevision: idx - 1, Primary: "m3", LocalBackup: "m1"})))
+	moved := idx
+	idx++
+	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
+		&ipb.BucketChange{Bucket: 2, PrevRevision: moved, Primary: "m3", LocalBackup: "m2"})))
+	if a, _ := f.Assignment(2); a.Previous != "m2" || a.Since != moved || a.Epoch != idx {
+		t.Fatalf("bucket 2 = %+v, want previous m2 since %d epoch %d", a, moved, idx)
 	}
 	idx++
 	// A plan from an old epoch is refused whole.
@@ -176,7 +188,7 @@ func TestFSM_SnapshotKeepsAssignmentFlags(t *testing.T) {
 	sameState(t, "restored", f, g)
 	a, _ := g.Assignment(9)
 	if want := (Assignment{Primary: "m2", LocalBackup: "m1", BackupSynced: true, Epoch: idx, Revision: idx,
-		Incoming: "m3", IncomingSynced: true, IncomingPrimary: true}); a != want {
+		Incoming: "m3", IncomingSynced: true, IncomingPrimary: true, Since: idx}); a != want {
 		t.Fatalf("restored bucket 9 = %+v, want %+v", a, want)
 	}
 	if m, _ := g.Member("m2"); m.State != pb.MemberState_MEMBER_STATE_DRAINING {

@@ -260,7 +260,7 @@ func TestFSM_LookupOwnerFallsBackToPrimary(t *testing.T) {
 	if r.Epoch != idx {
 		t.Fatalf("SetAssignments epoch %d, want entry index %d", r.Epoch, idx)
 	}
-	want := Assignment{Primary: "m1", LocalBackup: "m2", RemoteBackup: "elsewhere", Epoch: idx, Revision: idx}
+	want := Assignment{Primary: "m1", LocalBackup: "m2", RemoteBackup: "elsewhere", Epoch: idx, Revision: idx, Since: idx}
 	if a, ok := f.Assignment(b); !ok || a != want {
 		t.Fatalf("Assignment(%d) = %+v, %v, want %+v", b, a, ok, want)
 	}
@@ -333,7 +333,7 @@ func TestFSM_SetAssignmentsAllOrNothing(t *testing.T) {
 			expectUnchanged(t, build, idx, t0, c.op, c.want)
 			f := build()
 			expectErr(t, apply1(t, f, idx, t0, c.op), c.want)
-			for b, want := range map[uint32]Assignment{1: {}, 7: {Primary: "m1", Epoch: idx - 1, Revision: idx - 1}, 8: {}} {
+			for b, want := range map[uint32]Assignment{1: {}, 7: {Primary: "m1", Epoch: idx - 1, Revision: idx - 1, Since: idx - 1}, 8: {}} {
 				if a, _ := f.Assignment(b); a != want {
 					t.Fatalf("bucket %d = %+v, want %+v", b, a, want)
 				}
@@ -345,8 +345,8 @@ func TestFSM_SetAssignmentsAllOrNothing(t *testing.T) {
 	expectOK(t, apply1(t, f, idx, t0, assignOp(
 		&ipb.BucketRecord{Bucket: 1, Primary: "m1"},
 		&ipb.BucketRecord{Bucket: 7, Primary: "m2", RemoteBackup: "not-a-local-member"})))
-	for b, want := range map[uint32]Assignment{1: {Primary: "m1", Epoch: idx, Revision: idx},
-		7: {Primary: "m2", RemoteBackup: "not-a-local-member", Epoch: idx, Revision: idx}} {
+	for b, want := range map[uint32]Assignment{1: {Primary: "m1", Epoch: idx, Revision: idx, Since: idx},
+		7: {Primary: "m2", RemoteBackup: "not-a-local-member", Epoch: idx, Revision: idx, Previous: "m1", Since: idx}} {
 		if a, _ := f.Assignment(b); a != want {
 			t.Fatalf("bucket %d = %+v, want %+v", b, a, want)
 		}

@@ -55,6 +55,25 @@ type Assignment struct {
 	// RemoteCopySynced: on a standby site, the primary holds the active
 	// site's full sync of the bucket (it is the bucket's remote backup).
 	RemoteCopySynced bool
+	// Previous is the member that was primary before Primary ("" for none,
+	// or not known: state from before this field existed); Since is the
+	// Raft index at which Primary became primary (0: not known). A member
+	// that takes a bucket over must not act until Previous has stopped
+	// (server/handoff.go), and it may have missed entries in between:
+	// these say what the log says, not what the member last saw.
+	Previous string
+	Since    uint64
+}
+
+// succeed returns next with Previous and Since carried over from cur, or
+// set for a change of primary at index.
+func succeed(cur, next Assignment, index uint64) Assignment {
+	if next.Primary != cur.Primary {
+		next.Previous, next.Since = cur.Primary, index
+	} else {
+		next.Previous, next.Since = cur.Previous, cur.Since
+	}
+	return next
 }
 
 // Claim is an explicit ownership record.

@@ -163,8 +163,8 @@ func (st *state) setAssignments(index uint64, op *ipb.SetAssignmentsOp) Result {
 		}
 	}
 	for _, b := range op.Buckets {
-		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup,
-			RemoteBackup: b.RemoteBackup, Epoch: index, Revision: index}
+		st.buckets[b.Bucket] = succeed(st.buckets[b.Bucket], Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup,
+			RemoteBackup: b.RemoteBackup, Epoch: index, Revision: index}, index)
 	}
 	st.topologyChanged = st.topologyChanged || len(op.Buckets) > 0
 	return Result{Epoch: index}

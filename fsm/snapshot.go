@@ -208,7 +208,7 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		st.buckets[b.Bucket] = Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup, RemoteBackup: b.RemoteBackup,
 			Epoch: b.Epoch, BackupSynced: b.BackupSynced, Revision: b.Revision,
 			Incoming: b.Incoming, IncomingSynced: b.IncomingSynced, IncomingPrimary: b.IncomingPrimary,
-			RemoteCopySynced: b.RemoteCopySynced}
+			RemoteCopySynced: b.RemoteCopySynced, Previous: b.PreviousPrimary, Since: b.PrimarySince}
 	case *ipb.SnapshotRecord_Claim:
 		k, err := KeyFromBytes(r.Claim.Key)
 		if err != nil {

@@ -21,10 +21,11 @@ import (
 // the failover; later it joins again and takes new buckets, at new epochs.
 //
 // The leader case: a paused leader is deposed; on resuming, answers to
-// heartbeats it sent before the pause confirm its leadership to Raft's
+// heartbeats it sent before the pause confirmed its leadership to Raft's
 // VerifyLeader, and it used to grant itself a lease on that and act for its
-// old buckets beside their new primaries (found by the chaos suite); see
-// server/stall.go.
+// old buckets beside their new primaries (found by the chaos suite). It now
+// confirms its leadership with questions asked after the check began
+// (server/confirm.go).
 func TestProcess_PausedMemberNeverActsOnLostBuckets(t *testing.T) {
 	if testing.Short() {
 		t.Skip("multi-process test skipped in -short mode")

@@ -40,7 +40,7 @@
 // READ_CONSISTENCY_LOCAL (the default) reads the answering member's FSM: fast,
 // possibly a few milliseconds behind the leader. READ_CONSISTENCY_LINEARIZABLE
 // is forwarded to the leader, which answers once it has applied its term's
-// barrier and confirmed its leadership with a quorum (checkLeadership): its FSM
+// barrier and confirmed its leadership with a quorum (confirmLeadership): its FSM
 // then holds every acknowledged write (see read in ops.go).
 //
 // # Errors

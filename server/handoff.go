@@ -23,11 +23,19 @@ import (
 // this member saw the flip: a lease the old primary was granted before the
 // leader applied the flip has run out by then, and a later grant makes it
 // apply the flip before it acts again (leaseKeeper.acting). No gate when the
-// previous primary was this member, nobody, or a failed member: a member is
-// failed only once its lease has lapsed or its process is gone, which is
-// what keeps local failover fast. On the first view after a start every
-// bucket is pending until every other alive member has applied its epoch,
-// as the previous primary is not known.
+// previous primary was a failed member: a member is failed only once its
+// lease has lapsed or its process is gone, which is what keeps local
+// failover fast.
+//
+// "Previous primary" and "became primary" are the state machine's
+// (Assignment.Previous and Since, set by the log), never this member's last
+// view: a member that was cut off applies many entries at once, and the
+// bucket it was primary of in its last view may have gone to another member
+// and come back meanwhile (chaos seed 7176: a member back from a partition
+// took a bucket over without a gate because its view from before the
+// partition named itself, and acted beside the primary it took it from).
+// Where the state machine does not know (state written before it recorded
+// them), every other alive member must have applied e.
 //
 // Asked about a bucket whose epoch is newer than the last view it
 // processed, handoff processes the current view first, so there is no window
@@ -92,10 +100,12 @@ func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
 		case gated: // another change while pending: still pending, at the new epoch
 			g.epoch = a.Epoch
 			h.gates[b] = g
-		case h.prev == nil:
+		case h.prev != nil && i < len(h.prev) && h.prev[i].Primary == self && h.prev[i].Since == a.Since:
+			// primary since before the last view: nothing new
+		case a.Previous == "":
 			h.gates[b] = handoffGate{a.Epoch, "", deadline}
-		case i < len(h.prev) && h.prev[i].Primary != self && h.prev[i].Primary != "" && !failed[h.prev[i].Primary]:
-			h.gates[b] = handoffGate{a.Epoch, h.prev[i].Primary, deadline}
+		case !failed[a.Previous]:
+			h.gates[b] = handoffGate{a.Epoch, a.Previous, deadline}
 		}
 	}
 	h.prev, h.processed = as, applied

@@ -78,13 +78,6 @@ func newLiveness(s *Server) *liveness {
 	return &liveness{s: s, peers: map[string]*peer{}, kick: make(chan struct{}, 1)}
 }
 
-// freshAfterStall reports whether the last leadership check started after
-// any stall of this process (stallWatch); l.mu is held.
-func (l *liveness) freshAfterStall(now time.Time) bool {
-	from, ok := l.s.stall.evidenceFrom(now)
-	return ok && !l.verified.Before(from)
-}
-
 // freshLimit is how recent the leader's last quorum check must be for it to
 // grant a lease.
 func (l *liveness) freshLimit() time.Duration { return l.s.cfg.MemberLease / 4 }
@@ -147,13 +140,15 @@ func (l *liveness) verifyLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		start := time.Now()
-		f := l.s.checkLeadership(start)
+		cctx, cancel := context.WithTimeout(ctx, l.freshLimit())
 		done := make(chan error, 1)
-		go func() { done <- f.Error() }() // not waited for: raft may never answer once shut down
+		go func() { done <- l.s.confirmLeadership(cctx) }() // not waited for: raft may never answer once shut down
 		select {
 		case <-ctx.Done():
+			cancel()
 			return
 		case err := <-done:
+			cancel()
 			if err == nil {
 				l.mu.Lock()
 				l.verified = start
@@ -205,8 +200,6 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "restarted: its buckets are being failed over"
 	case now.Sub(l.verified) > l.freshLimit():
 		resp.Reason = "leadership not confirmed recently"
-	case !l.freshAfterStall(now):
-		resp.Reason = "the leader's process was stalled: leadership not confirmed since"
 	case leaseCap <= 0:
 		resp.Reason = "the site holds no site lease"
 	default:

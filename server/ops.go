@@ -129,11 +129,11 @@ func (s *Server) applyDirect(ops ...*ipb.Op) (fsm.ProposalResult, error) {
 // forwards them otherwise). The leader has applied a barrier of its term
 // (waitReady), so its FSM holds every entry committed before the term; every
 // write acknowledged since was acknowledged only after this FSM applied it.
-// Confirming with a quorum that it still leads (VerifyLeader, or a barrier
-// shortly after a stall of this process: checkLeadership) then rules out a
-// newer leader that could have acknowledged writes this FSM lacks. (Waiting
-// for the commit index instead would not do: barrier and configuration
-// entries never reach the FSM, so its applied index can stay below it.)
+// Confirming with a quorum of voters that it still leads (confirmLeadership)
+// then rules out a newer leader that could have acknowledged writes this FSM
+// lacks. (Waiting for the commit index instead would not do: barrier and
+// configuration entries never reach the FSM, so its applied index can stay
+// below it.)
 func (s *Server) read(ctx context.Context, c pb.ReadConsistency) error {
 	if c != pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE {
 		return nil
@@ -142,7 +142,7 @@ func (s *Server) read(ctx context.Context, c pb.ReadConsistency) error {
 	if err != nil {
 		return err
 	}
-	if err := s.checkLeadership(time.Now()).Error(); err != nil {
+	if err := s.confirmLeadership(ctx); err != nil {
 		return err
 	}
 	if s.raft.CurrentTerm() != term {

@@ -51,7 +51,6 @@ type Server struct {
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
 	handoff     *handoff         // buckets taken over that it may not act for yet
-	stall       *stallWatch      // notices when this process was stopped for a while
 	pool        *membership.Pool // gossip; nil without GossipBind
 	repl        replHolder       // connection-state replication
 
@@ -90,11 +89,6 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Syncer = replSyncer{s}
 	}
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
-	// A stall shorter than half a lease cannot have let buckets move away
-	// (that takes a lease and more); a shorter limit would mistake a
-	// loaded machine's scheduling delays for stalls more often (each costs
-	// a barrier round).
-	s.stall = newStallWatch(s.cfg.MemberLease/2, s.cfg.MemberLease/2)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
@@ -126,8 +120,6 @@ func New(cfg Config) (*Server, error) {
 	go s.lease.run()
 	s.wg.Add(1)
 	go s.handoff.run()
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); s.stall.run(s.stop) }()
 	go s.rejoinLoop()
 	go s.syncLoop()
 	go s.observeRaft()

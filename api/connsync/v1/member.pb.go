@@ -476,6 +476,96 @@ func (x *ReplicateResponse) GetRefusedStale() uint64 {
 	return 0
 }
 
+type RaftTermRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftTermRequest) Reset() {
+	*x = RaftTermRequest{}
+	mi := &file_connsync_v1_member_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftTermRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftTermRequest) ProtoMessage() {}
+
+func (x *RaftTermRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_member_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftTermRequest.ProtoReflect.Descriptor instead.
+func (*RaftTermRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_member_proto_rawDescGZIP(), []int{7}
+}
+
+type RaftTermResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The answering member, so that an answer from a process that took over
+	// an address is not counted for another member.
+	MemberId      string `protobuf:"bytes,1,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	Term          uint64 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftTermResponse) Reset() {
+	*x = RaftTermResponse{}
+	mi := &file_connsync_v1_member_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftTermResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftTermResponse) ProtoMessage() {}
+
+func (x *RaftTermResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_member_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftTermResponse.ProtoReflect.Descriptor instead.
+func (*RaftTermResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_member_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RaftTermResponse) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *RaftTermResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
 var File_connsync_v1_member_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_member_proto_rawDesc = "" +
@@ -510,11 +600,16 @@ const file_connsync_v1_member_proto_rawDesc = "" +
 	"\x11ReplicateResponse\x12\x1b\n" +
 	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\x12\x18\n" +
 	"\arefused\x18\x02 \x01(\x04R\arefused\x12#\n" +
-	"\rrefused_stale\x18\x03 \x01(\x04R\frefusedStale2\x84\x02\n" +
+	"\rrefused_stale\x18\x03 \x01(\x04R\frefusedStale\"\x11\n" +
+	"\x0fRaftTermRequest\"C\n" +
+	"\x10RaftTermResponse\x12\x1b\n" +
+	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term2\xcd\x02\n" +
 	"\rMemberService\x12N\n" +
 	"\tHeartbeat\x12\x1d.connsync.v1.HeartbeatRequest\x1a\x1e.connsync.v1.HeartbeatResponse(\x010\x01\x12S\n" +
 	"\fReportSynced\x12 .connsync.v1.ReportSyncedRequest\x1a!.connsync.v1.ReportSyncedResponse\x12N\n" +
-	"\tReplicate\x12\x1d.connsync.v1.ReplicateRequest\x1a\x1e.connsync.v1.ReplicateResponse(\x010\x01B9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\tReplicate\x12\x1d.connsync.v1.ReplicateRequest\x1a\x1e.connsync.v1.ReplicateResponse(\x010\x01\x12G\n" +
+	"\bRaftTerm\x12\x1c.connsync.v1.RaftTermRequest\x1a\x1d.connsync.v1.RaftTermResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_member_proto_rawDescOnce sync.Once
@@ -528,7 +623,7 @@ func file_connsync_v1_member_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_member_proto_rawDescData
 }
 
-var file_connsync_v1_member_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_connsync_v1_member_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_connsync_v1_member_proto_goTypes = []any{
 	(*HeartbeatRequest)(nil),     // 0: connsync.v1.HeartbeatRequest
 	(*HeartbeatResponse)(nil),    // 1: connsync.v1.HeartbeatResponse
@@ -537,19 +632,23 @@ var file_connsync_v1_member_proto_goTypes = []any{
 	(*ReportSyncedResponse)(nil), // 4: connsync.v1.ReportSyncedResponse
 	(*ReplicateRequest)(nil),     // 5: connsync.v1.ReplicateRequest
 	(*ReplicateResponse)(nil),    // 6: connsync.v1.ReplicateResponse
-	(MemberState)(0),             // 7: connsync.v1.MemberState
+	(*RaftTermRequest)(nil),      // 7: connsync.v1.RaftTermRequest
+	(*RaftTermResponse)(nil),     // 8: connsync.v1.RaftTermResponse
+	(MemberState)(0),             // 9: connsync.v1.MemberState
 }
 var file_connsync_v1_member_proto_depIdxs = []int32{
-	7, // 0: connsync.v1.HeartbeatResponse.member_state:type_name -> connsync.v1.MemberState
+	9, // 0: connsync.v1.HeartbeatResponse.member_state:type_name -> connsync.v1.MemberState
 	2, // 1: connsync.v1.ReportSyncedRequest.buckets:type_name -> connsync.v1.BucketEpoch
 	0, // 2: connsync.v1.MemberService.Heartbeat:input_type -> connsync.v1.HeartbeatRequest
 	3, // 3: connsync.v1.MemberService.ReportSynced:input_type -> connsync.v1.ReportSyncedRequest
 	5, // 4: connsync.v1.MemberService.Replicate:input_type -> connsync.v1.ReplicateRequest
-	1, // 5: connsync.v1.MemberService.Heartbeat:output_type -> connsync.v1.HeartbeatResponse
-	4, // 6: connsync.v1.MemberService.ReportSynced:output_type -> connsync.v1.ReportSyncedResponse
-	6, // 7: connsync.v1.MemberService.Replicate:output_type -> connsync.v1.ReplicateResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
+	7, // 5: connsync.v1.MemberService.RaftTerm:input_type -> connsync.v1.RaftTermRequest
+	1, // 6: connsync.v1.MemberService.Heartbeat:output_type -> connsync.v1.HeartbeatResponse
+	4, // 7: connsync.v1.MemberService.ReportSynced:output_type -> connsync.v1.ReportSyncedResponse
+	6, // 8: connsync.v1.MemberService.Replicate:output_type -> connsync.v1.ReplicateResponse
+	8, // 9: connsync.v1.MemberService.RaftTerm:output_type -> connsync.v1.RaftTermResponse
+	6, // [6:10] is the sub-list for method output_type
+	2, // [2:6] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -567,7 +666,7 @@ func file_connsync_v1_member_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_member_proto_rawDesc), len(file_connsync_v1_member_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	MemberService_Heartbeat_FullMethodName    = "/connsync.v1.MemberService/Heartbeat"
 	MemberService_ReportSynced_FullMethodName = "/connsync.v1.MemberService/ReportSynced"
 	MemberService_Replicate_FullMethodName    = "/connsync.v1.MemberService/Replicate"
+	MemberService_RaftTerm_FullMethodName     = "/connsync.v1.MemberService/RaftTerm"
 )
 
 // MemberServiceClient is the client API for MemberService service.
@@ -51,6 +52,11 @@ type MemberServiceClient interface {
 	// The opening request's metadata names the sending member
 	// (connsync-member) and its incarnation (connsync-incarnation).
 	Replicate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ReplicateRequest, ReplicateResponse], error)
+	// RaftTerm answers the member's current Raft term. A leader confirms that
+	// it still leads by asking its voters (server/confirm.go): a majority of
+	// the voters answering with its term to a question asked after time t
+	// means that no newer leader had been elected by t.
+	RaftTerm(ctx context.Context, in *RaftTermRequest, opts ...grpc.CallOption) (*RaftTermResponse, error)
 }
 
 type memberServiceClient struct {
@@ -97,6 +103,16 @@ func (c *memberServiceClient) Replicate(ctx context.Context, opts ...grpc.CallOp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MemberService_ReplicateClient = grpc.BidiStreamingClient[ReplicateRequest, ReplicateResponse]
 
+func (c *memberServiceClient) RaftTerm(ctx context.Context, in *RaftTermRequest, opts ...grpc.CallOption) (*RaftTermResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RaftTermResponse)
+	err := c.cc.Invoke(ctx, MemberService_RaftTerm_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MemberServiceServer is the server API for MemberService service.
 // All implementations must embed UnimplementedMemberServiceServer
 // for forward compatibility.
@@ -124,6 +140,11 @@ type MemberServiceServer interface {
 	// The opening request's metadata names the sending member
 	// (connsync-member) and its incarnation (connsync-incarnation).
 	Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]) error
+	// RaftTerm answers the member's current Raft term. A leader confirms that
+	// it still leads by asking its voters (server/confirm.go): a majority of
+	// the voters answering with its term to a question asked after time t
+	// means that no newer leader had been elected by t.
+	RaftTerm(context.Context, *RaftTermRequest) (*RaftTermResponse, error)
 	mustEmbedUnimplementedMemberServiceServer()
 }
 
@@ -142,6 +163,9 @@ func (UnimplementedMemberServiceServer) ReportSynced(context.Context, *ReportSyn
 }
 func (UnimplementedMemberServiceServer) Replicate(grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]) error {
 	return status.Error(codes.Unimplemented, "method Replicate not implemented")
+}
+func (UnimplementedMemberServiceServer) RaftTerm(context.Context, *RaftTermRequest) (*RaftTermResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RaftTerm not implemented")
 }
 func (UnimplementedMemberServiceServer) mustEmbedUnimplementedMemberServiceServer() {}
 func (UnimplementedMemberServiceServer) testEmbeddedByValue()                       {}
@@ -196,6 +220,24 @@ func _MemberService_Replicate_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type MemberService_ReplicateServer = grpc.BidiStreamingServer[ReplicateRequest, ReplicateResponse]
 
+func _MemberService_RaftTerm_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RaftTermRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MemberServiceServer).RaftTerm(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MemberService_RaftTerm_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MemberServiceServer).RaftTerm(ctx, req.(*RaftTermRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MemberService_ServiceDesc is the grpc.ServiceDesc for MemberService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -206,6 +248,10 @@ var MemberService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportSynced",
 			Handler:    _MemberService_ReportSynced_Handler,
+		},
+		{
+			MethodName: "RaftTerm",
+			Handler:    _MemberService_RaftTerm_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

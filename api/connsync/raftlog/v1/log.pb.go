@@ -1704,8 +1704,12 @@ type BucketRecord struct {
 	IncomingSynced   bool                   `protobuf:"varint,10,opt,name=incoming_synced,json=incomingSynced,proto3" json:"incoming_synced,omitempty"`
 	IncomingPrimary  bool                   `protobuf:"varint,11,opt,name=incoming_primary,json=incomingPrimary,proto3" json:"incoming_primary,omitempty"`
 	RemoteCopySynced bool                   `protobuf:"varint,12,opt,name=remote_copy_synced,json=remoteCopySynced,proto3" json:"remote_copy_synced,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The primary before the current one, and the index at which the current
+	// one became primary (fsm.Assignment.Previous, Since).
+	PreviousPrimary string `protobuf:"bytes,13,opt,name=previous_primary,json=previousPrimary,proto3" json:"previous_primary,omitempty"`
+	PrimarySince    uint64 `protobuf:"varint,14,opt,name=primary_since,json=primarySince,proto3" json:"primary_since,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *BucketRecord) Reset() {
@@ -1813,6 +1817,20 @@ func (x *BucketRecord) GetRemoteCopySynced() bool {
 		return x.RemoteCopySynced
 	}
 	return false
+}
+
+func (x *BucketRecord) GetPreviousPrimary() string {
+	if x != nil {
+		return x.PreviousPrimary
+	}
+	return ""
+}
+
+func (x *BucketRecord) GetPrimarySince() uint64 {
+	if x != nil {
+		return x.PrimarySince
+	}
+	return 0
 }
 
 type ClaimRecord struct {
@@ -2195,7 +2213,7 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"site_epoch\x18\t \x01(\x04R\tsiteEpoch\x12\x1f\n" +
 	"\vlease_epoch\x18\n" +
 	" \x01(\x04R\n" +
-	"leaseEpoch\"\x83\x03\n" +
+	"leaseEpoch\"\xd3\x03\n" +
 	"\fBucketRecord\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x18\n" +
 	"\aprimary\x18\x02 \x01(\tR\aprimary\x12!\n" +
@@ -2208,7 +2226,9 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"\x0fincoming_synced\x18\n" +
 	" \x01(\bR\x0eincomingSynced\x12)\n" +
 	"\x10incoming_primary\x18\v \x01(\bR\x0fincomingPrimary\x12,\n" +
-	"\x12remote_copy_synced\x18\f \x01(\bR\x10remoteCopySyncedJ\x04\b\a\x10\b\"R\n" +
+	"\x12remote_copy_synced\x18\f \x01(\bR\x10remoteCopySynced\x12)\n" +
+	"\x10previous_primary\x18\r \x01(\tR\x0fpreviousPrimary\x12#\n" +
+	"\rprimary_since\x18\x0e \x01(\x04R\fprimarySinceJ\x04\b\a\x10\b\"R\n" +
 	"\vClaimRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1b\n" +
 	"\tmember_id\x18\x02 \x01(\tR\bmemberId\x12\x14\n" +
