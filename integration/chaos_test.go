@@ -46,8 +46,11 @@ var (
 )
 
 // chaosCISeeds is the CI set: two schedules opening with each fault kind;
-// plain go test runs the first chaosQuickSeeds of them.
+// plain go test runs the first chaosQuickSeeds of them. The CI set also
+// runs chaosRegressionSeeds, long-run seeds that found bugs (docs/CHAOS.md).
 const chaosCISeeds, chaosQuickSeeds = 24, 4
+
+var chaosRegressionSeeds = []uint64{7051, 7098, 7176}
 
 const chaosBuckets = 256
 
@@ -158,6 +161,9 @@ func TestChaos(t *testing.T) {
 	}
 	for s := uint64(1); s <= n; s++ {
 		set = append(set, s)
+	}
+	if *chaosCI {
+		set = append(set, chaosRegressionSeeds...)
 	}
 	seeds := seedsToRun(set)
 	totals := &chaosTotals{kinds: map[string]int{}}
