@@ -188,7 +188,7 @@ func BenchmarkFailover(b *testing.B) {
 			sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 			b.ReportMetric(ms(took[len(took)/2]), "p50_ms")
-			b.ReportMetric(ms(took[int(0.99*float64(len(took)-1))]), "p99_ms")
+			b.ReportMetric(ms(took[(99*len(took)+99)/100-1]), "p99_ms") // nearest rank: with 20 trials, the worst
 			b.ReportMetric(ms(took[len(took)-1]), "max_ms")
 			b.ReportMetric(0, "ns/op")
 		})

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/internal/proccluster"
+)
+
+const (
+	// readyTimeout bounds the wait for every survivor's WatchActivations
+	// stream to report the buckets it is primary of, before the kill.
+	readyTimeout = 15 * time.Second
+	// takeoverTimeout bounds one failover: far above any target, so a
+	// trial that hits it is a failure, not a slow figure.
+	takeoverTimeout = 20 * time.Second
+	// settleTimeout bounds the wait for the site to settle after the
+	// victim restarts.
+	settleTimeout = 2 * time.Minute
+)
+
+// trial is one measured failover.
+type trial struct {
+	victim      string
+	leader      bool
+	buckets     int           // buckets the victim was primary of
+	took        time.Duration // SIGKILL -> the last of them reported active at its new primary
+	withoutCopy int           // of them, taken over by a member that held no synced copy
+	settle      time.Duration // restart -> site settled again
+}
+
+// runFailover is the failover scenario.
+func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, rep *reporter) (record, error) {
+	admin, err := c.Client(10 * time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	var phase atomic.Value
+	phase.Store("")
+	setPhase := func(format string, args ...any) { phase.Store(fmt.Sprintf(format, args...)) }
+	var trials []trial
+	var current atomic.Int64
+	stop := rep.progress(func() string {
+		return fmt.Sprintf("failover trial %d/%d: %s", current.Load(), f.trials, phase.Load())
+	})
+	defer stop()
+	for i := range f.trials {
+		current.Store(int64(i + 1))
+		setPhase("finding the leader")
+		leader, err := c.Leader(ctx)
+		if err != nil {
+			return nil, err
+		}
+		victim := leader
+		if f.kill == "member" {
+			var others []int
+			for j := range c.Members() {
+				if j != leader {
+					others = append(others, j)
+				}
+			}
+			victim = others[i%len(others)]
+		}
+		tr, err := measureFailover(ctx, c, admin, victim, setPhase)
+		if err != nil {
+			return nil, fmt.Errorf("trial %d (SIGKILL of %s): %w", i+1, c.Members()[victim].ID, err)
+		}
+		tr.leader = victim == leader
+		setPhase("%s restarted, waiting for the site to settle", tr.victim)
+		began := time.Now()
+		if err := c.Restart(victim); err != nil {
+			return nil, err
+		}
+		sctx, cancel := context.WithTimeout(ctx, settleTimeout)
+		err = c.WaitSettled(sctx, true)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("trial %d: after restarting %s: %w", i+1, tr.victim, err)
+		}
+		tr.settle = time.Since(began)
+		trials = append(trials, tr)
+		rep.event("trial", field{"trial", i + 1}, field{"victim", tr.victim}, field{"leader", tr.leader},
+			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"without_copy", tr.withoutCopy},
+			field{"settle_s", round(tr.settle.Seconds(), 2)})
+	}
+	stop()
+
+	rows := make([][]string, len(trials))
+	var took []time.Duration
+	buckets, withoutCopy := 0, 0
+	for i, t := range trials {
+		rows[i] = []string{strconv.Itoa(i + 1), t.victim, strconv.FormatBool(t.leader), strconv.Itoa(t.buckets),
+			fmt.Sprintf("%.2f", ms(t.took)), fmt.Sprintf("%.1f", t.settle.Seconds())}
+		took = append(took, t.took)
+		buckets += t.buckets
+		withoutCopy += t.withoutCopy
+	}
+	rep.table([]string{"trial", "victim", "leader", "buckets", "failover_ms", "settle_s"}, rows)
+	fastest := slices.Min(took)
+	fig := record{{"scenario", "failover"}}
+	fig = append(fig, latencyFigures(took)...)
+	return append(fig, field{"min_ms", ms(fastest)}, field{"kill", f.kill}, field{"trials", len(trials)},
+		field{"members", len(c.Members())}, field{"buckets_per_victim", buckets / len(trials)},
+		field{"without_copy", withoutCopy}, field{"observed_by", "WatchActivations"}), nil
+}
+
+// measureFailover opens DataPlaneService.WatchActivations on every member
+// but the victim, waits until each stream has reported the buckets its
+// member is primary of, SIGKILLs the victim at t0 and returns when every
+// bucket the victim was primary of has been reported active (with a newer
+// epoch, all its states delivered) on a surviving member. Each report is
+// stamped when this process receives it.
+func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.Client, victim int, setPhase func(string, ...any)) (trial, error) {
+	ms := c.Members()
+	tr := trial{victim: ms[victim].ID}
+	setPhase("reading the bucket map")
+	r, err := admin.Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
+	if err != nil {
+		return tr, err
+	}
+	want := map[uint32]*pb.Assignment{}
+	primaryOf := map[string]int{}
+	for _, a := range r.Assignments {
+		primaryOf[a.Primary]++
+		if a.Primary == tr.victim {
+			want[a.Bucket] = a
+		}
+	}
+	if len(want) == 0 {
+		return tr, fmt.Errorf("%s is primary of no bucket; nothing to fail over", tr.victim)
+	}
+	tr.buckets = len(want)
+
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		got      = map[uint32]time.Time{}
+		by       = map[uint32]string{}
+		allDone  = make(chan struct{})
+		doneOnce sync.Once
+		ready    = make(chan struct{}, len(ms))
+		streamEr = make(chan error, len(ms))
+	)
+	setPhase("opening WatchActivations streams")
+	for i, m := range ms {
+		if i == victim {
+			continue
+		}
+		conn, err := grpc.NewClient("passthrough:///"+m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return tr, err
+		}
+		defer conn.Close()
+		st, err := pb.NewDataPlaneServiceClient(conn).WatchActivations(wctx, &pb.WatchActivationsRequest{})
+		if err != nil {
+			return tr, fmt.Errorf("WatchActivations on %s: %w", m.ID, err)
+		}
+		expect := primaryOf[m.ID]
+		if expect == 0 {
+			ready <- struct{}{}
+		}
+		go func(id string) {
+			active, told := map[uint32]bool{}, expect == 0
+			for {
+				msg, err := st.Recv()
+				now := time.Now()
+				if err != nil {
+					if wctx.Err() == nil {
+						streamEr <- fmt.Errorf("WatchActivations on %s ended: %w", id, err)
+					}
+					return
+				}
+				if msg.More {
+					continue // a large bucket's states come in chunks; it counts once all have arrived
+				}
+				b := msg.Bucket
+				if !msg.Active {
+					delete(active, b)
+					continue
+				}
+				if active[b] = true; !told && len(active) >= expect {
+					told = true
+					ready <- struct{}{}
+				}
+				if a, ok := want[b]; ok && msg.Epoch > a.Epoch {
+					mu.Lock()
+					if _, seen := got[b]; !seen {
+						got[b], by[b] = now, id
+						if len(got) == len(want) {
+							doneOnce.Do(func() { close(allDone) })
+						}
+					}
+					mu.Unlock()
+				}
+			}
+		}(m.ID)
+	}
+	timeout := time.After(readyTimeout)
+	for range len(ms) - 1 {
+		select {
+		case <-ready:
+		case err := <-streamEr:
+			return tr, err
+		case <-timeout:
+			return tr, fmt.Errorf("the WatchActivations streams did not report their members' buckets within %v", readyTimeout)
+		case <-ctx.Done():
+			return tr, ctx.Err()
+		case <-c.Died():
+			return tr, c.Err()
+		}
+	}
+
+	setPhase("SIGKILL %s, waiting for its %d buckets", tr.victim, len(want))
+	t0 := time.Now()
+	if err := c.Kill(victim); err != nil {
+		return tr, err
+	}
+	select {
+	case <-allDone:
+	case err := <-streamEr:
+		return tr, err
+	case <-time.After(takeoverTimeout):
+		mu.Lock()
+		defer mu.Unlock()
+		return tr, fmt.Errorf("only %d of %s's %d buckets were active at a new primary %v after SIGKILL", len(got), tr.victim, len(want), takeoverTimeout)
+	case <-ctx.Done():
+		return tr, ctx.Err()
+	case <-c.Died():
+		return tr, c.Err()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for b, at := range got {
+		tr.took = max(tr.took, at.Sub(t0))
+		if a, p := want[b], by[b]; !(a.LocalBackup == p && a.BackupSynced) && !(a.Incoming == p && a.IncomingSynced) {
+			tr.withoutCopy++
+		}
+	}
+	if tr.took <= 0 {
+		return tr, errors.New("measured a failover time of zero: the clock went wrong")
+	}
+	return tr, nil
+}

@@ -1,0 +1,392 @@
+// Command connsync-bench measures connsync as it runs in production, one
+// process per member: it starts its own site of real connsyncd processes on
+// 127.0.0.1 (free ports, data in a temporary directory), drives one
+// scenario against it, prints the figures and removes everything it
+// started, on success, on errors and on Ctrl-C alike.
+//
+//	connsync-bench [-members 3] [-json] [-connsyncd PATH] [-keep] SCENARIO [flags]
+//
+//	claims    -clients 64 -duration 10s -batch 1 -via leader|member
+//	          figures: claims_per_sec, p50_ms, p99_ms (per RPC)
+//	locks     -clients 64 -duration 10s -batch 1 -via leader|member
+//	          figures: locks_per_sec (acquire+release cycles), p50_ms, p99_ms (per cycle)
+//	failover  -kill member|leader -trials 10
+//	          figures: p50_ms, p99_ms, max_ms (SIGKILL to the last of the
+//	          victim's buckets reported active at its new primary)
+//
+// The contract of its output: by default a human-readable table on stdout.
+// With -json, stdout carries one JSON object per line: events
+// ({"event": ...}) while it runs, and as the LAST line the scenario's
+// figures ({"scenario": ..., ...}). While a scenario runs, one progress
+// line on stderr is rewritten in place (\r) four times a second. The exit
+// status is 0 on success, 1 with "Error: ..." on stderr otherwise.
+//
+// Without -connsyncd, connsyncd is built with `go build` into a temporary
+// directory, which works when run from a connsync checkout
+// (`go run ./cmd/connsync-bench claims`). Flags may be written -name or
+// --name. Percentiles are nearest-rank over every recorded latency.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/connsync/connsync/internal/proccluster"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second Ctrl-C ends the tool at once (its members get SIGKILL from the kernel)
+	}()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCommand(stdout, stderr)
+	root.SetArgs(normalizeArgs(args))
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// normalizeArgs lets Go-style single-dash long flags (-clients 8) through
+// cobra, which wants --clients: every argument of the form -name (a letter
+// and more) before "--" gets a second dash. No flag has a one-letter form
+// but -h, which is left alone.
+func normalizeArgs(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) > 2 && a[0] == '-' && a[1] != '-' && (a[1] >= 'a' && a[1] <= 'z' || a[1] >= 'A' && a[1] <= 'Z') {
+			a = "-" + a
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// globalOpts are the root's persistent flags.
+type globalOpts struct {
+	members   int
+	json      bool
+	connsyncd string
+	keep      bool
+}
+
+// maxMembers keeps a mistyped -members from starting hundreds of processes.
+const maxMembers = 32
+
+func (g *globalOpts) validate(minMembers int, scenario string) error {
+	switch {
+	case g.members < 1:
+		return fmt.Errorf("-members must be >= 1 (got %d)", g.members)
+	case g.members > maxMembers:
+		return fmt.Errorf("-members must be <= %d (got %d): every member is a process on this machine", maxMembers, g.members)
+	case g.members < minMembers:
+		return fmt.Errorf("-members must be >= %d for %s (got %d): a site of fewer loses its Raft quorum when one member is killed",
+			minMembers, scenario, g.members)
+	}
+	if g.connsyncd != "" {
+		fi, err := os.Stat(g.connsyncd)
+		if err != nil {
+			return fmt.Errorf("-connsyncd %s: %w (give the path of a connsyncd binary, or leave -connsyncd out to build one)", g.connsyncd, err)
+		}
+		if fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return fmt.Errorf("-connsyncd %s: not an executable file", g.connsyncd)
+		}
+	}
+	return nil
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	g := &globalOpts{}
+	root := &cobra.Command{
+		Use:   "connsync-bench",
+		Short: "Measure connsync on a site of real connsyncd processes it starts itself",
+		Long: `connsync-bench starts its own site of real connsyncd processes on 127.0.0.1
+(free ports, data in a temporary directory), drives one scenario against it,
+prints the figures and removes everything it started, also on Ctrl-C and errors.
+
+Output: a table on stdout, or with -json one JSON object per line whose last
+line holds the scenario's figures. A progress line is shown on stderr.
+Flags may be written -name or --name.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w\nRun '%s --help' for usage.", err, cmd.CommandPath())
+	})
+	pf := root.PersistentFlags()
+	pf.IntVar(&g.members, "members", 3, "connsyncd members in the site")
+	pf.BoolVar(&g.json, "json", false, "print one JSON object per line; the last line holds the figures")
+	pf.StringVar(&g.connsyncd, "connsyncd", "", "connsyncd binary to run (default: build it with `go build` from this checkout)")
+	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
+	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr))
+	return root
+}
+
+// noArgs rejects positional arguments with a message saying what to do.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q: %s takes only flags\nRun '%s --help' for usage.", args[0], cmd.Name(), cmd.CommandPath())
+	}
+	return nil
+}
+
+// site is a started cluster and how to end it.
+type site struct {
+	c       *proccluster.Cluster
+	cleanup func() // stops the members and removes temporary files; idempotent
+}
+
+// startSite builds or finds connsyncd, starts g.members members (automatic
+// rebalancing off, so no rebalance runs during a measurement; the site is
+// balanced by asking for one while it settles), and waits until the site
+// is settled. The caller must call cleanup on every path.
+func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error) {
+	s := &site{}
+	var cleanups []func()
+	var once sync.Once
+	s.cleanup = func() {
+		once.Do(func() {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				cleanups[i]()
+			}
+		})
+	}
+	bin := g.connsyncd
+	if bin == "" {
+		dir, err := os.MkdirTemp("", "connsync-bench-bin-")
+		if err != nil {
+			return s, err
+		}
+		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+		stopProgress := rep.progress(func() string { return "building connsyncd (go build) ..." })
+		bin, err = proccluster.Build(ctx, dir)
+		stopProgress()
+		if err != nil {
+			return s, fmt.Errorf("%w\n(connsync-bench takes the binary as -connsyncd PATH)", err)
+		}
+		rep.event("built", field{"connsyncd", bin})
+	}
+	began := time.Now()
+	stopProgress := rep.progress(func() string {
+		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
+	})
+	c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: g.members, Keep: g.keep,
+		Args: []string{"-auto-rebalance=false"}, Stderr: rep.stderrWriter()})
+	if err != nil {
+		stopProgress()
+		return s, err
+	}
+	s.c = c
+	cleanups = append(cleanups, func() {
+		if err := c.Stop(); err != nil {
+			rep.event("stop_error", field{"error", err.Error()})
+		}
+		if g.keep {
+			rep.event("kept", field{"dir", c.Dir()})
+		}
+	})
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	err = c.WaitSettled(sctx, true)
+	stopProgress()
+	if err != nil {
+		return s, err
+	}
+	rep.event("site_ready", field{"members", g.members}, field{"dir", c.Dir()}, field{"start_s", round(time.Since(began).Seconds(), 2)})
+	return s, nil
+}
+
+// scenarioRun starts a site, runs fn on it and reports its figures.
+func scenarioRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error)) error {
+	ctx := cmd.Context()
+	rep := newReporter(stdout, stderr, g.json, true)
+	s, err := startSite(ctx, g, rep)
+	defer s.cleanup()
+	if err == nil {
+		var fig record
+		if fig, err = fn(ctx, s.c, rep); err == nil {
+			s.cleanup() // before the figures, which must be the last line
+			rep.figures(fig)
+			return nil
+		}
+	}
+	if errors.Is(err, proccluster.ErrMemberDied) && !g.keep {
+		err = fmt.Errorf("%w\n(the members' logs are removed on exit; run again with -keep to keep them)", err)
+	}
+	return interrupted(ctx, err)
+}
+
+// interrupted says so when an error came from Ctrl-C.
+func interrupted(ctx context.Context, err error) error {
+	if ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("interrupted; members stopped and temporary files removed (%v)", err)
+	}
+	return err
+}
+
+// loadFlags are the flags shared by claims and locks.
+type loadFlags struct {
+	clients  int
+	duration time.Duration
+	batch    int
+	via      string
+}
+
+func (l *loadFlags) register(cmd *cobra.Command, batchHelp string) {
+	f := cmd.Flags()
+	f.IntVar(&l.clients, "clients", 64, "concurrent clients, each with one RPC outstanding and its own gRPC connection")
+	f.DurationVar(&l.duration, "duration", 10*time.Second, "how long to drive load")
+	f.IntVar(&l.batch, "batch", 1, batchHelp)
+	f.StringVar(&l.via, "via", viaLeader, "where clients send: leader (straight to the Raft leader) or member (each client to one member's connsyncd, which forwards to the leader, as a firewall does)")
+}
+
+const (
+	viaLeader = "leader"
+	viaMember = "member"
+	// maxBatch is ClaimBatch's limit (ownership.proto).
+	maxBatch = 10000
+)
+
+func (l *loadFlags) validate() error {
+	switch {
+	case l.clients < 1:
+		return fmt.Errorf("-clients must be >= 1 (got %d)", l.clients)
+	case l.clients > 10000:
+		return fmt.Errorf("-clients must be <= 10000 (got %d)", l.clients)
+	case l.duration <= 0:
+		return fmt.Errorf("-duration must be > 0, e.g. 10s (got %v)", l.duration)
+	case l.batch < 1:
+		return fmt.Errorf("-batch must be >= 1 (got %d)", l.batch)
+	case l.batch > maxBatch:
+		return fmt.Errorf("-batch must be <= %d, the most keys one ClaimBatch takes (got %d)", maxBatch, l.batch)
+	case l.via != viaLeader && l.via != viaMember:
+		return fmt.Errorf("-via must be %q or %q (got %q)", viaLeader, viaMember, l.via)
+	}
+	return nil
+}
+
+func newClaimsCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var l loadFlags
+	cmd := &cobra.Command{
+		Use:   "claims",
+		Short: "Claims per second and per-RPC latency of fresh connection claims",
+		Long: `claims drives -clients closed-loop clients for -duration; each claims fresh,
+distinct connections (every claim is a real write) on behalf of a member of the
+site, -batch per RPC (1: Claim, one RPC per claim; more: ClaimBatch).
+Figures: claims_per_sec (successful claims / wall time), p50_ms and p99_ms
+(per RPC, nearest rank over every RPC).`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(1, "claims"); err != nil {
+				return err
+			}
+			return l.validate()
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runClaims(ctx, c, l, rep)
+			})
+		},
+	}
+	l.register(cmd, "claims per RPC: 1 sends Claim (one RPC per claim), more send ClaimBatch")
+	return cmd
+}
+
+func newLocksCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var l loadFlags
+	cmd := &cobra.Command{
+		Use:   "locks",
+		Short: "Lock cycles (acquire + release) per second and their latency",
+		Long: `locks drives -clients closed-loop clients for -duration; each acquires a lock
+on a fresh connection key and releases it with the granted token, one RPC each.
+Figures: locks_per_sec (completed cycles / wall time), p50_ms and p99_ms of a
+cycle (nearest rank). The lock API has no batch call, so -batch must be 1.`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(1, "locks"); err != nil {
+				return err
+			}
+			if l.batch != 1 {
+				return fmt.Errorf("-batch must be 1 for locks (got %d): LockService has no batch call, every acquire and release is one RPC", l.batch)
+			}
+			return l.validate()
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runLocks(ctx, c, l, rep)
+			})
+		},
+	}
+	l.register(cmd, "locks per RPC: only 1 (the lock API has no batch call)")
+	return cmd
+}
+
+// failoverFlags are the failover scenario's flags.
+type failoverFlags struct {
+	kill   string
+	trials int
+}
+
+func (f *failoverFlags) validate() error {
+	if f.kill != "member" && f.kill != "leader" {
+		return fmt.Errorf("-kill must be member or leader (got %q)", f.kill)
+	}
+	if f.trials < 1 {
+		return fmt.Errorf("-trials must be >= 1 (got %d)", f.trials)
+	}
+	return nil
+}
+
+func newFailoverCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var f failoverFlags
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "Time from SIGKILL of a member to its last bucket active at its new primary",
+		Long: `failover runs -trials trials. Each SIGKILLs one connsyncd (-kill member: a
+non-leader, round robin; -kill leader: the Raft leader) and measures from the
+kill to the moment the LAST bucket the victim was primary of is reported active
+by DataPlaneService.WatchActivations on its new primary (a stream is open on
+every surviving member before the kill). The victim then restarts from its data
+directory and the next trial starts once the site is settled again (every bucket
+with a live primary and a synced backup, no move under way, balanced).
+Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(3, "failover"); err != nil {
+				return err
+			}
+			return f.validate()
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runFailover(ctx, c, f, rep)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&f.kill, "kill", "member", "whom to SIGKILL: member (a non-leader) or leader")
+	cmd.Flags().IntVar(&f.trials, "trials", 10, "number of kills")
+	return cmd
+}

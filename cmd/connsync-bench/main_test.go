@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/connsync/connsync/internal/proccluster"
+)
+
+func TestNormalizeArgs(t *testing.T) {
+	got := normalizeArgs([]string{"-json", "claims", "-clients", "8", "--batch=4", "-duration", "-5s", "-h", "--", "-x"})
+	want := []string{"--json", "claims", "--clients", "8", "--batch=4", "--duration", "-5s", "-h", "--", "-x"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("normalizeArgs = %q, want %q", got, want)
+	}
+}
+
+func TestPercentileNearestRank(t *testing.T) {
+	var ds []time.Duration
+	for i := 1; i <= 100; i++ {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct {
+		ds   []time.Duration
+		p    float64
+		want time.Duration
+	}{
+		{ds, 50, 50 * time.Millisecond},
+		{ds, 99, 99 * time.Millisecond},
+		{ds, 100, 100 * time.Millisecond},
+		{ds[:2], 50, time.Millisecond},
+		{ds[:2], 99, 2 * time.Millisecond},
+		{ds[:1], 99, time.Millisecond},
+		{nil, 99, 0},
+	} {
+		if got := percentile(c.ds, c.p); got != c.want {
+			t.Errorf("percentile(%d values, %v) = %v, want %v", len(c.ds), c.p, got, c.want)
+		}
+	}
+}
+
+func TestRecordKeepsKeyOrder(t *testing.T) {
+	b, err := json.Marshal(record{{"scenario", "claims"}, {"claims_per_sec", 1.5}, {"batch", 8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"scenario":"claims","claims_per_sec":1.5,"batch":8}`; string(b) != want {
+		t.Fatalf("got %s, want %s", b, want)
+	}
+}
+
+// TestBadFlags: every bad flag is refused with a message that says what to
+// fix, before anything is built or started.
+func TestBadFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"claims", "-batch", "0"}, "-batch must be >= 1"},
+		{[]string{"claims", "-batch", "20000"}, "-batch must be <= 10000"},
+		{[]string{"claims", "-clients", "0"}, "-clients must be >= 1"},
+		{[]string{"claims", "-duration", "0s"}, "-duration must be > 0"},
+		{[]string{"claims", "-duration", "soon"}, `invalid argument "soon"`},
+		{[]string{"claims", "-via", "nowhere"}, "-via must be"},
+		{[]string{"claims", "surplus"}, `unexpected argument "surplus"`},
+		{[]string{"-members", "0", "claims"}, "-members must be >= 1"},
+		{[]string{"-members", "100", "claims"}, "-members must be <= 32"},
+		{[]string{"-connsyncd", "/does/not/exist", "claims"}, "-connsyncd /does/not/exist"},
+		{[]string{"locks", "-batch", "8"}, "-batch must be 1 for locks"},
+		{[]string{"failover", "-kill", "everyone"}, "-kill must be member or leader"},
+		{[]string{"failover", "-trials", "0"}, "-trials must be >= 1"},
+		{[]string{"failover", "-members", "2"}, "-members must be >= 3 for failover"},
+		{[]string{"claims", "-nosuch"}, "unknown flag"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), c.args, &stdout, &stderr)
+		if code != 1 || !strings.Contains(stderr.String(), c.want) || stdout.Len() != 0 {
+			t.Errorf("%q: exit %d, stderr %q, stdout %q; want exit 1 and an error containing %q",
+				c.args, code, stderr.String(), stdout.String(), c.want)
+		}
+	}
+}
+
+// TestScenariosOnProcesses runs each scenario once at a tiny size against
+// real connsyncd processes and checks that the figures are sane, that the
+// CLI's last JSON line is the figures, and that nothing is left behind.
+func TestScenariosOnProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts connsyncd processes; skipped in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin, err := proccluster.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("cli", func(t *testing.T) {
+		var stdout, stderr bytes.Buffer
+		args := []string{"-json", "-connsyncd", bin, "claims", "-duration", "1s", "-clients", "4", "-batch", "4"}
+		if code := run(ctx, args, &stdout, &stderr); code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+		lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+		for _, l := range lines {
+			if !json.Valid([]byte(l)) {
+				t.Fatalf("stdout line is not JSON: %q", l)
+			}
+		}
+		var fig map[string]any
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &fig); err != nil {
+			t.Fatal(err)
+		}
+		if fig["scenario"] != "claims" || fig["batch"] != float64(4) || fig["clients"] != float64(4) || fig["members"] != float64(3) {
+			t.Fatalf("last line is not the claims figures: %v", fig)
+		}
+		var ready map[string]any
+		if err := json.Unmarshal([]byte(lines[0]), &ready); err != nil {
+			t.Fatal(err)
+		}
+		if dir, _ := ready["dir"].(string); dir == "" {
+			t.Fatalf("no site_ready event with the directory: %q", lines[0])
+		} else if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("temporary directory %s left behind (stat: %v)", dir, err)
+		}
+	})
+
+	var out, errs bytes.Buffer
+	rep := newReporter(&out, &errs, true, false)
+	s, err := startSite(ctx, &globalOpts{members: 3, connsyncd: bin}, rep)
+	defer s.cleanup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	num := func(fig record, key string) float64 {
+		t.Helper()
+		switch v := fig.get(key).(type) {
+		case float64:
+			return v
+		case int:
+			return float64(v)
+		case int64:
+			return float64(v)
+		}
+		t.Fatalf("figures have no number %q: %v", key, fig)
+		return 0
+	}
+	saneLatency := func(fig record) {
+		t.Helper()
+		if p50, p99 := num(fig, "p50_ms"), num(fig, "p99_ms"); !(p50 > 0 && p99 >= p50) {
+			t.Errorf("want p99 >= p50 > 0: %v", fig)
+		}
+	}
+
+	claims, err := runClaims(ctx, s.c, loadFlags{clients: 8, duration: time.Second, batch: 4, via: viaLeader}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("claims: %v", claims)
+	if num(claims, "claims_per_sec") <= 0 || num(claims, "claim_errors") != 0 {
+		t.Errorf("claims: want claims_per_sec > 0 and no failed claim: %v", claims)
+	}
+	saneLatency(claims)
+
+	locks, err := runLocks(ctx, s.c, loadFlags{clients: 8, duration: time.Second, batch: 1, via: viaMember}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("locks: %v", locks)
+	if num(locks, "locks_per_sec") <= 0 {
+		t.Errorf("locks: want locks_per_sec > 0: %v", locks)
+	}
+	saneLatency(locks)
+
+	fo, err := runFailover(ctx, s.c, failoverFlags{kill: "member", trials: 1}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("failover: %v", fo)
+	if m := num(fo, "max_ms"); !(m > 0 && m < 10000) {
+		t.Errorf("failover: want 0 < max_ms < 10000: %v", fo)
+	}
+	if num(fo, "without_copy") != 0 {
+		t.Errorf("failover: buckets taken over by a member without a synced copy: %v", fo)
+	}
+	saneLatency(fo)
+
+	dir := s.c.Dir()
+	s.cleanup()
+	for i := range s.c.Members() {
+		if s.c.Running(i) {
+			t.Errorf("member %d still running after cleanup", i)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("temporary directory %s left behind (stat: %v)", dir, err)
+	}
+}
