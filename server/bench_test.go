@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/integration/cluster"
+	"github.com/connsync/connsync/server"
 )
 
 // BenchmarkClaims measures claims per second on a 3-voter site over real
@@ -56,6 +59,11 @@ func BenchmarkClaimsAtRate(b *testing.B) {
 
 // benchClaims runs the load; rate 0 is a closed loop (as fast as possible).
 func benchClaims(b *testing.B, clients, conns, batch, rate int) {
+	// The GC target connsyncd runs with by default (-gc-percent), unless
+	// GOGC says otherwise.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(server.DefaultGCPercent))
+	}
 	c := cluster.New(b, 3, cluster.Options{})
 	leader := c.WaitForLeader(10 * time.Second)
 	cls := make([]*client.Client, conns)

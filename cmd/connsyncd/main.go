@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,7 @@ type options struct {
 	nonvoter    bool
 	logLevel    string
 	metricsAddr string
+	gcPercent   int
 	configFile  string
 	witness     bool
 }
@@ -125,6 +127,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (Raft, raft-boltdb, connsync) on this address at /metrics")
+	fs.IntVar(&o.gcPercent, "gc-percent", server.DefaultGCPercent,
+		"Go garbage collector target (GOGC): more heap for fewer collections; 0 leaves Go's default, or GOGC from the environment if set")
 	return fs
 }
 
@@ -171,6 +175,12 @@ func run(args []string) error {
 			return err
 		}
 		defer cleanup()
+	}
+	switch {
+	case o.gcPercent < 0:
+		return fmt.Errorf("gc-percent %d: want a positive percentage, or 0 for Go's default", o.gcPercent)
+	case o.gcPercent > 0 && os.Getenv("GOGC") == "":
+		debug.SetGCPercent(o.gcPercent)
 	}
 	if o.metricsAddr != "" {
 		if err := serveMetrics(o.metricsAddr); err != nil {
