@@ -173,6 +173,10 @@ func DefaultConfig() Config {
 	}
 }
 
+// freshLimit is how recent the leader's last confirmation of its leadership
+// must be for it to grant a member lease (liveness.beat).
+func (c *Config) freshLimit() time.Duration { return c.MemberLease / 4 }
+
 // Validate checks every field and the fields against each other.
 func (c *Config) Validate() error {
 	var errs []error

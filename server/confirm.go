@@ -24,11 +24,16 @@ import (
 //     leases for 100 ms after the partition, while the majority elected a
 //     new leader);
 //   - it counts any answer that arrives after it is asked, also one to a
-//     heartbeat sent before the call: after a pause of the process (SIGSTOP,
-//     a VM freeze) answers sent before the pause confirmed a leader that had
-//     been deposed meanwhile (namespaces seed 104).
+//     heartbeat sent before the call: after a pause of the process (SIGSTOP)
+//     answers sent before the pause confirmed a leader that had been deposed
+//     meanwhile (namespaces seed 104).
 //
 // Here every question is sent after the call begins and only voters count.
+// This rests on Raft changing its configuration one server at a time (any
+// majority of the latest configuration meets any majority a rival could be
+// elected by), and on the monotonic clock advancing during a pause (a VM
+// freeze that stops the guest's clock is not covered, as it was not
+// before).
 // Unlike a barrier entry, the check does not wait for the disk or the state
 // machine, so a slow fsync on the leader does not stop lease grants.
 func (s *Server) confirmLeadership(ctx context.Context) error {

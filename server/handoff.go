@@ -19,13 +19,17 @@ import (
 // So a bucket this member becomes primary of at epoch e is pending until
 // the previous primary has applied index e (asked with GetActive; a member
 // that has applied e knows it is not the bucket's primary at an older
-// epoch), or until MemberLease + HeartbeatInterval after
+// epoch), or until MemberLease + MemberLease/4 + HeartbeatInterval after
 // this member saw the flip: a lease the old primary was granted before the
-// leader applied the flip has run out by then, and a later grant makes it
-// apply the flip before it acts again (leaseKeeper.acting). No gate when the
-// previous primary was a failed member: a member is failed only once its
-// lease has lapsed or its process is gone, which is what keeps local
-// failover fast.
+// leader applied the flip has run out by then (a deposed leader grants for
+// up to MemberLease/4 after its last confirmed leadership), and a later grant
+// makes it apply the flip before it acts again (leaseKeeper.acting). When
+// the previous primary has failed it no longer acts (a member is failed only
+// once its lease has lapsed or its process is gone), but it may have taken
+// the bucket over from a member that still does, its own gate unfinished
+// (cut off, then the taker crashed): the gate then waits until every other
+// alive member has applied e, a few milliseconds when they are reachable,
+// which keeps local failover fast.
 //
 // "Previous primary" and "became primary" are the state machine's
 // (Assignment.Previous and Since, set by the log), never this member's last
@@ -51,7 +55,8 @@ type handoff struct {
 
 type handoffGate struct {
 	epoch    uint64
-	from     string // the previous primary ("": not known, every other member)
+	since    uint64 // the takeover's index (Assignment.Since)
+	from     string // the previous primary ("": every other alive member)
 	deadline time.Time
 }
 
@@ -81,31 +86,45 @@ func (h *handoff) update() {
 
 // updateLocked sets the gates for a view of the bucket map; h.mu is held.
 func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
-	if applied <= h.processed && h.prev != nil {
-		return
-	}
-	self := h.s.cfg.MemberID
 	failed := map[string]bool{}
 	for _, m := range h.s.fsm.Members() {
 		failed[m.ID] = m.State == pb.MemberState_MEMBER_STATE_FAILED
 	}
-	deadline := time.Now().Add(h.s.cfg.MemberLease + h.s.cfg.HeartbeatInterval)
+	h.updateLockedWith(as, applied, failed)
+}
+
+// updateLockedWith is updateLocked with the failed members given.
+func (h *handoff) updateLockedWith(as []fsm.Assignment, applied uint64, failed map[string]bool) {
+	if applied <= h.processed && h.prev != nil {
+		return
+	}
+	self := h.s.cfg.MemberID
+	// A lease the previous primary holds was granted by at most freshLimit
+	// after its leader last confirmed its leadership, which was before the
+	// leader that committed the flip was elected.
+	deadline := time.Now().Add(h.s.cfg.MemberLease + h.s.cfg.freshLimit() + h.s.cfg.HeartbeatInterval)
 	for i, a := range as {
 		b := uint32(i)
 		g, gated := h.gates[b]
 		switch {
 		case a.Primary != self:
 			delete(h.gates, b)
-		case gated && g.epoch == a.Epoch:
-		case gated: // another change while pending: still pending, at the new epoch
+		case gated && g.since == a.Since: // another role changed while pending: still pending, at the new epoch
 			g.epoch = a.Epoch
 			h.gates[b] = g
-		case h.prev != nil && i < len(h.prev) && h.prev[i].Primary == self && h.prev[i].Since == a.Since:
+		case !gated && h.prev != nil && i < len(h.prev) && h.prev[i].Primary == self && h.prev[i].Since == a.Since:
 			// primary since before the last view: nothing new
-		case a.Previous == "":
-			h.gates[b] = handoffGate{a.Epoch, "", deadline}
-		case !failed[a.Previous]:
-			h.gates[b] = handoffGate{a.Epoch, a.Previous, deadline}
+		default:
+			// A takeover, or another one while pending. A failed previous
+			// primary has stopped acting, but it may have taken the bucket
+			// over from a member that still acts (its own gate unfinished):
+			// then, as when the previous primary is not known, every other
+			// alive member must have applied the flip.
+			from := a.Previous
+			if failed[from] {
+				from = ""
+			}
+			h.gates[b] = handoffGate{epoch: a.Epoch, since: a.Since, from: from, deadline: deadline}
 		}
 	}
 	h.prev, h.processed = as, applied
@@ -124,18 +143,32 @@ func (h *handoff) release(ctx context.Context) bool {
 	if len(need) == 0 {
 		return false
 	}
-	applied := map[string]uint64{} // member -> its applied index (0: not known)
-	unknown := ^uint64(0)          // the least applied index of the alive others
+	// Ask the members concerned at once: one that cannot be reached costs
+	// its timeout once, not once per member behind it.
+	var ask []fsm.Member
+	var isAlive []bool
 	for _, m := range h.s.fsm.Members() {
 		if m.ID == h.s.cfg.MemberID {
 			continue
 		}
 		alive := m.State == pb.MemberState_MEMBER_STATE_ALIVE || m.State == pb.MemberState_MEMBER_STATE_DRAINING
 		if need[m.ID] || need[""] && alive {
-			applied[m.ID] = h.appliedOf(ctx, m.GRPCAddr)
+			ask, isAlive = append(ask, m), append(isAlive, alive)
 		}
-		if alive && need[""] {
-			unknown = min(unknown, applied[m.ID])
+	}
+	got := make([]uint64, len(ask))
+	var wg sync.WaitGroup
+	for i, m := range ask {
+		wg.Add(1)
+		go func() { defer wg.Done(); got[i] = h.appliedOf(ctx, m.GRPCAddr) }()
+	}
+	wg.Wait()
+	applied := map[string]uint64{} // member -> its applied index (0: not known)
+	unknown := ^uint64(0)          // the least applied index of the alive others
+	for i, m := range ask {
+		applied[m.ID] = got[i]
+		if isAlive[i] && need[""] {
+			unknown = min(unknown, got[i])
 		}
 	}
 	now := time.Now()

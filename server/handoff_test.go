@@ -33,9 +33,35 @@ func TestHandoff_GatesOnTheLogsPreviousPrimary(t *testing.T) {
 	if g, ok := gate([]fsm.Assignment{{Primary: "m0", Previous: "m2", Since: 40, Epoch: 40}}, 50); !ok || g.from != "m2" || g.epoch != 40 {
 		t.Fatalf("regained at 40 from m2: gate %+v (%v), want one from m2 at epoch 40", g, ok)
 	}
+	// Still pending, it is taken away and given back again (from m3): the
+	// gate now waits for m3, with a new deadline.
+	first := h.gates[0].deadline
+	if g, ok := gate([]fsm.Assignment{{Primary: "m0", Previous: "m3", Since: 60, Epoch: 60}}, 70); !ok || g.from != "m3" || g.epoch != 60 || g.deadline.Before(first) {
+		t.Fatalf("retaken at 60 while pending: gate %+v (%v), want one from m3 at epoch 60", g, ok)
+	}
+	// Only a backup changed while pending: same gate, newer epoch.
+	if g, ok := gate([]fsm.Assignment{{Primary: "m0", Previous: "m3", Since: 60, Epoch: 65}}, 75); !ok || g.from != "m3" || g.epoch != 65 {
+		t.Fatalf("backup changed while pending: gate %+v (%v), want one from m3 at epoch 65", g, ok)
+	}
 	// Not known (state from before Previous was recorded): every other member.
 	h = newHandoff(s)
 	if g, ok := gate([]fsm.Assignment{{Primary: "m0", Epoch: 7}}, 7); !ok || g.from != "" {
 		t.Fatalf("unknown previous primary: gate %+v (%v), want one from every other member", g, ok)
+	}
+}
+
+// Taken over from a failed member: it no longer acts, but the member it
+// took the bucket from may (its gate unfinished when it failed), so every
+// other alive member must have applied the flip.
+func TestHandoff_FromAFailedMemberWaitsForEveryOther(t *testing.T) {
+	s := &Server{cfg: Config{MemberID: "m0", MemberLease: 500 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond}, fsm: fsm.New()}
+	h := newHandoff(s)
+	failed := map[string]bool{"m2": true}
+	h.updateLockedWith([]fsm.Assignment{{Primary: "m0", Previous: "m2", Since: 9, Epoch: 9}}, 9, failed)
+	if g, ok := h.gates[0]; !ok || g.from != "" {
+		t.Fatalf("taken over from failed m2: gate %+v (%v), want one from every other alive member", g, ok)
+	}
+	if d := time.Until(h.gates[0].deadline); d < 600*time.Millisecond {
+		t.Fatalf("deadline in %v, want at least MemberLease + MemberLease/4 + HeartbeatInterval (675ms)", d)
 	}
 }

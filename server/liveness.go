@@ -80,7 +80,7 @@ func newLiveness(s *Server) *liveness {
 
 // freshLimit is how recent the leader's last quorum check must be for it to
 // grant a lease.
-func (l *liveness) freshLimit() time.Duration { return l.s.cfg.MemberLease / 4 }
+func (l *liveness) freshLimit() time.Duration { return l.s.cfg.freshLimit() }
 
 // grace is how long a new leader waits before failing a member it has not
 // heard from: longer than any lease a previous leader can have granted.
@@ -142,7 +142,7 @@ func (l *liveness) verifyLoop(ctx context.Context) {
 		start := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, l.freshLimit())
 		done := make(chan error, 1)
-		go func() { done <- l.s.confirmLeadership(cctx) }() // not waited for: raft may never answer once shut down
+		go func() { done <- l.s.confirmLeadership(cctx) }() // not waited for on ctx's end
 		select {
 		case <-ctx.Done():
 			cancel()

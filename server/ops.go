@@ -142,7 +142,9 @@ func (s *Server) read(ctx context.Context, c pb.ReadConsistency) error {
 	if err != nil {
 		return err
 	}
-	if err := s.confirmLeadership(ctx); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout) // voters cut off must not hold a read without a deadline for ever
+	defer cancel()
+	if err := s.confirmLeadership(cctx); err != nil {
 		return err
 	}
 	if s.raft.CurrentTerm() != term {
