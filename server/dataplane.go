@@ -66,7 +66,7 @@ func (s *Server) runReplicator() {
 		_, changed := s.fsm.Watch()
 		if n := s.fsm.Stats().BucketCount; n > 0 {
 			r := repl.New(repl.Config{View: replView{s}, BucketCount: n, Delays: s.cfg.DelayClasses, RemoteCompression: s.cfg.RemoteCompression,
-				Dial: s.peers.get, Logger: s.logger.Named("repl"), OnApply: s.cfg.OnReplicaApply})
+				Dial: s.replPeers.get, Logger: s.logger.Named("repl"), OnApply: s.cfg.OnReplicaApply})
 			s.repl.mu.Lock()
 			s.repl.r = r
 			s.repl.mu.Unlock()

@@ -42,9 +42,10 @@ type Server struct {
 
 	grpcServer *grpc.Server
 	grpcLn     net.Listener
-	peers      *peerConns
-	siteLink   *siteLink // nil on a single-site cluster
-	siteLease  siteLease // witness policy
+	peers      *peerConns // control traffic: heartbeats, leadership questions, forwarded writes, ...
+	replPeers  *peerConns // the replication streams, on connections of their own
+	siteLink   *siteLink  // nil on a single-site cluster
+	siteLease  siteLease  // witness policy
 
 	// incarnation is chosen at random when the process starts.
 	incarnation uint64
@@ -97,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 		s.logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Info})
 	}
 	s.logger = s.logger.With("member", cfg.MemberID)
-	s.peers = newPeerConns(s.network)
+	s.peers, s.replPeers = newPeerConns(s.network), newPeerConns(s.network)
 	ok := false
 	defer func() {
 		if !ok {
@@ -565,5 +566,6 @@ func (s *Server) closeAll() error {
 		errs = append(errs, s.store.Close())
 	}
 	s.peers.close()
+	s.replPeers.close()
 	return errors.Join(errs...)
 }
