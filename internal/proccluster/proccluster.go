@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/internal/freeport"
 )
 
 // Config says what to start.
@@ -150,10 +151,10 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		id := fmt.Sprintf("m%d", i+1)
 		m := &Member{ID: id, DataDir: filepath.Join(c.dir, id), LogPath: filepath.Join(c.dir, id+".log")}
 		for _, a := range []*string{&m.GRPC, &m.Raft, &m.Gossip} {
-			addr, err := FreeAddr()
+			addr, err := freeport.Addr()
 			if err != nil {
 				c.Stop()
-				return nil, err
+				return nil, fmt.Errorf("proccluster: %w", err)
 			}
 			*a = addr
 		}
