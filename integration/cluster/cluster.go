@@ -27,8 +27,8 @@ import (
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/faultnet"
 	"github.com/connsync/connsync/integration/testkit"
+	"github.com/connsync/connsync/internal/proccluster"
 	"github.com/connsync/connsync/server"
-	"github.com/connsync/connsync/server/placement"
 )
 
 // Member is one member of a test cluster. Server is nil while it is stopped.
@@ -494,41 +494,19 @@ func activeOf(m *Member) []*pb.BucketEpoch {
 	return a
 }
 
-// Placed checks that f's bucket map is settled (see WaitPlaced).
+// Placed checks that f's bucket map is settled (see WaitPlaced): the rule
+// of proccluster.Settled, applied to a member's state machine.
 func Placed(f *fsm.FSM) error {
-	var alive []placement.Member
-	ok := map[string]bool{}
+	var ms []*pb.Member
 	for _, m := range f.Members() {
-		if m.State == pb.MemberState_MEMBER_STATE_ALIVE {
-			alive = append(alive, placement.Member{ID: m.ID, Weight: m.Weight})
-			ok[m.ID] = true
-		}
+		ms = append(ms, m.Proto())
 	}
 	as, _ := f.Buckets()
-	standby := f.Standby() // a standby site syncs no local backups (docs/SITES.md)
+	pas := make([]*pb.Assignment, len(as))
 	for i, a := range as {
-		switch {
-		case !ok[a.Primary]:
-			return fmt.Errorf("bucket %d: primary %q is not an alive member", i, a.Primary)
-		case len(alive) > 1 && (!ok[a.LocalBackup] || a.LocalBackup == a.Primary):
-			return fmt.Errorf("bucket %d: local backup %q (primary %s)", i, a.LocalBackup, a.Primary)
-		case len(alive) > 1 && !a.BackupSynced && !standby:
-			return fmt.Errorf("bucket %d: backup %s not synced yet", i, a.LocalBackup)
-		case a.Incoming != "":
-			return fmt.Errorf("bucket %d: move to %s under way", i, a.Incoming)
-		}
+		pas[i] = a.Proto(uint32(i))
 	}
-	primaries := map[string]int{}
-	for _, a := range as {
-		primaries[a.Primary]++
-	}
-	target := placement.Targets(len(as), alive)
-	for _, m := range alive {
-		if d := primaries[m.ID] - target[m.ID]; d < -1 || d > 1 {
-			return fmt.Errorf("%s is primary of %d buckets, its share is %d", m.ID, primaries[m.ID], target[m.ID])
-		}
-	}
-	return nil
+	return proccluster.Settled(ms, pas, 0, f.Standby())
 }
 
 // Assignments returns the leader's bucket map.

@@ -33,7 +33,7 @@ func bucketMap(n int, ids ...string) []*pb.Assignment {
 
 func TestSettled(t *testing.T) {
 	ms := alive("m1", "m2", "m3")
-	if err := Settled(ms, bucketMap(16, "m1", "m2", "m3"), 3); err != nil {
+	if err := Settled(ms, bucketMap(16, "m1", "m2", "m3"), 3, false); err != nil {
 		t.Fatalf("a balanced, synced map: %v", err)
 	}
 	for name, c := range map[string]struct {
@@ -48,7 +48,7 @@ func TestSettled(t *testing.T) {
 		"uneven":          {ms, append(bucketMap(12, "m1", "m2", "m3"), bucketMap(6, "m1", "m2")...), "its share is"},
 		"no backup":       {ms, func() []*pb.Assignment { as := bucketMap(16, "m1", "m2", "m3"); as[0].LocalBackup = ""; return as }(), "local backup"},
 	} {
-		err := Settled(c.members, c.as, 3)
+		err := Settled(c.members, c.as, 3, false)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: Settled = %v, want an error containing %q", name, err, c.want)
 		}
