@@ -406,13 +406,19 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer) (checked, wiped int, missing []string, err error) {
 	as := c.Assignments()
 	have := map[fsm.Key]uint32{}
-	held := map[uint32]int{} // states the primary holds per bucket
+	held := map[uint32]int{}                      // states the primary holds per bucket
+	dps := map[string]pb.DataPlaneServiceClient{} // one connection per primary
 	for b, a := range as {
-		m := c.Member(a.Primary)
-		if m == nil || m.Server == nil {
-			t.Fatalf("primary %s is not running", a.Primary)
+		dc, ok := dps[a.Primary]
+		if !ok {
+			m := c.Member(a.Primary)
+			if m == nil || m.Server == nil {
+				t.Fatalf("primary %s is not running", a.Primary)
+			}
+			dc = pb.NewDataPlaneServiceClient(dial(t, m.Addr()))
+			dps[a.Primary] = dc
 		}
-		r, err := pb.NewDataPlaneServiceClient(dial(t, m.Addr())).Dump(context.Background(), &pb.DumpRequest{Bucket: uint32(b)})
+		r, err := dc.Dump(context.Background(), &pb.DumpRequest{Bucket: uint32(b)})
 		if err != nil {
 			t.Fatal(err)
 		}
