@@ -78,14 +78,10 @@ func newLiveness(s *Server) *liveness {
 	return &liveness{s: s, peers: map[string]*peer{}, kick: make(chan struct{}, 1)}
 }
 
-// freshLimit is how recent the leader's last quorum check must be for it to
-// grant a lease.
-func (l *liveness) freshLimit() time.Duration { return l.s.cfg.freshLimit() }
-
 // grace is how long a new leader waits before failing a member it has not
 // heard from: longer than any lease a previous leader can have granted.
 func (l *liveness) grace() time.Duration {
-	return l.s.cfg.MemberLease + l.freshLimit() + 2*l.s.cfg.HeartbeatInterval
+	return l.s.cfg.MemberLease + l.s.cfg.freshLimit() + 2*l.s.cfg.HeartbeatInterval
 }
 
 // failAfter is how long after the last heartbeat a member's lease has
@@ -140,7 +136,7 @@ func (l *liveness) verifyLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		start := time.Now()
-		cctx, cancel := context.WithTimeout(ctx, l.freshLimit())
+		cctx, cancel := context.WithTimeout(ctx, l.s.cfg.freshLimit())
 		done := make(chan error, 1)
 		go func() { done <- l.s.confirmLeadership(cctx) }() // not waited for on ctx's end
 		select {
@@ -198,7 +194,7 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 			l.wake()
 		}
 		resp.Reason = "restarted: its buckets are being failed over"
-	case now.Sub(l.verified) > l.freshLimit():
+	case now.Sub(l.verified) > l.s.cfg.freshLimit():
 		resp.Reason = "leadership not confirmed recently"
 	case leaseCap <= 0:
 		resp.Reason = "the site holds no site lease"
