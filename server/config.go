@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/membership"
 	"github.com/connsync/connsync/server/repl"
 )
 
@@ -136,6 +137,10 @@ type Config struct {
 	// WrapLogStore, if set, wraps the Raft log store (raft-boltdb under
 	// Raft's log cache); tests use it to inject a slow disk.
 	WrapLogStore func(raft.LogStore) raft.LogStore
+	// TweakGossip, if set, adjusts the gossip pool's configuration (probe
+	// and gossip intervals) after connsyncd has filled it in; tests under
+	// the race detector use it to slow failure detection down.
+	TweakGossip func(*membership.Config)
 	// Logger receives the member's logs, Raft's included (nil = stderr, info).
 	Logger hclog.Logger
 }

@@ -37,6 +37,9 @@ func (s *Server) startGossip() error {
 		}
 		mc.Transport = t
 	}
+	if s.cfg.TweakGossip != nil {
+		s.cfg.TweakGossip(&mc)
+	}
 	pool, err := membership.New(mc)
 	if err != nil {
 		return fmt.Errorf("server: gossip: %w", err)
