@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/integration/cluster"
@@ -165,10 +168,17 @@ func (p *publisher) waitReplicated(timeout time.Duration) {
 				continue
 			}
 			p.seq[id]++
-			if err := st.Send(&pb.PublishRequest{Seq: p.seq[id]}); err != nil {
-				return err
+			err := st.Send(&pb.PublishRequest{Seq: p.seq[id]})
+			var resp *pb.PublishResponse
+			if err == nil {
+				resp, err = st.Recv()
+			} else if _, rerr := st.Recv(); rerr != nil { // Send says io.EOF; Recv has the stream's status
+				err = rerr
 			}
-			resp, err := st.Recv()
+			if status.Code(err) == codes.Aborted {
+				p.resend(id)
+				return fmt.Errorf("stream to %s aborted (%v): its unconfirmed events sent again", id, err)
+			}
 			if err != nil {
 				return err
 			}
@@ -180,6 +190,26 @@ func (p *publisher) waitReplicated(timeout time.Duration) {
 		}
 		return nil
 	})
+}
+
+// resend does what the API asks of a firewall whose Publish stream ended
+// with Aborted: it sends the stream's unconfirmed events again, to the
+// primaries of the moment, on new streams.
+func (p *publisher) resend(id string) {
+	p.t.Helper()
+	byVersion := map[byte][]int{}
+	for _, part := range p.sent[id] {
+		for _, i := range part {
+			byVersion[p.version[i]] = append(byVersion[p.version[i]], i)
+		}
+	}
+	delete(p.streams, id)
+	delete(p.sent, id)
+	for v, idx := range byVersion {
+		if r := p.publish(idx, v, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED); r != 0 {
+			p.t.Fatalf("%d unconfirmed events refused when sent again after the stream to %s was aborted", r, id)
+		}
+	}
 }
 
 // holds returns the states member m holds, by canonical key.

@@ -416,6 +416,48 @@ func TestSites_WitnessDownNoSiteFailover(t *testing.T) {
 	}
 }
 
+// handOver hands the active role from site `from` to site `to` with the
+// SiteHandover command, retried while `from`'s view of the copies at `to`
+// lags, and waits until `to` acts for every bucket. If `to` loses a remote
+// copy after the handover was accepted (a member of it that restarted is
+// failed over only then), it cannot take over and `from` takes the lease
+// back after takeBackAfter leases; the handover is then made again, as an
+// operator would.
+func handOver(t *testing.T, from *cluster.Cluster, fromSite string, to *cluster.Cluster, toSite string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		op := pb.NewOperatorServiceClient(dial(t, from.WaitForLeader(10*time.Second).Addr()))
+		ctx := cluster.Context(t, 30*time.Second)
+		var res *pb.SiteHandoverResponse
+		cluster.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+			var err error // refused while the view of the other site's copies lags
+			res, err = op.SiteHandover(ctx, &pb.SiteHandoverRequest{Site: fromSite})
+			return err
+		})
+		t0 := time.Now()
+		var tookBack bool
+		cluster.CheckFor(t, 30*time.Second, 5*time.Millisecond, func() error {
+			if len(activeOn(serversOf(to))) == fsm.DefaultBucketCount {
+				return nil
+			}
+			if l := from.Leader(); l != nil && !l.Server.FSM().Standby() && len(activeOn(serversOf(from))) == fsm.DefaultBucketCount {
+				tookBack = true
+				return nil
+			}
+			return fmt.Errorf("neither site %s nor site %s acts for every bucket %v after the handover", toSite, fromSite, time.Since(t0))
+		})
+		if !tookBack {
+			t.Logf("handover (site epoch %d at %s): site %s active %v after site %s went standby", res.SiteEpoch, fromSite, toSite, time.Since(t0), fromSite)
+			return
+		}
+		if attempt == 3 {
+			t.Fatalf("site %s took the lease back after %d handovers: site %s never took over", fromSite, attempt, toSite)
+		}
+		t.Logf("handover %d: site %s did not take over (it lost a copy after the handover was accepted); site %s took the lease back after %v, handing over again",
+			attempt, toSite, fromSite, time.Since(t0))
+	}
+}
+
 // TestSites_FailbackLosesNothing: site a is lost and site b takes over
 // (witness policy); connections move on at site b; site a comes back, goes
 // standby on its own (site b holds the lease), and receives site b's full
@@ -475,15 +517,7 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 	if _, err := op.SiteHandover(ctx, &pb.SiteHandoverRequest{Site: "a"}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("handover naming the other site: %v, want InvalidArgument", err)
 	}
-	var res *pb.SiteHandoverResponse
-	cluster.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
-		var err error // refused while site b's view of site a's copies lags
-		res, err = op.SiteHandover(ctx, &pb.SiteHandoverRequest{Site: "b"})
-		return err
-	})
-	t0 := time.Now()
-	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
-	t.Logf("handover (site epoch %d at b): site a active %v after site b went standby", res.SiteEpoch, time.Since(t0))
+	handOver(t, b, "b", a, "a")
 	if got := len(activeOn(serversOf(b))); got != 0 {
 		t.Fatalf("site b acts for %d buckets after the handover", got)
 	}
@@ -505,5 +539,74 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 	t.Logf("failback: %d connections checked at site a, %d lost", n, lost)
 	if lost > 0 {
 		t.Fatalf("%d connections lost in failover and failback", lost)
+	}
+}
+
+// TestSites_HandoverTakenBack: a site that handed over takes the lease back
+// when the other site does not take it (here: the other site cannot reach
+// the witness or this site's acceptor, so it never gets a majority), and
+// loses nothing; once the other site can take over, the handover is made
+// again and succeeds. Nothing acts on either site while neither holds the
+// lease.
+func TestSites_HandoverTakenBack(t *testing.T) {
+	n := envInt(t, "CONNSYNC_SITE_CONNS", 2000)
+	a, b, _ := dualSite(t, 3, true)
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
+	waitRemoteCopies(t, b, 60*time.Second)
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	pa := newPublisher(t, a)
+	pa.site = true
+	if r := pa.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
+		t.Fatalf("%d connections refused on site a", r)
+	}
+	pa.waitReplicated(120 * time.Second)
+
+	// Site b's members cannot dial the witness or site a; site a still
+	// reaches site b, sees it standby with every copy, and hands over.
+	bIDs := cluster.IDs(b.Members...)
+	a.Hub.Cut(bIDs, append(cluster.IDs(a.Members...), "w"))
+	op := pb.NewOperatorServiceClient(dial(t, a.WaitForLeader(10*time.Second).Addr()))
+	ctx := cluster.Context(t, 30*time.Second)
+	cluster.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		_, err := op.SiteHandover(ctx, &pb.SiteHandoverRequest{Site: "a"})
+		return err
+	})
+	t0 := time.Now()
+	// Site a's members stop acting as they apply the handover; then
+	// takeBackAfter (10) site leases of 500 ms must pass before site a asks
+	// again: for most of them no member of either site may act.
+	waitActive(t, "a", serversOf(a), 0, 5*time.Second)
+	for time.Since(t0) < 3*time.Second {
+		if got := len(activeOn(serversOf(a))) + len(activeOn(serversOf(b))); got != 0 {
+			t.Fatalf("%v after the handover, with neither site holding the lease: %d buckets active", time.Since(t0), got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
+	t.Logf("site a took the lease back %v after handing over", time.Since(t0))
+	if l := b.Leader(); l == nil || !l.Server.FSM().Standby() {
+		t.Fatalf("site b is not standby after site a took the lease back")
+	}
+	got := heldByPrimaries(t, a)
+	for _, i := range idx {
+		k, _ := bucketOf(t, conn(i, 0))
+		if st := got[k]; st == nil || st.Blob[0] != pa.version[i] {
+			t.Fatalf("connection %d (%s) at site a after the take-back: %v, want version byte %d", i, k, st, pa.version[i])
+		}
+	}
+
+	// Healed, the handover goes through.
+	a.Hub.HealAll()
+	waitRemoteCopies(t, b, 60*time.Second, a)
+	handOver(t, a, "a", b, "b")
+	got = heldByPrimaries(t, b)
+	for _, i := range idx {
+		k, _ := bucketOf(t, conn(i, 0))
+		if st := got[k]; st == nil || st.Blob[0] != pa.version[i] {
+			t.Fatalf("connection %d (%s) at site b after the handover: %v, want version byte %d", i, k, st, pa.version[i])
+		}
 	}
 }

@@ -316,6 +316,24 @@ func (l *liveness) healthy(id string) bool {
 	return now.Sub(l.since) < l.grace()
 }
 
+// heardFrom reports whether this leader heard, within a member lease, from
+// the process recorded for member id (this leader itself counts when the
+// record is of its own process).
+func (l *liveness) heardFrom(id string) bool {
+	m, ok := l.s.fsm.Member(id)
+	if !ok {
+		return false
+	}
+	if id == l.s.cfg.MemberID {
+		return m.Incarnation == l.s.incarnation
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.peers[id]
+	return l.leading && p != nil && p.deadNow(m) == "" && (m.Incarnation == 0 || p.incarnation == m.Incarnation) &&
+		time.Since(p.heard) <= l.s.cfg.MemberLease
+}
+
 // joined records a member's (re)registration: it holds no bucket yet, and
 // gets idleFailAfter to start heartbeating; it may take buckets once it has.
 func (l *liveness) joined(id string) {

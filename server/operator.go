@@ -42,7 +42,7 @@ func (o *operatorService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.
 		MemberCount: uint32(st.Members), BucketCount: st.BucketCount,
 		ClaimCount: uint64(st.Claims), LockCount: uint64(st.Locks), Version: Version,
 		Incarnation: s.incarnation, LeaseValid: s.lease.valid(), ActiveBuckets: uint32(len(active)),
-		GossipAddr: s.cfg.gossipAdvertise(), Standby: st.Standby, SiteEpoch: st.SiteEpoch,
+		GossipAddr: s.cfg.gossipAdvertise(), Standby: st.Standby, SiteEpoch: st.SiteEpoch, LeaseEpoch: st.LeaseEpoch,
 	}, nil
 }
 

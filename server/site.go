@@ -156,10 +156,11 @@ func (l *siteLink) update(info *repl.Peer, table []repl.PeerBucket) {
 		next = *l.peer
 	}
 	if info != nil {
-		if l.peer != nil && next.Site == info.Site && next.Standby == info.Standby && maps.Equal(next.Addrs, info.Addrs) && table == nil {
+		if l.peer != nil && next.Site == info.Site && next.Standby == info.Standby && next.LeaseEpoch == info.LeaseEpoch &&
+			maps.Equal(next.Addrs, info.Addrs) && table == nil {
 			return
 		}
-		next.Site, next.Standby, next.Addrs = info.Site, info.Standby, info.Addrs
+		next.Site, next.Standby, next.LeaseEpoch, next.Addrs = info.Site, info.Standby, info.LeaseEpoch, info.Addrs
 	}
 	if table != nil {
 		next.Buckets = table
@@ -200,7 +201,7 @@ func (l *siteLink) poll(ctx context.Context, op pb.OperatorServiceClient) (*repl
 	l.mu.Lock()
 	l.up, l.rtt, l.lastErr, l.leader, l.members = true, rtt, "", st.LeaderId, ids
 	l.mu.Unlock()
-	return &repl.Peer{Site: st.Site, Standby: st.Standby, Addrs: addrs}, nil
+	return &repl.Peer{Site: st.Site, Standby: st.Standby, LeaseEpoch: st.LeaseEpoch, Addrs: addrs}, nil
 }
 
 // isUp reports whether the last poll of the peer site succeeded and its
@@ -325,8 +326,10 @@ func (o *operatorService) SiteHandover(ctx context.Context, req *pb.SiteHandover
 		return nil, status.Errorf(codes.FailedPrecondition, "site %s holds a complete copy of %d of %d buckets; hand over once it holds all (connsyncctl sites)",
 			peer.Site, out.PeerCopiesSynced, st.BucketCount)
 	}
+	// Recording the lease epoch held lets this site tell later that the
+	// other site has not been active since (siteLease.takeBack).
 	var err error
-	if out.SiteEpoch, err = s.setSiteMode(ctx, true, "handover to site "+peer.Site, 0); err != nil {
+	if out.SiteEpoch, err = s.setSiteMode(ctx, true, "handover to site "+peer.Site, s.siteLease.heldEpoch(time.Now())); err != nil {
 		return nil, err
 	}
 	s.logger.Warn("site handed over: standby now", "site", s.cfg.Site, "to", peer.Site, "site_epoch", out.SiteEpoch)

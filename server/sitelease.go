@@ -100,6 +100,11 @@ type siteLease struct {
 	epoch    uint64         // epoch of the lease held
 	seen     uint64         // highest epoch any acceptor reported
 
+	// standbyEpoch is the site epoch at which this leader first saw its site
+	// standby, at standbySince (takeBack).
+	standbyEpoch uint64
+	standbySince time.Time
+
 	lastLapseLog time.Time
 }
 
@@ -107,6 +112,25 @@ func (l *siteLease) acceptorNow() *leaseAcceptor {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.acceptor
+}
+
+// heldEpoch returns the epoch of the lease the site holds at now, 0 if none.
+func (l *siteLease) heldEpoch(now time.Time) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.until) {
+		return l.epoch
+	}
+	return 0
+}
+
+// standbyFor returns how long this leader has seen its site standby at site
+// epoch siteEpoch (l.mu held).
+func (l *siteLease) standbyFor(siteEpoch uint64, now time.Time) time.Duration {
+	if l.standbySince.IsZero() || l.standbyEpoch != siteEpoch {
+		l.standbyEpoch, l.standbySince = siteEpoch, now
+	}
+	return now.Sub(l.standbySince)
 }
 
 // remaining returns how long the site still holds the lease.
@@ -138,6 +162,7 @@ func (s *Server) siteLeaseLoop(ctx context.Context) {
 	l.mu.Lock()
 	l.acceptor = newLeaseAcceptor(s.cfg.SiteLease)
 	l.until, l.epoch = time.Time{}, 0
+	l.standbySince = time.Time{}
 	l.mu.Unlock()
 	defer func() {
 		l.mu.Lock()
@@ -167,6 +192,7 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 	}
 	held := time.Now().Before(l.until)
 	epoch := l.epoch
+	why := "site lease acquired"
 	switch {
 	case !st.Standby:
 		if epoch == 0 || !held || l.seen > epoch {
@@ -180,11 +206,14 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// it first (start the active site, or fail over by hand).
 		l.mu.Unlock()
 		return
-	case !s.takeOver():
+	case s.takeOver():
+		epoch = max(l.seen, st.LeaseEpoch) + 1
+	case s.takeBack(st, l.standbyFor(st.SiteEpoch, time.Now())):
+		why = "site lease taken back (the other site did not take it over since this site handed over)"
+		epoch = max(l.seen, st.LeaseEpoch) + 1
+	default:
 		l.mu.Unlock()
 		return
-	default:
-		epoch = max(l.seen, st.LeaseEpoch) + 1
 	}
 	l.mu.Unlock()
 	sent := time.Now()
@@ -205,8 +234,8 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 	}
 	switch {
 	case granted >= 2 && st.Standby:
-		s.logger.Warn("site lease acquired: activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
-		if _, err := s.setSiteMode(ctx, false, "site lease acquired", epoch); err != nil {
+		s.logger.Warn(why+": activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
+		if _, err := s.setSiteMode(ctx, false, why, epoch); err != nil {
 			s.logger.Warn("site activation", "error", err)
 		}
 	case !st.Standby && time.Now().After(until) && others != "":
@@ -246,12 +275,48 @@ func (s *Server) takeOver() bool {
 	}
 }
 
+// takeBackAfter is how long a site that handed over waits for the other
+// site to take the lease before it takes the lease back (takeBack), in site
+// leases: a handover normally completes within about one.
+const takeBackAfter = 10
+
+// takeBack reports whether this standby site, which has been standby for
+// standbyFor, should ask for the lease again although the other site is
+// standby too: this site handed over, but the other site did not take over
+// (it lost a remote copy after the handover was accepted: a member of it
+// restarted or failed, and no active site is left to sync the bucket again).
+// It takes back only what is provably its own to take: the other site
+// records a lower lease epoch than this one, so it has not been active since
+// this site was, and this site's members still hold the latest state. Once
+// this site is active again it syncs the other site's missing copies, and
+// the handover can be repeated.
+func (s *Server) takeBack(st fsm.Stats, standbyFor time.Duration) bool {
+	if s.siteLink == nil || !s.siteLink.isUp() || st.LeaseEpoch == 0 || standbyFor < takeBackAfter*s.cfg.SiteLease {
+		return false
+	}
+	p, _ := s.siteLink.watch()
+	return p != nil && p.Standby && p.LeaseEpoch < st.LeaseEpoch
+}
+
 // allCopiesSynced reports whether this standby site holds a complete remote
-// copy of every bucket.
+// copy of every bucket: recorded synced in the state machine, and held by a
+// primary whose recorded process this leader has heard from within a member
+// lease. The record alone is not enough: a primary that restarted lost its
+// copies, and the record says so only once this leader has learnt of the
+// restart and failed it over.
 func (s *Server) allCopiesSynced() bool {
 	as, _ := s.fsm.Buckets()
+	heard := map[string]bool{}
 	for _, a := range as {
 		if !a.RemoteCopySynced {
+			return false
+		}
+		ok, seen := heard[a.Primary]
+		if !seen {
+			ok = s.live.heardFrom(a.Primary)
+			heard[a.Primary] = ok
+		}
+		if !ok {
 			return false
 		}
 	}

@@ -7,6 +7,8 @@ package repl
 type Peer struct {
 	Site    string
 	Standby bool
+	// LeaseEpoch is the peer site's recorded site-lease epoch (StatusResponse).
+	LeaseEpoch uint64
 	// Addrs maps the peer site's live members to their gRPC addresses.
 	Addrs map[string]string
 	// Buckets is the peer site's bucket table (nil until it is known).

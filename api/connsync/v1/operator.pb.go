@@ -556,7 +556,11 @@ type StatusResponse struct {
 	// a site failover activates it.
 	Standby bool `protobuf:"varint,19,opt,name=standby,proto3" json:"standby,omitempty"`
 	// Raft index of the site's last activation or deactivation (0: never).
-	SiteEpoch     uint64 `protobuf:"varint,20,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
+	SiteEpoch uint64 `protobuf:"varint,20,opt,name=site_epoch,json=siteEpoch,proto3" json:"site_epoch,omitempty"`
+	// Witness policy: the highest site-lease epoch this site activated under or
+	// held when it handed over (0: none recorded). A site whose value is below
+	// the other site's has not been active since the other was.
+	LeaseEpoch    uint64 `protobuf:"varint,21,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -727,6 +731,13 @@ func (x *StatusResponse) GetStandby() bool {
 func (x *StatusResponse) GetSiteEpoch() uint64 {
 	if x != nil {
 		return x.SiteEpoch
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLeaseEpoch() uint64 {
+	if x != nil {
+		return x.LeaseEpoch
 	}
 	return 0
 }
@@ -2111,7 +2122,7 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"\x06rtt_us\x18\a \x01(\x03R\x05rttUs\x12\x14\n" +
 	"\x05error\x18\b \x01(\tR\x05error\x120\n" +
 	"\x14remote_copies_synced\x18\t \x01(\rR\x12remoteCopiesSynced\"\x0f\n" +
-	"\rStatusRequest\"\x8f\x05\n" +
+	"\rStatusRequest\"\xb0\x05\n" +
 	"\x0eStatusResponse\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1d\n" +
@@ -2139,7 +2150,9 @@ const file_connsync_v1_operator_proto_rawDesc = "" +
 	"gossipAddr\x12\x18\n" +
 	"\astandby\x18\x13 \x01(\bR\astandby\x12\x1d\n" +
 	"\n" +
-	"site_epoch\x18\x14 \x01(\x04R\tsiteEpoch\"T\n" +
+	"site_epoch\x18\x14 \x01(\x04R\tsiteEpoch\x12\x1f\n" +
+	"\vlease_epoch\x18\x15 \x01(\x04R\n" +
+	"leaseEpoch\"T\n" +
 	"\x12ListMembersRequest\x12>\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"y\n" +
 	"\x13ListMembersResponse\x12-\n" +
