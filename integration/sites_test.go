@@ -324,6 +324,33 @@ func witnessFailoverTrial(t *testing.T, n int) time.Duration {
 	return took
 }
 
+// TestSites_WitnessFailoverAfterStandbyLeaderChange: the standby site's
+// leader changes just after the active site is lost. The new leader's
+// acceptor is new and no renewal of the lost site reaches it, so it has
+// heard of no lease epoch; it must fail over all the same, since it has seen
+// the other site active (CI run of 2026-11-27: the site stayed standby).
+func TestSites_WitnessFailoverAfterStandbyLeaderChange(t *testing.T) {
+	a, b, _ := dualSite(t, 3, true)
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
+	waitRemoteCopies(t, b, 60*time.Second)
+	before := b.WaitForLeader(10 * time.Second)
+	var wg sync.WaitGroup
+	for _, m := range a.Running() { // the whole site at once
+		wg.Add(1)
+		go func(s *server.Server) { defer wg.Done(); _ = s.Shutdown() }(m.Server)
+	}
+	wg.Wait()
+	for _, m := range a.Members {
+		m.Server = nil // shut down above
+	}
+	if _, err := b.Client().TransferLeadership(cluster.Context(t, 10*time.Second), ""); err != nil {
+		t.Fatalf("leadership transfer on site b: %v", err)
+	}
+	after := b.WaitForNewLeader(before, 10*time.Second)
+	t.Logf("site b's leader moved from %s to %s after site a was lost", before.ID, after.ID)
+	waitActive(t, "b", serversOf(b), fsm.DefaultBucketCount, 20*time.Second)
+}
+
 // TestSites_LinkCutNeverActivatesBoth (S1 across sites): under a seeded
 // schedule of cuts — the link between the sites alone, then site a cut off
 // from everything — no bucket is ever active on both sites; with only the

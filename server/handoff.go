@@ -21,9 +21,12 @@ import (
 // that has applied e knows it is not the bucket's primary at an older
 // epoch), or until MemberLease + MemberLease/4 + HeartbeatInterval after
 // this member saw the flip: a lease the old primary was granted before the
-// leader applied the flip has run out by then (a deposed leader grants for
-// up to MemberLease/4 after its last confirmed leadership), and a later grant
-// makes it apply the flip before it acts again (leaseKeeper.acting). When
+// flip was committed has run out by then (a deposed leader grants for up to
+// MemberLease/4 after its last confirmed leadership), and a grant made after
+// the commit carries the leader's commit index, so it holds only once the
+// old primary has applied the flip (leaseKeeper.acting). (Grants once
+// carried the leader's applied index, which a follower's can pass: this
+// member may apply the flip before the leader does.) When
 // the previous primary has failed it no longer acts (a member is failed only
 // once its lease has lapsed or its process is gone), but it may have taken
 // the bucket over from a member that still does, its own gate unfinished

@@ -200,7 +200,11 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "the site holds no site lease"
 	default:
 		resp.Granted = true
-		resp.AppliedIndex = s.fsm.AppliedIndex()
+		// The commit index, not only what this leader has applied: a
+		// follower may apply a flip that moves a bucket off this member
+		// before the leader does, and its handoff gate counts on every
+		// grant made after the commit making this member apply it first.
+		resp.AppliedIndex = max(s.fsm.AppliedIndex(), s.raft.CommitIndex())
 		resp.LeaseMs = leaseCap.Milliseconds()
 	}
 	return resp

@@ -201,9 +201,13 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 			// link cut): take the lease at an epoch above all of them.
 			epoch = max(l.seen, st.LeaseEpoch) + 1
 		}
-	case l.seen == 0 && st.LeaseEpoch == 0:
-		// No site has ever held the lease: a standby site does not take
-		// it first (start the active site, or fail over by hand).
+	case l.seen == 0 && st.LeaseEpoch == 0 && !s.peerSeenActive():
+		// No site is known to hold or to have held the lease: a standby
+		// site does not take it first (start the active site, or fail
+		// over by hand). The other site seen active counts: a leader
+		// elected after the active site was lost has heard of no epoch
+		// (its acceptor is new, no renewal reaches it), yet must fail
+		// over; its asks then learn the epochs from the acceptors.
 		l.mu.Unlock()
 		return
 	case s.takeOver():
@@ -296,6 +300,13 @@ func (s *Server) takeBack(st fsm.Stats, standbyFor time.Duration) bool {
 	}
 	p, _ := s.siteLink.watch()
 	return p != nil && p.Standby && p.LeaseEpoch < st.LeaseEpoch
+}
+
+// peerSeenActive reports whether this member's last view of the other site
+// has it active.
+func (s *Server) peerSeenActive() bool {
+	p, _ := s.siteLink.watch()
+	return p != nil && !p.Standby
 }
 
 // allCopiesSynced reports whether this standby site holds a complete remote

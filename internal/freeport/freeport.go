@@ -12,24 +12,26 @@ import (
 
 var (
 	mu   sync.Mutex
-	used = map[int]bool{}
+	used = map[int]bool{} // handed out, or claimed by another process
 )
 
 // Addr returns a loopback address ("127.0.0.1:port") whose port is free for
 // both TCP and UDP, as memberlist needs. Ports come from 20000-31999, below
 // the kernel's ephemeral range (32768-60999 on Linux), so :0 listeners and
 // outgoing connections cannot take the port between this check and its
-// use; a port handed out once is never handed out again by this process
-// (another process may still pick it: two processes side by side can
-// collide).
+// use. A port handed out once is never handed out again by this process,
+// and is claimed for its lifetime with a lock file (claim): test processes
+// side by side (go test runs packages in parallel) do not hand out each
+// other's ports, which a crashed member restarting on its own port needs.
 func Addr() (string, error) {
 	mu.Lock()
 	defer mu.Unlock()
 	for range 1000 {
 		port := 20000 + rand.IntN(12000)
-		if used[port] {
+		if used[port] || !claim(port) {
 			continue
 		}
+		used[port] = true // claimed: this process's from now on, free or not
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -41,7 +43,6 @@ func Addr() (string, error) {
 			continue
 		}
 		pc.Close()
-		used[port] = true
 		return addr, nil
 	}
 	return "", errors.New("no loopback port free for TCP and UDP in 20000-31999")

@@ -98,8 +98,9 @@ type HeartbeatResponse struct {
 	Reason   string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	Term     uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
 	LeaderId string `protobuf:"bytes,5,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	// The leader's applied index when it answered: the member acts only once
-	// its own state machine has applied this far.
+	// The leader's commit index when it answered (at least its applied
+	// index): the lease this answer grants holds only once the member's state
+	// machine has applied this far.
 	AppliedIndex uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// The member's state in the site state machine (ALIVE, FAILED, ...). A
 	// member told it is FAILED or unknown joins again.
