@@ -171,6 +171,53 @@ func TestCluster_NoQuorumIsUnavailable(t *testing.T) {
 	}
 }
 
+// TestCluster_RetryAfterTheMemberFailedGetsTheFirstAnswer: a claim applied
+// while its member was alive, retried (same header) after the member
+// failed, answers what the first attempt did; a new claim for the failed
+// member is refused (chaos seed 104 of TestChaos_Namespaces: the retry was
+// refused as "member is FAILED", telling the client a claim that took effect
+// did not).
+func TestCluster_RetryAfterTheMemberFailedGetsTheFirstAnswer(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	l := c.WaitForLeader(10 * time.Second)
+	var victim *cluster.Member
+	for _, m := range c.Members {
+		if m != l {
+			victim = m
+			break
+		}
+	}
+	ctx := cluster.Context(t, 20*time.Second)
+	own := pb.NewOwnershipServiceClient(dial(t, l.Addr()))
+	req := &pb.ClaimRequest{Header: &pb.RequestHeader{ClientId: 43, Seq: 1}, Key: key(5), MemberId: victim.ID}
+	first, err := own.Claim(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Stop(victim)
+	cluster.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if m, _ := l.Server.FSM().Member(victim.ID); m.State != pb.MemberState_MEMBER_STATE_FAILED {
+			return fmt.Errorf("%s is %s", victim.ID, m.State)
+		}
+		return nil
+	})
+	again, err := own.Claim(ctx, req)
+	if err != nil {
+		t.Fatalf("retried claim after %s failed: %v (a retry must get the first outcome)", victim.ID, err)
+	}
+	if again.Claim.Epoch != first.Claim.Epoch || again.Claim.MemberId != victim.ID {
+		t.Fatalf("retry got %v, first got %v", again.Claim, first.Claim)
+	}
+	req.Header.Seq = 2
+	req.Key = key(6)
+	if _, err := own.Claim(ctx, req); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a new claim for failed %s: got %v, want FailedPrecondition", victim.ID, err)
+	}
+	if _, err := own.Claim(ctx, &pb.ClaimRequest{Key: key(7), MemberId: victim.ID}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a claim without header for failed %s: got %v, want FailedPrecondition", victim.ID, err)
+	}
+}
+
 // TestCluster_RetriedWriteAppliedOnce replays a request header: the site
 // answers the first outcome instead of applying again.
 func TestCluster_RetriedWriteAppliedOnce(t *testing.T) {

@@ -63,7 +63,7 @@ func (l *lockService) AcquireLock(ctx context.Context, req *pb.AcquireLockReques
 	if err != nil {
 		return nil, err
 	}
-	if err := l.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
+	if err := l.s.checkMember(ctx, "member_id", req.MemberId, req.Header); err != nil {
 		return nil, err
 	}
 	r, err := l.s.write1(ctx, req.Header, acquireLockOp(k, req.MemberId, ttl))

@@ -31,7 +31,15 @@ func checkMemberID(field, id string) error {
 // checkMember validates a member ID field that must name an alive member.
 // Writes run on the leader once it has applied its barrier, so its FSM knows
 // every committed member; the FSM checks again when the entry is applied.
-func (s *Server) checkMember(ctx context.Context, field, id string) error {
+//
+// A write with an idempotency header (h.ClientId set) is checked for a known
+// member only: it may be the retry of one already applied while the member
+// was alive, and its answer must be that one, which the FSM's session gives;
+// refusing it here because the member has failed since would tell the
+// client that a write that took effect did not (chaos seed 104 of
+// TestChaos_Namespaces: a claim whose member was killed mid-call). Members
+// are never deleted from the FSM, so "known" cannot change.
+func (s *Server) checkMember(ctx context.Context, field, id string, h *pb.RequestHeader) error {
 	if err := checkMemberID(field, id); err != nil {
 		return err
 	}
@@ -42,7 +50,7 @@ func (s *Server) checkMember(ctx context.Context, field, id string) error {
 	switch {
 	case !ok:
 		return invalid(field, "unknown member %q (connsyncctl members lists them)", id)
-	case m.State != pb.MemberState_MEMBER_STATE_ALIVE:
+	case m.State != pb.MemberState_MEMBER_STATE_ALIVE && h.GetClientId() == 0:
 		return status.Errorf(codes.FailedPrecondition, "%s: member %q is %s", field, id, m.State)
 	}
 	return nil
@@ -113,7 +121,7 @@ func (o *ownershipService) Claim(ctx context.Context, req *pb.ClaimRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	if err := o.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
+	if err := o.s.checkMember(ctx, "member_id", req.MemberId, req.Header); err != nil {
 		return nil, err
 	}
 	r, err := o.s.write1(ctx, req.Header, claimOp(k, req.MemberId))
@@ -128,7 +136,7 @@ func (o *ownershipService) ClaimBatch(ctx context.Context, req *pb.ClaimBatchReq
 	if err != nil {
 		return nil, err
 	}
-	if err := o.s.checkMember(ctx, "member_id", req.MemberId); err != nil {
+	if err := o.s.checkMember(ctx, "member_id", req.MemberId, req.Header); err != nil {
 		return nil, err
 	}
 	res, err := o.s.write(ctx, req.Header, claimBatchOp(keys, req.MemberId))
