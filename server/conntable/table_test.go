@@ -210,3 +210,29 @@ func TestUpdateVersionFloor(t *testing.T) {
 		t.Fatal("floor beyond MaxVersion")
 	}
 }
+
+// BenchmarkTable_Upsert measures a backup applying one record to its table:
+// an update of one of 100k live connections (a new version of its state).
+func BenchmarkTable_Upsert(b *testing.B) {
+	const n = 100_000
+	keys := make([]fsm.Key, n)
+	for i := range keys {
+		keys[i] = key(b, i)
+	}
+	tb := New(fsm.DefaultBucketCount)
+	state := string(make([]byte, 60))
+	for i, k := range keys {
+		tb.Apply(k.Bucket(fsm.DefaultBucketCount), k, Record{Version: 1, State: state}, 0)
+		_ = i
+	}
+	b.ReportAllocs()
+	v := uint64(1)
+	i := 0
+	for b.Loop() {
+		k := keys[i]
+		if i++; i == n {
+			i, v = 0, v+1
+		}
+		tb.Apply(k.Bucket(fsm.DefaultBucketCount), k, Record{Version: v + 1, State: state}, 0)
+	}
+}

@@ -100,3 +100,26 @@ func FuzzDecodeRecords(f *testing.F) {
 		})
 	})
 }
+
+// BenchmarkWire measures encoding and decoding one delta record (an IPv4
+// key and a 60-byte state, a typical TCP connection with NAT).
+func BenchmarkWire(b *testing.B) {
+	r := wireRecord{bucket: 1234, epoch: 1 << 20, key: testKey(b, 7), rec: conntable.Record{Version: 99, State: string(make([]byte, 60))}}
+	b.Run("encode", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 256)
+		for b.Loop() {
+			buf = appendRecord(buf[:0], &r)
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := appendRecord(nil, &r)
+		var got int
+		for b.Loop() {
+			if _, err := decodeRecords(buf, func(*wireRecord) { got++ }); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
