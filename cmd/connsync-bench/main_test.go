@@ -77,6 +77,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"failover", "-trials", "0"}, "-trials must be >= 1"},
 		{[]string{"failover", "-members", "2"}, "-members must be >= 3 for failover"},
 		{[]string{"claims", "-nosuch"}, "unknown flag"},
+		{[]string{"lock-takeover", "-trials", "0"}, "-trials must be >= 1"},
+		{[]string{"lock-takeover", "-members", "1"}, "-members must be >= 3 for lock-takeover"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), c.args, &stdout, &stderr)
@@ -190,6 +192,15 @@ func TestScenariosOnProcesses(t *testing.T) {
 		t.Errorf("failover: buckets taken over by a member without a synced copy: %v", fo)
 	}
 	saneLatency(fo)
+
+	lt, err := runLockTakeover(ctx, s.c, lockTakeoverFlags{trials: 1}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lock-takeover: %v", lt)
+	if m := num(lt, "max_ms"); !(m > 0 && m < 10000) {
+		t.Errorf("lock-takeover: want 0 < max_ms < 10000: %v", lt)
+	}
 
 	dir := s.c.Dir()
 	s.cleanup()
