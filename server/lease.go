@@ -14,43 +14,33 @@ import (
 // leaseKeeper is the member side of the member lease (see MemberService.
 // Heartbeat in api/connsync/v1/member.proto). It keeps one heartbeat stream
 // to the site leader, sends a beat every HeartbeatInterval, and extends the
-// lease to send time + MemberLease for each granted answer. Each grant holds
-// only once the member's state machine has applied as far as the leader had
-// committed when it granted it, so a member that comes back from a pause or
-// a partition learns that its buckets moved before it could act on them
-// again. Grants are kept apart: while the state machine catches up with the
-// newest one, an older grant that it has caught up with still holds until
-// it ends, so a member that is a few entries behind under a write load does
-// not stop acting at every beat.
+// lease to send time + MemberLease for each granted answer. The member acts
+// as primary only while the lease holds and its state machine has applied
+// as far as the leader had committed when it granted it (the highest such
+// index of every grant), so a member that comes back from a pause or a
+// partition learns that its buckets moved before it could act on them
+// again. (Keeping each grant apart, so that a member a few entries behind
+// the newest grant could act under an older one, was tried and reverted: a
+// grant from a deposed leader with a stale index would then hold on its own;
+// TestProcess_PausedMemberNeverActsOnLostBuckets failed once with it.)
 //
 // Only monotonic clock readings are compared, never wall-clock times of two
 // machines.
 type leaseKeeper struct {
 	s *Server
 
-	mu      sync.Mutex
-	expires time.Time // the latest grant's end; zero: no lease
-	grants  []grant   // unexpired grants, oldest first
-	state   pb.MemberState
-	sent    map[uint64]time.Time // seq -> send time, for beats in flight
-	seq     uint64
-	rejoin  chan struct{} // signalled when the leader says this member is failed or unknown
+	mu         sync.Mutex
+	expires    time.Time // zero: no lease
+	minApplied uint64    // the state machine must have applied this far
+	state      pb.MemberState
+	sent       map[uint64]time.Time // seq -> send time, for beats in flight
+	seq        uint64
+	rejoin     chan struct{} // signalled when the leader says this member is failed or unknown
 }
 
 func newLeaseKeeper(s *Server) *leaseKeeper {
 	return &leaseKeeper{s: s, sent: map[uint64]time.Time{}, rejoin: make(chan struct{}, 1)}
 }
-
-// grant is one granted heartbeat answer: the lease holds until expires
-// once the state machine has applied minApplied.
-type grant struct {
-	expires    time.Time
-	minApplied uint64
-}
-
-// maxGrants bounds the grants kept (a beat every HeartbeatInterval, each
-// good for at most MemberLease: about a dozen with the defaults).
-const maxGrants = 64
 
 // valid reports whether the lease holds now.
 func (l *leaseKeeper) valid() bool {
@@ -68,16 +58,7 @@ func (l *leaseKeeper) acting() bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.s.fsm.Standby() {
-		return false
-	}
-	now, applied := time.Now(), l.s.fsm.AppliedIndex()
-	for i := len(l.grants) - 1; i >= 0; i-- {
-		if g := l.grants[i]; now.Before(g.expires) && applied >= g.minApplied {
-			return true
-		}
-	}
-	return false
+	return time.Now().Before(l.expires) && l.s.fsm.AppliedIndex() >= l.minApplied && !l.s.fsm.Standby()
 }
 
 // activeBuckets returns the buckets this member acts as primary for now:
@@ -100,7 +81,7 @@ func (l *leaseKeeper) activeBuckets() ([]*pb.BucketEpoch, uint64) {
 // drop ends the lease at once (the leader refused it).
 func (l *leaseKeeper) drop() {
 	l.mu.Lock()
-	l.expires, l.grants = time.Time{}, nil
+	l.expires = time.Time{}
 	l.mu.Unlock()
 }
 
@@ -214,7 +195,7 @@ func (l *leaseKeeper) answer(resp *pb.HeartbeatResponse) {
 	delete(l.sent, resp.Seq)
 	l.state = resp.MemberState
 	if !resp.Granted {
-		l.expires, l.grants = time.Time{}, nil
+		l.expires = time.Time{}
 		switch resp.MemberState {
 		case pb.MemberState_MEMBER_STATE_UNSPECIFIED, pb.MemberState_MEMBER_STATE_FAILED:
 			select {
@@ -231,22 +212,10 @@ func (l *leaseKeeper) answer(resp *pb.HeartbeatResponse) {
 	if resp.LeaseMs > 0 {
 		d = min(d, time.Duration(resp.LeaseMs)*time.Millisecond) // cut to the site lease
 	}
-	exp := sent.Add(d)
-	if exp.After(l.expires) {
+	if exp := sent.Add(d); exp.After(l.expires) {
 		l.expires = exp
 	}
-	// Drop the grants that ended, and those a caught-up later one outlasts.
-	now, applied := time.Now(), l.s.fsm.AppliedIndex()
-	keep := l.grants[:0]
-	for _, g := range l.grants {
-		if now.Before(g.expires) && !(applied >= resp.AppliedIndex && !exp.Before(g.expires)) {
-			keep = append(keep, g)
-		}
-	}
-	l.grants = append(keep, grant{exp, resp.AppliedIndex})
-	if len(l.grants) > maxGrants {
-		l.grants = l.grants[len(l.grants)-maxGrants:]
-	}
+	l.minApplied = max(l.minApplied, resp.AppliedIndex)
 }
 
 // rejoinLoop joins the site again whenever the leader says this member is
