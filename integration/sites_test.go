@@ -485,6 +485,41 @@ func handOver(t *testing.T, from *cluster.Cluster, fromSite string, to *cluster.
 	}
 }
 
+// witnessSitesWithConns builds two sites under the witness policy, waits
+// until site a acts for every bucket and site b holds a copy of each, and
+// publishes connections 0..n-1 (version 1) on site a until site b has them
+// all. It returns the publisher and the connections' indexes.
+func witnessSitesWithConns(t *testing.T, n int) (a, b *cluster.Cluster, pa *publisher, idx []int) {
+	t.Helper()
+	a, b, _ = dualSite(t, 3, true)
+	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
+	waitRemoteCopies(t, b, 60*time.Second)
+	idx = make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	pa = newPublisher(t, a)
+	pa.site = true
+	if r := pa.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
+		t.Fatalf("%d connections refused on site a", r)
+	}
+	pa.waitReplicated(120 * time.Second)
+	return a, b, pa, idx
+}
+
+// atPublishedVersions checks that c's primaries hold every connection of idx
+// at the version p last published (when names the moment, for the message).
+func atPublishedVersions(t *testing.T, c *cluster.Cluster, p *publisher, idx []int, when string) {
+	t.Helper()
+	got := heldByPrimaries(t, c)
+	for _, i := range idx {
+		k, _ := bucketOf(t, conn(i, 0))
+		if st := got[k]; st == nil || st.Blob[0] != p.version[i] {
+			t.Fatalf("connection %d (%s) %s: %v, want version byte %d", i, k, when, st, p.version[i])
+		}
+	}
+}
+
 // TestSites_FailbackLosesNothing: site a is lost and site b takes over
 // (witness policy); connections move on at site b; site a comes back, goes
 // standby on its own (site b holds the lease), and receives site b's full
@@ -494,20 +529,7 @@ func handOver(t *testing.T, from *cluster.Cluster, fromSite string, to *cluster.
 //
 //	CONNSYNC_SITE_CONNS=1000000 go test ./integration -run FailbackLosesNothing -v -timeout 30m
 func TestSites_FailbackLosesNothing(t *testing.T) {
-	n := envInt(t, "CONNSYNC_SITE_CONNS", 5000)
-	a, b, _ := dualSite(t, 3, true)
-	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
-	waitRemoteCopies(t, b, 60*time.Second)
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = i
-	}
-	pa := newPublisher(t, a)
-	pa.site = true
-	if r := pa.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
-		t.Fatalf("%d connections refused on site a", r)
-	}
-	pa.waitReplicated(120 * time.Second)
+	a, b, pa, idx := witnessSitesWithConns(t, envInt(t, "CONNSYNC_SITE_CONNS", 5000))
 
 	// Site a is lost; site b takes over.
 	for _, m := range a.Running() {
@@ -517,7 +539,7 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 	// Connections move on at site b: a quarter get a new version.
 	pb2 := newPublisher(t, b)
 	pb2.site = true
-	some := idx[:n/4]
+	some := idx[:len(idx)/4]
 	if r := pb2.publish(some, 2, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED); r != 0 {
 		t.Fatalf("%d updates refused on site b", r)
 	}
@@ -563,7 +585,7 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("failback: %d connections checked at site a, %d lost", n, lost)
+	t.Logf("failback: %d connections checked at site a, %d lost", len(idx), lost)
 	if lost > 0 {
 		t.Fatalf("%d connections lost in failover and failback", lost)
 	}
@@ -576,20 +598,7 @@ func TestSites_FailbackLosesNothing(t *testing.T) {
 // again and succeeds. Nothing acts on either site while neither holds the
 // lease.
 func TestSites_HandoverTakenBack(t *testing.T) {
-	n := envInt(t, "CONNSYNC_SITE_CONNS", 2000)
-	a, b, _ := dualSite(t, 3, true)
-	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
-	waitRemoteCopies(t, b, 60*time.Second)
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = i
-	}
-	pa := newPublisher(t, a)
-	pa.site = true
-	if r := pa.publish(idx, 1, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
-		t.Fatalf("%d connections refused on site a", r)
-	}
-	pa.waitReplicated(120 * time.Second)
+	a, b, pa, idx := witnessSitesWithConns(t, envInt(t, "CONNSYNC_SITE_CONNS", 2000))
 
 	// Site b's members cannot dial the witness or site a; site a still
 	// reaches site b, sees it standby with every copy, and hands over.
@@ -617,23 +626,11 @@ func TestSites_HandoverTakenBack(t *testing.T) {
 	if l := b.Leader(); l == nil || !l.Server.FSM().Standby() {
 		t.Fatalf("site b is not standby after site a took the lease back")
 	}
-	got := heldByPrimaries(t, a)
-	for _, i := range idx {
-		k, _ := bucketOf(t, conn(i, 0))
-		if st := got[k]; st == nil || st.Blob[0] != pa.version[i] {
-			t.Fatalf("connection %d (%s) at site a after the take-back: %v, want version byte %d", i, k, st, pa.version[i])
-		}
-	}
+	atPublishedVersions(t, a, pa, idx, "at site a after the take-back")
 
 	// Healed, the handover goes through.
 	a.Hub.HealAll()
 	waitRemoteCopies(t, b, 60*time.Second, a)
 	handOver(t, a, "a", b, "b")
-	got = heldByPrimaries(t, b)
-	for _, i := range idx {
-		k, _ := bucketOf(t, conn(i, 0))
-		if st := got[k]; st == nil || st.Blob[0] != pa.version[i] {
-			t.Fatalf("connection %d (%s) at site b after the handover: %v, want version byte %d", i, k, st, pa.version[i])
-		}
-	}
+	atPublishedVersions(t, b, pa, idx, "at site b after the handover")
 }

@@ -47,17 +47,12 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 		return nil, err
 	}
 	defer admin.Close()
-	var phase atomic.Value
-	phase.Store("")
-	setPhase := func(format string, args ...any) { phase.Store(fmt.Sprintf(format, args...)) }
-	var trials []trial
-	var current atomic.Int64
-	stop := rep.progress(func() string {
-		return fmt.Sprintf("failover trial %d/%d: %s", current.Load(), f.trials, phase.Load())
-	})
+	prog, stop := newTrialProgress(rep, "failover", f.trials)
 	defer stop()
+	setPhase := prog.set
+	var trials []trial
 	for i := range f.trials {
-		current.Store(int64(i + 1))
+		prog.trial(i + 1)
 		setPhase("finding the leader")
 		leader, err := c.Leader(ctx)
 		if err != nil {
@@ -79,17 +74,9 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 		}
 		tr.leader = victim == leader
 		setPhase("%s restarted, waiting for the site to settle", tr.victim)
-		began := time.Now()
-		if err := c.Restart(victim); err != nil {
-			return nil, err
+		if tr.settle, err = restartAndSettle(ctx, c, victim); err != nil {
+			return nil, fmt.Errorf("trial %d: %w", i+1, err)
 		}
-		sctx, cancel := context.WithTimeout(ctx, settleTimeout)
-		err = c.WaitSettled(sctx, true)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("trial %d: after restarting %s: %w", i+1, tr.victim, err)
-		}
-		tr.settle = time.Since(began)
 		trials = append(trials, tr)
 		rep.event("trial", field{"trial", i + 1}, field{"victim", tr.victim}, field{"leader", tr.leader},
 			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"without_copy", tr.withoutCopy},
@@ -114,6 +101,41 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 	return append(fig, field{"min_ms", ms(fastest)}, field{"kill", f.kill}, field{"trials", len(trials)},
 		field{"members", len(c.Members())}, field{"buckets_per_victim", buckets / len(trials)},
 		field{"without_copy", withoutCopy}, field{"observed_by", "WatchActivations"}), nil
+}
+
+// trialProgress is the progress line of a scenario run as trials:
+// "NAME trial i/n: phase".
+type trialProgress struct {
+	phase   atomic.Value
+	current atomic.Int64
+}
+
+// newTrialProgress shows the line until stop is called.
+func newTrialProgress(rep *reporter, name string, trials int) (*trialProgress, func()) {
+	p := &trialProgress{}
+	p.phase.Store("")
+	stop := rep.progress(func() string {
+		return fmt.Sprintf("%s trial %d/%d: %s", name, p.current.Load(), trials, p.phase.Load())
+	})
+	return p, stop
+}
+
+func (p *trialProgress) trial(i int)                    { p.current.Store(int64(i)) }
+func (p *trialProgress) set(format string, args ...any) { p.phase.Store(fmt.Sprintf(format, args...)) }
+
+// restartAndSettle restarts member i from its data directory and waits until
+// the site is settled again; it returns how long that took.
+func restartAndSettle(ctx context.Context, c *proccluster.Cluster, i int) (time.Duration, error) {
+	began := time.Now()
+	if err := c.Restart(i); err != nil {
+		return 0, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	if err := c.WaitSettled(sctx, true); err != nil {
+		return 0, fmt.Errorf("after restarting %s: %w", c.Members()[i].ID, err)
+	}
+	return time.Since(began), nil
 }
 
 // measureFailover opens DataPlaneService.WatchActivations on every member

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -31,18 +30,13 @@ func runLockTakeover(ctx context.Context, c *proccluster.Cluster, f lockTakeover
 		return nil, err
 	}
 	defer admin.Close()
-	var phase atomic.Value
-	phase.Store("")
-	var current atomic.Int64
-	stop := rep.progress(func() string {
-		return fmt.Sprintf("lock-takeover trial %d/%d: %s", current.Load(), f.trials, phase.Load())
-	})
+	prog, stop := newTrialProgress(rep, "lock-takeover", f.trials)
 	defer stop()
 	var took []time.Duration
 	var rows [][]string
 	for i := range f.trials {
-		current.Store(int64(i + 1))
-		phase.Store("finding the leader")
+		prog.trial(i + 1)
+		prog.set("finding the leader")
 		leader, err := c.Leader(ctx)
 		if err != nil {
 			return nil, err
@@ -57,11 +51,11 @@ func runLockTakeover(ctx context.Context, c *proccluster.Cluster, f lockTakeover
 		holder := others[i%len(others)]
 		holderID, waiterID := members[holder].ID, members[leader].ID
 		k := nextKey()
-		phase.Store(fmt.Sprintf("%s takes the lock", holderID))
+		prog.set("%s takes the lock", holderID)
 		if _, err := admin.AcquireLock(ctx, k, holderID, lockTTL); err != nil {
 			return nil, fmt.Errorf("trial %d: %s acquiring the lock: %w", i+1, holderID, err)
 		}
-		phase.Store(fmt.Sprintf("SIGKILL %s, %s waiting for the lock", holderID, waiterID))
+		prog.set("SIGKILL %s, %s waiting for the lock", holderID, waiterID)
 		t0 := time.Now()
 		if err := c.Kill(holder); err != nil {
 			return nil, err
@@ -91,15 +85,9 @@ func runLockTakeover(ctx context.Context, c *proccluster.Cluster, f lockTakeover
 		took = append(took, d)
 		rep.event("trial", field{"trial", i + 1}, field{"holder", holderID}, field{"waiter", waiterID}, field{"ms", ms(d)})
 		rows = append(rows, []string{strconv.Itoa(i + 1), holderID, waiterID, fmt.Sprintf("%.2f", ms(d))})
-		phase.Store(fmt.Sprintf("%s restarted, waiting for the site to settle", holderID))
-		if err := c.Restart(holder); err != nil {
-			return nil, err
-		}
-		sctx, cancel := context.WithTimeout(ctx, settleTimeout)
-		err = c.WaitSettled(sctx, true)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("trial %d: after restarting %s: %w", i+1, holderID, err)
+		prog.set("%s restarted, waiting for the site to settle", holderID)
+		if _, err := restartAndSettle(ctx, c, holder); err != nil {
+			return nil, fmt.Errorf("trial %d: %w", i+1, err)
 		}
 	}
 	stop()
