@@ -20,9 +20,9 @@ import (
 // index of every grant), so a member that comes back from a pause or a
 // partition learns that its buckets moved before it could act on them
 // again. (Keeping each grant apart, so that a member a few entries behind
-// the newest grant could act under an older one, was tried and reverted: a
-// grant from a deposed leader with a stale index would then hold on its own;
-// TestProcess_PausedMemberNeverActsOnLostBuckets failed once with it.)
+// the newest grant could act under an older one, was tried and reverted:
+// TestProcess_PausedMemberNeverActsOnLostBuckets failed once with it, cause
+// not found; docs/CHAOS.md, seed 8294.)
 //
 // Only monotonic clock readings are compared, never wall-clock times of two
 // machines.

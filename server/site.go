@@ -327,7 +327,7 @@ func (o *operatorService) SiteHandover(ctx context.Context, req *pb.SiteHandover
 			peer.Site, out.PeerCopiesSynced, st.BucketCount)
 	}
 	// Recording the lease epoch held lets this site tell later that the
-	// other site has not been active since (siteLease.takeBack).
+	// other site has not been active since (Server.takeBack).
 	var err error
 	if out.SiteEpoch, err = s.setSiteMode(ctx, true, "handover to site "+peer.Site, s.siteLease.heldEpoch(time.Now())); err != nil {
 		return nil, err
