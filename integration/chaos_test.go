@@ -441,13 +441,13 @@ func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *obser
 		if err != nil {
 			t.Fatal(err)
 		}
-		if obs.wipedAfter(k.Bucket(chaosBuckets), dp.at[i]) {
+		if obs.wipedAfter(k.Bucket(uint32(dp.buckets)), dp.at[i]) {
 			wiped++
 			continue
 		}
 		checked++
 		if got := have[k]; got < v {
-			b := k.Bucket(chaosBuckets)
+			b := k.Bucket(uint32(dp.buckets))
 			missing = append(missing, fmt.Sprintf("connection %d (bucket %d, now %+v; before the faults %+v): confirmed version %d, the primary has %d (and %d states of the bucket)",
 				i, b, as[b], dp.startMap[b], v, got, held[b]))
 		}

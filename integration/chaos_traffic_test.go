@@ -391,7 +391,8 @@ func (o *observer) wipedAfter(b uint32, t int64) bool {
 // again, so a failover that loses one is not hidden by a later update; the
 // other half are updated all along.
 type dataPlane struct {
-	c         *cluster.Cluster
+	sites     []*cluster.Cluster
+	site      bool // confirmed when the standby site's remote backups have it too (site_replicated_through)
 	n         int
 	buckets   int
 	mu        sync.Mutex
@@ -421,7 +422,14 @@ func dataConn(i int, v uint32) *pb.ConnState {
 }
 
 func startDataPlane(c *cluster.Cluster, n, buckets int, seed uint64) *dataPlane {
-	d := &dataPlane{c: c, n: n, buckets: buckets, version: make([]uint32, n), confirmed: make([]uint32, n), at: make([]int64, n),
+	return startSitesDataPlane([]*cluster.Cluster{c}, false, n, buckets, seed)
+}
+
+// startSitesDataPlane is startDataPlane publishing to whichever of sites is
+// active; with site, a version counts as confirmed once the standby site's
+// remote backups have it too.
+func startSitesDataPlane(sites []*cluster.Cluster, site bool, n, buckets int, seed uint64) *dataPlane {
+	d := &dataPlane{sites: sites, site: site, n: n, buckets: buckets, version: make([]uint32, n), confirmed: make([]uint32, n), at: make([]int64, n),
 		streams: map[string]*pubStream{}, stop: make(chan struct{}), done: make(chan struct{})}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	go func() {
@@ -478,15 +486,26 @@ func (d *dataPlane) halt() {
 	<-d.done
 }
 
-// primaries returns the bucket map of the running leader, or nil.
+// primaries returns the bucket map of the running leader of the first
+// site that is not standby, or nil.
 func (d *dataPlane) primaries() []fsm.Assignment {
-	for _, m := range d.c.RunningNow() {
-		if m.Server.IsLeader() {
-			as, _ := m.Server.FSM().Buckets()
-			return as
+	for _, c := range d.sites {
+		for _, m := range c.RunningNow() {
+			if m.Server.IsLeader() && !m.Server.FSM().Standby() {
+				as, _ := m.Server.FSM().Buckets()
+				return as
+			}
 		}
 	}
 	return nil
+}
+
+// through is how far the answer confirms replication.
+func (d *dataPlane) through(resp *pb.PublishResponse) uint64 {
+	if d.site {
+		return resp.SiteReplicatedThrough
+	}
+	return resp.ReplicatedThrough
 }
 
 func (d *dataPlane) publish(idx []int) {
@@ -525,7 +544,7 @@ func (d *dataPlane) publish(idx []int) {
 		if resp.Refused == 0 { // a batch with refusals is never confirmed: which events were refused is not tracked
 			ps.sent[resp.Seq], ps.vers[resp.Seq] = list, vers
 		}
-		d.confirm(ps, resp.ReplicatedThrough)
+		d.confirm(ps, d.through(resp))
 	}
 }
 
@@ -551,9 +570,11 @@ func (d *dataPlane) stream(id string) *pubStream {
 		return ps
 	}
 	var addr string
-	for _, m := range d.c.RunningNow() {
-		if m.ID == id {
-			addr = m.Addr()
+	for _, c := range d.sites {
+		for _, m := range c.RunningNow() {
+			if m.ID == id {
+				addr = m.Addr()
+			}
 		}
 	}
 	if addr == "" {
@@ -612,7 +633,7 @@ func (d *dataPlane) flush(timeout time.Duration) {
 			if resp == nil {
 				continue
 			}
-			d.confirm(ps, resp.ReplicatedThrough)
+			d.confirm(ps, d.through(resp))
 			left += len(ps.sent)
 		}
 		if left == 0 {

@@ -30,6 +30,13 @@ const wanDelay = 50 * time.Millisecond
 // the policy is manual.
 func dualSite(t *testing.T, n int, witness bool) (a, b *cluster.Cluster, w *server.Witness) {
 	t.Helper()
+	return dualSiteWith(t, n, witness, func(*server.Config) {})
+}
+
+// dualSiteWith is dualSite with every member's configuration changed by
+// more.
+func dualSiteWith(t *testing.T, n int, witness bool, more func(*server.Config)) (a, b *cluster.Cluster, w *server.Witness) {
+	t.Helper()
 	hub := faultnet.NewHub()
 	var aIDs, bIDs, aAddrs, bAddrs []string
 	for i := range n {
@@ -47,7 +54,7 @@ func dualSite(t *testing.T, n int, witness bool) (a, b *cluster.Cluster, w *serv
 	}
 	hub.Delay(aIDs, bIDs, wanDelay)
 	tweak := func(peers []string) func(*server.Config) {
-		return func(c *server.Config) { c.PeerSite = peers }
+		return func(c *server.Config) { more(c); c.PeerSite = peers }
 	}
 	tweakA, tweakB := tweak(bAddrs), tweak(aAddrs)
 	if witness {
@@ -63,7 +70,7 @@ func dualSite(t *testing.T, n int, witness bool) (a, b *cluster.Cluster, w *serv
 		}
 		tweakA, tweakB = withWitness(tweakA), withWitness(tweakB)
 	} else {
-		tweakB = func(*server.Config) {} // the standby site needs no link for manual failover
+		tweakB = more // the standby site needs no link for manual failover
 	}
 	b = cluster.New(t, n, cluster.Options{Site: "b", IDPrefix: "b", Hub: hub, GRPCAddrs: bAddrs,
 		Tweak: func(c *server.Config) { tweakB(c); c.Standby = true }})

@@ -228,7 +228,7 @@ func (s *Server) place(ctx context.Context) error {
 			if !s.cfg.AutoRebalance {
 				return nil
 			}
-			return placement.RebalanceBackups(cur, el, s.cfg.MaxMoves, 0.05)
+			return placement.RebalanceBackups(cur, el, s.cfg.MaxMoves, placement.BackupTolerance)
 		}},
 	}
 	for _, step := range steps {

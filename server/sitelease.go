@@ -11,6 +11,7 @@ import (
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/internal/sabotage"
 )
 
 // Site lease (witness policy, docs/SITES.md). Three acceptors — the witness
@@ -147,7 +148,7 @@ func (s *Server) witnessPolicy() bool { return s.cfg.SiteFailover == "witness" }
 // configured lease, cut to what remains of the site lease under the witness
 // policy (0: grant none).
 func (s *Server) memberLeaseCap(now time.Time) time.Duration {
-	if !s.witnessPolicy() {
+	if !s.witnessPolicy() || sabotage.IgnoreSiteLease.Load() {
 		return s.cfg.MemberLease
 	}
 	return min(s.cfg.MemberLease, s.siteLease.remaining(now))

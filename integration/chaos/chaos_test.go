@@ -160,6 +160,23 @@ func TestActivations(t *testing.T) {
 	}
 }
 
+func TestSiteActivations(t *testing.T) {
+	a := NewSiteActivations()
+	ms := int64(time.Millisecond)
+	a.Observe("a", 0, map[uint32]uint64{1: 9, 2: 9})
+	a.Observe("b", 1*ms, nil)
+	a.Observe("a", 2*ms, nil)                           // site a went standby...
+	a.Observe("b", 3*ms, map[uint32]uint64{1: 2, 2: 2}) // ...then site b took over, at its own (lower) epochs
+	if r := a.Check(); len(r.Violations) != 0 || r.Activations != 4 {
+		t.Fatalf("clean site failover flagged: %+v", r)
+	}
+	a.Observe("a", 4*ms, map[uint32]uint64{2: 9}) // site a acts again while b does
+	a.Observe("b", 5*ms, map[uint32]uint64{1: 2, 2: 2})
+	if r := a.Check(); r.Overlaps != 1 || len(r.Violations) != 1 || !strings.Contains(r.Violations[0], "bucket 2") {
+		t.Fatalf("want one overlap on bucket 2, got %+v", r)
+	}
+}
+
 func TestTermsAndDurable(t *testing.T) {
 	tm := NewTerms()
 	tm.Leader(2, "a")

@@ -471,7 +471,7 @@ func (c *Cluster) WaitPlaced(timeout time.Duration) {
 		if l == nil {
 			return fmt.Errorf("no leader")
 		}
-		err := Placed(l.Server.FSM())
+		err := Placed(l.Server.FSM(), !manual)
 		if err != nil && manual {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -525,8 +525,9 @@ func activeOf(m *Member) []*pb.BucketEpoch {
 }
 
 // Placed checks that f's bucket map is settled (see WaitPlaced): the rule
-// of proccluster.Settled, applied to a member's state machine.
-func Placed(f *fsm.FSM) error {
+// of proccluster.Settled, applied to a member's state machine; autoRebalance
+// says whether the site rebalances local backups on its own.
+func Placed(f *fsm.FSM, autoRebalance bool) error {
 	var ms []*pb.Member
 	for _, m := range f.Members() {
 		ms = append(ms, m.Proto())
@@ -536,7 +537,7 @@ func Placed(f *fsm.FSM) error {
 	for i, a := range as {
 		pas[i] = a.Proto(uint32(i))
 	}
-	return proccluster.Settled(ms, pas, 0, f.Standby())
+	return proccluster.Settled(ms, pas, 0, f.Standby(), autoRebalance)
 }
 
 // Assignments returns the leader's bucket map.

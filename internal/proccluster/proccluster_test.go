@@ -33,8 +33,18 @@ func bucketMap(n int, ids ...string) []*pb.Assignment {
 
 func TestSettled(t *testing.T) {
 	ms := alive("m1", "m2", "m3")
-	if err := Settled(ms, bucketMap(16, "m1", "m2", "m3"), 3, false); err != nil {
+	if err := Settled(ms, bucketMap(16, "m1", "m2", "m3"), 3, false, true); err != nil {
 		t.Fatalf("a balanced, synced map: %v", err)
+	}
+	backupsOnM2 := bucketMap(16, "m1", "m2", "m3") // primaries even, local backups all on m2 but its own
+	for _, a := range backupsOnM2 {
+		a.LocalBackup = "m2"
+		if a.Primary == "m2" {
+			a.LocalBackup = "m1"
+		}
+	}
+	if err := Settled(ms, backupsOnM2, 3, false, false); err != nil {
+		t.Fatalf("uneven backups on a site that does not rebalance them: %v", err)
 	}
 	for name, c := range map[string]struct {
 		members []*pb.Member
@@ -46,9 +56,11 @@ func TestSettled(t *testing.T) {
 		"unsynced backup": {ms, func() []*pb.Assignment { as := bucketMap(16, "m1", "m2", "m3"); as[3].BackupSynced = false; return as }(), "not synced"},
 		"move under way":  {ms, func() []*pb.Assignment { as := bucketMap(16, "m1", "m2", "m3"); as[5].Incoming = "m3"; return as }(), "move to m3"},
 		"uneven":          {ms, append(bucketMap(12, "m1", "m2", "m3"), bucketMap(6, "m1", "m2")...), "its share is"},
+		"one off":         {ms, bucketMap(16, "m2", "m1", "m3"), "m1 is primary of 5 buckets, its share is 6"},
+		"uneven backups":  {ms, backupsOnM2, "would move its local backup"},
 		"no backup":       {ms, func() []*pb.Assignment { as := bucketMap(16, "m1", "m2", "m3"); as[0].LocalBackup = ""; return as }(), "local backup"},
 	} {
-		err := Settled(c.members, c.as, 3, false)
+		err := Settled(c.members, c.as, 3, false, true)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: Settled = %v, want an error containing %q", name, err, c.want)
 		}

@@ -125,7 +125,7 @@ func (c *Cluster) WaitSettled(ctx context.Context, rebalance bool) error {
 		if err != nil {
 			return err
 		}
-		err = Settled(ms, r.Assignments, len(c.members), false)
+		err = Settled(ms, r.Assignments, len(c.members), false, !rebalance)
 		if err != nil && rebalance && time.Since(asked) > 250*time.Millisecond {
 			asked = time.Now()
 			_, _ = cl.Rebalance(ctx, false) // refused while the map changes: the next poll asks again
@@ -138,12 +138,15 @@ func (c *Cluster) WaitSettled(ctx context.Context, rebalance bool) error {
 // integration/cluster.Placed) to a site's members and bucket map: want
 // members are ALIVE (0: any number), every bucket's primary is alive, its
 // local backup is another alive member and fully synced (when more than one
-// member is alive), no make-before-break move is under way, and every alive
-// member is primary of its weighted share of the buckets, give or take one.
-// A standby site syncs no local backups (docs/SITES.md), so for one they
-// need not be synced. It returns nil, or the first thing that is not settled
-// yet. integration/cluster.Placed applies the same rule.
-func Settled(members []*pb.Member, as []*pb.Assignment, want int, standby bool) error {
+// member is alive), no make-before-break move is under way, and the leader's
+// planner would start none: every alive member is primary of exactly its
+// weighted share (placement.Rebalance plans nothing) and, with backups (the
+// site rebalances local backups on its own: AutoRebalance), no member holds
+// more local backups than placement.RebalanceBackups tolerates. A settled map
+// stays as it is until a member joins, leaves or fails. A standby site syncs
+// no local backups (docs/SITES.md), so for one they need not be synced. It
+// returns nil, or the first thing that is not settled yet.
+func Settled(members []*pb.Member, as []*pb.Assignment, want int, standby, backups bool) error {
 	var alive []placement.Member
 	ok := map[string]bool{}
 	for _, m := range members {
@@ -159,7 +162,10 @@ func Settled(members []*pb.Member, as []*pb.Assignment, want int, standby bool) 
 		return errors.New("the bucket map is empty")
 	}
 	primaries := map[string]int{}
-	for _, a := range as {
+	cur := make([]placement.Bucket, len(as))
+	for i, a := range as {
+		cur[i] = placement.Bucket{Primary: a.Primary, LocalBackup: a.LocalBackup, Synced: a.BackupSynced || standby,
+			Incoming: a.Incoming, IncomingSynced: a.IncomingSynced, IncomingPrimary: a.IncomingPrimary}
 		switch {
 		case !ok[a.Primary]:
 			return fmt.Errorf("bucket %d: primary %q is not an alive member", a.Bucket, a.Primary)
@@ -174,9 +180,15 @@ func Settled(members []*pb.Member, as []*pb.Assignment, want int, standby bool) 
 	}
 	target := placement.Targets(len(as), alive)
 	for _, m := range alive {
-		if d := primaries[m.ID] - target[m.ID]; d < -1 || d > 1 {
+		if primaries[m.ID] != target[m.ID] {
 			return fmt.Errorf("%s is primary of %d buckets, its share is %d", m.ID, primaries[m.ID], target[m.ID])
 		}
+	}
+	if ch := placement.Rebalance(cur, alive, 0); len(ch) > 0 {
+		return fmt.Errorf("bucket %d: the leader would move it (rebalance)", ch[0].Bucket)
+	}
+	if ch := placement.RebalanceBackups(cur, alive, 0, placement.BackupTolerance); backups && len(ch) > 0 {
+		return fmt.Errorf("bucket %d: the leader would move its local backup (rebalance backups)", ch[0].Bucket)
 	}
 	return nil
 }

@@ -12,6 +12,11 @@ var (
 	// state machine gives it even after its lease ran out, so a member cut
 	// off from the leader keeps acting after its buckets moved.
 	IgnoreMemberLease atomic.Bool
+	// IgnoreSiteLease (S1 across sites): under the witness policy, member
+	// leases are granted for their full length whether or not the site
+	// still holds the site lease, so a site cut off from the witness and the
+	// other site keeps acting after the other took over.
+	IgnoreSiteLease atomic.Bool
 	// ReuseLockTokens (S2): every lock is granted token 1, so fencing can no
 	// longer tell a stale holder from the current one.
 	ReuseLockTokens atomic.Bool
@@ -28,7 +33,7 @@ var (
 
 // Reset turns every switch off.
 func Reset() {
-	for _, s := range []*atomic.Bool{&IgnoreMemberLease, &ReuseLockTokens, &StealClaims, &ForgetClaims, &DropDeltas} {
+	for _, s := range []*atomic.Bool{&IgnoreMemberLease, &IgnoreSiteLease, &ReuseLockTokens, &StealClaims, &ForgetClaims, &DropDeltas} {
 		s.Store(false)
 	}
 }

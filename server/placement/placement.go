@@ -411,6 +411,10 @@ func Rebalance(cur []Bucket, eligible []Member, maxMoves int) []Change {
 	return t.result(cur)
 }
 
+// BackupTolerance is the tolerance the leader rebalances local backups with
+// (RebalanceBackups): a member may hold up to 5% more than its share, plus one.
+const BackupTolerance = 0.05
+
 // RebalanceBackups moves local backups from members holding more than their
 // share (Targets over the buckets that have a backup, with a tolerance of
 // tolerance x share + 1) to members below it, never onto the bucket's
