@@ -229,3 +229,55 @@ func TestFSM_WatchWakesOnTopologyChanges(t *testing.T) {
 		t.Fatal("not woken by a restore")
 	}
 }
+
+// RoleLossIndex is the index of the last entry that took a primary role
+// from a member: a backup change, a role gained or an entry of another
+// kind does not move it; a switch to standby takes every role from every
+// member; a restored state knows no better than the restored index.
+func TestFSM_RoleLossIndex(t *testing.T) {
+	f, idx := newSite(t, "m1", "m2", "m3")
+	loss := func(id string) uint64 { l, _ := f.RoleLossIndex(id); return l }
+	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
+		&ipb.BucketChange{Bucket: 1, Primary: "m1", LocalBackup: "m2", BackupSynced: true},
+		&ipb.BucketChange{Bucket: 2, Primary: "m2", LocalBackup: "m3"})))
+	first := idx
+	idx++
+	if loss("m1") != 0 || loss("m2") != 0 {
+		t.Fatalf("roles gained count as lost: m1 %d, m2 %d", loss("m1"), loss("m2"))
+	}
+	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
+		&ipb.BucketChange{Bucket: 1, PrevRevision: first, Primary: "m1", LocalBackup: "m3", BackupSynced: true})))
+	idx++
+	expectOK(t, apply1(t, f, idx, t0, claimOp(tcpKey(t, 1000), "m1")))
+	idx++
+	if loss("m1") != 0 || loss("m2") != 0 {
+		t.Fatalf("a backup change or a claim counts as a lost role: m1 %d, m2 %d", loss("m1"), loss("m2"))
+	}
+	moved := idx
+	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil,
+		&ipb.BucketChange{Bucket: 2, PrevRevision: first, Primary: "m3", LocalBackup: "m2"})))
+	idx++
+	if loss("m2") != moved || loss("m1") != 0 || loss("m3") != 0 {
+		t.Fatalf("after m2's bucket moved at %d: m1 %d, m2 %d, m3 %d", moved, loss("m1"), loss("m2"), loss("m3"))
+	}
+	fixed := idx
+	expectOK(t, apply1(t, f, idx, t0, assignOp(&ipb.BucketRecord{Bucket: 1, Primary: "m2", LocalBackup: "m3"})))
+	idx++
+	if loss("m1") != fixed {
+		t.Fatalf("SetAssignments moving m1's bucket at %d: m1 %d", fixed, loss("m1"))
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, f)))); err != nil {
+		t.Fatal(err)
+	}
+	if l, applied := g.RoleLossIndex("m3"); l != applied || applied != idx-1 {
+		t.Fatalf("restored at %d: m3's loss index %d, want the restored index", applied, l)
+	}
+	standby := idx
+	expectOK(t, apply1(t, f, idx, t0, siteModeOp(true)))
+	for _, m := range []string{"m1", "m2", "m3"} {
+		if loss(m) != standby {
+			t.Fatalf("after the site went standby at %d: %s %d", standby, m, loss(m))
+		}
+	}
+}

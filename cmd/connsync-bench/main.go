@@ -16,6 +16,18 @@
 //	lock-takeover -trials 10
 //	          figures: p50_ms, p99_ms, max_ms (SIGKILL of a lock's holder
 //	          to a waiter's first granted acquire)
+//	replicate -rate 100000 -conns 200000 -duration 10s
+//	          figures: deltas_per_sec, lag_p50_ms, lag_p99_ms (publish to
+//	          the answer confirming the batch at its local backup)
+//	persistence -conns 1000000 -failovers 5
+//	          figures: synced, checked, lost, persistence (every connection
+//	          of a killed member's buckets read at the new primaries)
+//	all       [-quick]: every scenario above on one site, then each target of
+//	          DESIGN section 7 with its figure; -quick runs small sizes and
+//	          fails only on a figure more than 3x off its target
+//	memory    -conns 1000000
+//	          figures: bytes_per_conn (a member's live heap growth per
+//	          connection it holds as primary or backup), max_bytes_per_conn
 //
 // The contract of its output: by default a human-readable table on stdout.
 // With -json, stdout carries one JSON object per line: events
@@ -94,20 +106,28 @@ type globalOpts struct {
 	json      bool
 	connsyncd string
 	keep      bool
+	metrics   bool // set by scenarios that read the members' heaps (Config.Metrics)
 }
 
 // maxMembers keeps a mistyped -members from starting hundreds of processes.
 const maxMembers = 32
 
-func (g *globalOpts) validate(minMembers int, scenario string) error {
+// quorumReason is why the scenarios that kill a member need three.
+const quorumReason = "a site of fewer loses its Raft quorum when one member is killed"
+
+// noBackupReason is why the data-plane scenarios need two.
+const noBackupReason = "a site of one keeps no local backups"
+
+// validate checks the global flags; a scenario needs at least minMembers
+// members, for the reason why.
+func (g *globalOpts) validate(minMembers int, scenario, why string) error {
 	switch {
 	case g.members < 1:
 		return fmt.Errorf("-members must be >= 1 (got %d)", g.members)
 	case g.members > maxMembers:
 		return fmt.Errorf("-members must be <= %d (got %d): every member is a process on this machine", maxMembers, g.members)
 	case g.members < minMembers:
-		return fmt.Errorf("-members must be >= %d for %s (got %d): a site of fewer loses its Raft quorum when one member is killed",
-			minMembers, scenario, g.members)
+		return fmt.Errorf("-members must be >= %d for %s (got %d): %s", minMembers, scenario, g.members, why)
 	}
 	if g.connsyncd != "" {
 		fi, err := os.Stat(g.connsyncd)
@@ -145,7 +165,8 @@ Flags may be written -name or --name.`,
 	pf.StringVar(&g.connsyncd, "connsyncd", "", "connsyncd binary to run (default: build it with `go build` from this checkout)")
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
-		newLockTakeoverCommand(g, stdout, stderr))
+		newLockTakeoverCommand(g, stdout, stderr), newMemoryCommand(g, stdout, stderr), newReplicateCommand(g, stdout, stderr),
+		newPersistenceCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
 	return root
 }
 
@@ -198,7 +219,7 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
 	})
 	c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: g.members, Keep: g.keep,
-		Args: []string{"-auto-rebalance=false"}, Stderr: rep.stderrWriter()})
+		Args: []string{"-auto-rebalance=false"}, Metrics: g.metrics, Stderr: rep.stderrWriter()})
 	if err != nil {
 		stopProgress()
 		return s, err
@@ -304,7 +325,7 @@ Figures: claims_per_sec (successful claims / wall time), p50_ms and p99_ms
 (per RPC, nearest rank over every RPC).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
-			if err := g.validate(1, "claims"); err != nil {
+			if err := g.validate(1, "claims", ""); err != nil {
 				return err
 			}
 			return l.validate()
@@ -330,7 +351,7 @@ Figures: locks_per_sec (completed cycles / wall time), p50_ms and p99_ms of a
 cycle (nearest rank). The lock API has no batch call, so -batch must be 1.`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
-			if err := g.validate(1, "locks"); err != nil {
+			if err := g.validate(1, "locks", ""); err != nil {
 				return err
 			}
 			if l.batch != 1 {
@@ -379,7 +400,7 @@ with a live primary and a synced backup, no move under way, balanced).
 Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
-			if err := g.validate(3, "failover"); err != nil {
+			if err := g.validate(3, "failover", quorumReason); err != nil {
 				return err
 			}
 			return f.validate()
@@ -409,7 +430,7 @@ and the site settles before the next trial.
 Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
-			if err := g.validate(3, "lock-takeover"); err != nil {
+			if err := g.validate(3, "lock-takeover", quorumReason); err != nil {
 				return err
 			}
 			if f.trials < 1 {
@@ -424,5 +445,151 @@ Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 		},
 	}
 	cmd.Flags().IntVar(&f.trials, "trials", 10, "number of kills")
+	return cmd
+}
+
+func newMemoryCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var conns int
+	cmd := &cobra.Command{
+		Use:   "memory",
+		Short: "Heap per connection held in the members' connection tables",
+		Long: `memory reads every member's live heap (a garbage collection forced through
+its /debug/pprof/heap, served with -metrics-addr and -pprof), publishes -conns
+connections (60-byte states) to their primaries, waits until each is confirmed
+replicated to its local backup, and reads the heaps again. A member's growth
+divided by the connections it now holds, as primary or as local backup, is its
+bytes per connection.
+Figures: bytes_per_conn (the median member), max_bytes_per_conn.`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(2, "memory", noBackupReason); err != nil {
+				return err
+			}
+			if conns < 1 || conns > 1<<24 {
+				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", conns)
+			}
+			g.metrics = true
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runMemory(ctx, c, conns, rep)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&conns, "conns", 1_000_000, "connections to publish")
+	return cmd
+}
+
+func newReplicateCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var f replicateFlags
+	cmd := &cobra.Command{
+		Use:   "replicate",
+		Short: "Replication throughput and lag to the local backups",
+		Long: `replicate publishes every one of -conns connections once, then has each
+member's firewall publish updates of them to the buckets it is primary of:
+-rate deltas per second over the site (a batch every 10 ms per member, and an
+empty request every millisecond in between while batches are unconfirmed, as
+the stream only answers requests; at most 8 requests unanswered per stream;
+-rate 0: batches of 1,000 as fast as that window allows) for -duration. A
+batch's lag is from its send to the first answer on its stream whose
+replicated_through covers it, which is when the firewall knows its update is
+at the bucket's local backup (the answer's way back and up to 1 ms of polling
+included).
+Figures: deltas_per_sec (confirmed), lag_p50_ms, lag_p99_ms, lag_max_ms (over
+batches). Replication to a standby site's remote backups is not measured here.`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(2, "replicate", noBackupReason); err != nil {
+				return err
+			}
+			switch {
+			case f.rate < 0:
+				return fmt.Errorf("-rate must be >= 0 (got %d; 0 means as fast as possible)", f.rate)
+			case f.conns < 1 || f.conns > 1<<24:
+				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", f.conns)
+			case f.duration <= 0:
+				return fmt.Errorf("-duration must be > 0 (got %v)", f.duration)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runReplicate(ctx, c, f, rep)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&f.rate, "rate", 100_000, "deltas per second over the site (0: as fast as possible)")
+	cmd.Flags().IntVar(&f.conns, "conns", 200_000, "connections updated round robin")
+	cmd.Flags().DurationVar(&f.duration, "duration", 10*time.Second, "how long to publish")
+	return cmd
+}
+
+func newPersistenceCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var f persistenceFlags
+	cmd := &cobra.Command{
+		Use:   "persistence",
+		Short: "Connections confirmed replicated that survive member failovers",
+		Long: `persistence publishes -conns connections (60-byte states), waits until every
+one is confirmed replicated, then -failovers times SIGKILLs a non-leader member
+(round robin). Once every bucket it was primary of is active at its new primary,
+each of those buckets is read there (DataPlaneService.Dump) and every connection
+published to it must be there with its state. The member restarts and the site
+settles before the next failover.
+Figures: synced (connections confirmed), checked (connection checks over all
+failovers), lost, persistence (1 - lost/checked).`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(3, "persistence", quorumReason); err != nil {
+				return err
+			}
+			switch {
+			case f.conns < 1 || f.conns > 1<<24:
+				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", f.conns)
+			case f.failovers < 1:
+				return fmt.Errorf("-failovers must be >= 1 (got %d)", f.failovers)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runPersistence(ctx, c, f, rep)
+			})
+		},
+	}
+	cmd.Flags().IntVar(&f.conns, "conns", 1_000_000, "connections to publish")
+	cmd.Flags().IntVar(&f.failovers, "failovers", 5, "members to kill, one after another")
+	return cmd
+}
+
+func newAllCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
+	var quick bool
+	cmd := &cobra.Command{
+		Use:   "all",
+		Short: "Every scenario on one site, and each figure against its target",
+		Long: `all starts one site and runs memory (1,000,000 connections), persistence
+(1,000,000 connections, 3 failovers), replicate (100,000 deltas/s for 10 s),
+replicate at full speed, claims (64 clients, batches of 8), locks (64 clients),
+failover of a member (10 trials) and of the leader (5), and lock-takeover (5),
+printing each one's figures; then a table of every target of DESIGN section 7
+with its figure and whether it is met. About 5 minutes on 2 cores.
+-quick runs small sizes (100,000 connections, 3 s runs, 1-3 trials) in about two
+minutes and exits 1 only on a gross regression: a figure more than 3x off its
+target (or off the published figure, for a target not met yet). CI runs it.`,
+		Args: noArgs,
+		PreRunE: func(*cobra.Command, []string) error {
+			if err := g.validate(3, "all", quorumReason); err != nil {
+				return err
+			}
+			g.metrics = true
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
+				return runAll(ctx, c, rep, quick)
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&quick, "quick", false, "small sizes; fail only on gross regressions (CI)")
 	return cmd
 }

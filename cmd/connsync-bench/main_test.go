@@ -79,6 +79,13 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"claims", "-nosuch"}, "unknown flag"},
 		{[]string{"lock-takeover", "-trials", "0"}, "-trials must be >= 1"},
 		{[]string{"lock-takeover", "-members", "1"}, "-members must be >= 3 for lock-takeover"},
+		{[]string{"memory", "-conns", "0"}, "-conns must be between 1 and 16777216"},
+		{[]string{"memory", "-members", "1"}, "-members must be >= 2 for memory"},
+		{[]string{"replicate", "-rate", "-1"}, "-rate must be >= 0"},
+		{[]string{"persistence", "-failovers", "0"}, "-failovers must be >= 1"},
+		{[]string{"persistence", "-conns", "0"}, "-conns must be between 1"},
+		{[]string{"replicate", "-conns", "0"}, "-conns must be between 1"},
+		{[]string{"replicate", "-duration", "0s"}, "-duration must be > 0"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), c.args, &stdout, &stderr)
@@ -135,7 +142,7 @@ func TestScenariosOnProcesses(t *testing.T) {
 
 	var out, errs bytes.Buffer
 	rep := newReporter(&out, &errs, true, false)
-	s, err := startSite(ctx, &globalOpts{members: 3, connsyncd: bin}, rep)
+	s, err := startSite(ctx, &globalOpts{members: 3, connsyncd: bin, metrics: true}, rep)
 	defer s.cleanup()
 	if err != nil {
 		t.Fatal(err)
@@ -200,6 +207,35 @@ func TestScenariosOnProcesses(t *testing.T) {
 	t.Logf("lock-takeover: %v", lt)
 	if m := num(lt, "max_ms"); !(m > 0 && m < 10000) {
 		t.Errorf("lock-takeover: want 0 < max_ms < 10000: %v", lt)
+	}
+
+	// Memory: 50,000 connections of 60-byte states; each member holds about
+	// two thirds of them, so the figure is well above the heap's noise.
+	mem, err := runMemory(ctx, s.c, 50_000, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("memory: %v", mem)
+	if b := num(mem, "bytes_per_conn"); !(b > memoryBlobBytes && b < 5000) {
+		t.Errorf("memory: want %d < bytes_per_conn < 5000 (a state is %d bytes): %v", memoryBlobBytes, memoryBlobBytes, mem)
+	}
+
+	per, err := runPersistence(ctx, s.c, persistenceFlags{conns: 20_000, failovers: 1}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("persistence: %v", per)
+	if num(per, "checked") < 1000 || num(per, "lost") != 0 {
+		t.Errorf("persistence: want thousands of connections checked (a third of 20,000) and none lost: %v", per)
+	}
+
+	repl, err := runReplicate(ctx, s.c, replicateFlags{rate: 20_000, conns: 10_000, duration: time.Second}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("replicate: %v", repl)
+	if d := num(repl, "deltas_per_sec"); !(d > 0) || num(repl, "lag_p99_ms") < num(repl, "lag_p50_ms") || !(num(repl, "lag_p50_ms") > 0) {
+		t.Errorf("replicate: want deltas_per_sec > 0 and lag p99 >= p50 > 0: %v", repl)
 	}
 
 	dir := s.c.Dir()

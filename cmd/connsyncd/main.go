@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -41,6 +42,7 @@ type options struct {
 	nonvoter    bool
 	logLevel    string
 	metricsAddr string
+	pprof       bool
 	gcPercent   int
 	configFile  string
 	witness     bool
@@ -127,6 +129,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (Raft, raft-boltdb, connsync) on this address at /metrics")
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on -metrics-addr (for profiling; anyone who reaches the address can read them)")
 	fs.IntVar(&o.gcPercent, "gc-percent", server.DefaultGCPercent,
 		"Go garbage collector target (GOGC): more heap for fewer collections; 0 leaves Go's default, or GOGC from the environment if set")
 	return fs
@@ -182,8 +185,11 @@ func run(args []string) error {
 	case o.gcPercent > 0 && os.Getenv("GOGC") == "":
 		debug.SetGCPercent(o.gcPercent)
 	}
+	if o.pprof && o.metricsAddr == "" {
+		return errors.New("pprof: profiles are served on -metrics-addr; give one (e.g. -metrics-addr 127.0.0.1:9102)")
+	}
 	if o.metricsAddr != "" {
-		if err := serveMetrics(o.metricsAddr); err != nil {
+		if err := serveMetrics(o.metricsAddr, o.pprof); err != nil {
 			return err
 		}
 	}
@@ -275,8 +281,9 @@ Stop with Ctrl-C.
 }
 
 // serveMetrics sends go-metrics (which Raft and raft-boltdb emit) to a
-// Prometheus sink and serves it. Without a sink those metrics vanish.
-func serveMetrics(addr string) error {
+// Prometheus sink and serves it. Without a sink those metrics vanish. With
+// withPprof it serves net/http/pprof's profiles too.
+func serveMetrics(addr string, withPprof bool) error {
 	sink, err := promsink.NewPrometheusSink()
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -288,6 +295,13 @@ func serveMetrics(addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.Handler())
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

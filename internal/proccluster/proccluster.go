@@ -63,6 +63,9 @@ type Config struct {
 	Keep bool
 	// Args are extra connsyncd flags given to every member.
 	Args []string
+	// Metrics gives every member a -metrics-addr (Member.Metrics) and
+	// -pprof, so its Prometheus metrics and Go profiles can be read.
+	Metrics bool
 	// LogLevel is connsyncd's -log-level; default "warn".
 	LogLevel string
 	// StartTimeout bounds Start's wait for a leader and ALIVE members;
@@ -85,6 +88,7 @@ type Member struct {
 	Gossip  string
 	DataDir string
 	LogPath string
+	Metrics string // with Config.Metrics: metrics and /debug/pprof/ address, host:port
 	args    []string
 
 	cmd      *exec.Cmd
@@ -160,6 +164,15 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		}
 		m.args = []string{"-member-id", id, "-site", cfg.Site, "-data-dir", m.DataDir,
 			"-grpc-bind", m.GRPC, "-raft-bind", m.Raft, "-gossip-bind", m.Gossip, "-log-level", cfg.LogLevel}
+		if cfg.Metrics {
+			addr, err := freeport.Addr()
+			if err != nil {
+				c.Stop()
+				return nil, fmt.Errorf("proccluster: %w", err)
+			}
+			m.Metrics = addr
+			m.args = append(m.args, "-metrics-addr", addr, "-pprof")
+		}
 		if i == 0 {
 			m.args = append(m.args, "-bootstrap")
 		} else {

@@ -97,6 +97,14 @@ func pairWith(tb testing.TB, delays []DelayClass) (a, b *Replicator, applied *at
 		wg.Add(1)
 		go func() { defer wg.Done(); r.Run(ctx) }()
 	}
+	// Publish refuses events until the first plan names this member primary;
+	// the tests' writes skip Publish, so they wait for that plan (a write
+	// before it is not queued: the test then never saw it replicated).
+	for deadline := time.Now().Add(10 * time.Second); len(a.planOf(0).targets) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			tb.Fatal("the primary's replicator planned no backup in 10s")
+		}
+	}
 	stop = func() {
 		cancel()
 		wg.Wait()

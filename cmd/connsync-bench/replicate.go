@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/internal/proccluster"
+)
+
+// replicateFlags are the replicate scenario's flags.
+type replicateFlags struct {
+	rate     int // deltas per second over the site; 0: as fast as the window allows
+	conns    int
+	duration time.Duration
+}
+
+// replicateWindow is how many batches a stream may have unanswered.
+const replicateWindow = 8
+
+// replicateTick is how often a paced stream sends a batch.
+const replicateTick = 10 * time.Millisecond
+
+// runReplicate is the replicate scenario: every member's firewall publishes
+// updates of -conns connections to the buckets it is primary of, -rate per
+// second over the site (open loop, a batch every 10 ms per member, empty
+// requests every millisecond in between while batches are unconfirmed), for
+// -duration. A batch's lag is from its send to the first answer on its
+// stream whose replicated_through covers it: the firewall's view of "my
+// update is at the backup", the answer's way back and up to a millisecond
+// of polling included.
+func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags, rep *reporter) (record, error) {
+	p, err := newPublisher(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	defer p.close()
+	// Every connection once, so the run measures updates of known ones.
+	if _, err := publishAll(ctx, c, p, f.conns, rep, "replicate"); err != nil {
+		return nil, err
+	}
+	byMember := map[string][]*pb.ConnState{}
+	for i := range f.conns {
+		st := benchConn(i, memoryBlobBytes)
+		b, err := p.bucketOf(st)
+		if err != nil {
+			return nil, err
+		}
+		byMember[p.primary[b]] = append(byMember[p.primary[b]], st)
+	}
+	var confirmed, refused atomic.Int64
+	var mu sync.Mutex
+	var firstRefusal string
+	var lags []time.Duration
+	perTick := 0
+	if f.rate > 0 {
+		perTick = max(1, int(float64(f.rate)*replicateTick.Seconds())/max(1, len(byMember)))
+	}
+	began := time.Now()
+	stop := rep.progress(func() string {
+		return fmt.Sprintf("replicate: %s deltas confirmed ... %.0f of %.0fs", thousands(confirmed.Load()),
+			time.Since(began).Seconds(), f.duration.Seconds())
+	})
+	rctx, cancel := context.WithTimeout(ctx, f.duration)
+	defer cancel()
+	err = eachStream(ctx, p.streams, func(_ context.Context, id string, s *pubStream) error {
+		mine := byMember[id]
+		if len(mine) == 0 {
+			return nil
+		}
+		l, why, err := s.paced(rctx, mine, perTick, &confirmed, &refused)
+		mu.Lock()
+		lags = append(lags, l...)
+		if why != "" && firstRefusal == "" {
+			firstRefusal = why
+		}
+		mu.Unlock()
+		return err
+	})
+	wall := time.Since(began)
+	stop()
+	if err != nil {
+		return nil, err
+	}
+	if len(lags) == 0 {
+		return nil, fmt.Errorf("no batch was confirmed in %v", f.duration)
+	}
+	if refused.Load() > 0 {
+		rep.event("refused", field{"events", refused.Load()}, field{"first", firstRefusal})
+	}
+	slices.Sort(lags)
+	return record{{"scenario", "replicate"}, {"deltas_per_sec", round(float64(confirmed.Load())/wall.Seconds(), 1)},
+		{"lag_p50_ms", ms(percentile(lags, 50))}, {"lag_p99_ms", ms(percentile(lags, 99))}, {"lag_max_ms", ms(lags[len(lags)-1])},
+		{"rate", f.rate}, {"conns", f.conns}, {"members", len(c.Members())}, {"duration_s", f.duration.Seconds()},
+		{"batches", len(lags)}, {"deltas", confirmed.Load()}, {"refused", refused.Load()}}, nil
+}
+
+// paced publishes updates of conns round robin on s until ctx ends: perTick
+// events every replicateTick (0: batches of publishBatch as fast as the
+// window allows), at most replicateWindow requests unanswered. It returns each
+// confirmed batch's lag and adds its events to confirmed. Batches still
+// unconfirmed at the end are waited for (with empty requests) and counted.
+func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick int, confirmed, refused *atomic.Int64) ([]time.Duration, string, error) {
+	type sent struct {
+		at time.Time
+		n  int
+	}
+	var (
+		mu      sync.Mutex
+		pending = map[uint64]sent{}
+		lags    []time.Duration
+		window  = make(chan struct{}, replicateWindow)
+		recvErr = make(chan error, 1)
+		last    uint64 // highest seq sent with events
+		// firstRefusal is the first refused event's error (guarded by mu).
+		firstRefusal string
+	)
+	why := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return firstRefusal
+	}
+	confirm := func(through uint64, now time.Time) {
+		mu.Lock()
+		defer mu.Unlock()
+		for seq, b := range pending {
+			if seq <= through {
+				lags = append(lags, now.Sub(b.at))
+				confirmed.Add(int64(b.n))
+				delete(pending, seq)
+			}
+		}
+	}
+	go func() { // the stream's answers, in order
+		for {
+			resp, err := s.st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if resp.Refused > 0 { // not replicated: taken off the batch, counted, and the first one kept
+				mu.Lock()
+				if b, ok := pending[resp.Seq]; ok {
+					b.n -= int(resp.Refused)
+					pending[resp.Seq] = b
+				}
+				if refused.Add(int64(resp.Refused)) == int64(resp.Refused) && len(resp.Errors) > 0 {
+					firstRefusal = resp.Errors[0].Message
+				}
+				mu.Unlock()
+			}
+			confirm(resp.ReplicatedThrough, time.Now())
+			<-window
+		}
+	}()
+	send := func(req *pb.PublishRequest, n int) error {
+		select {
+		case window <- struct{}{}:
+		case err := <-recvErr:
+			return err
+		}
+		mu.Lock()
+		s.seq++
+		req.Seq = s.seq
+		if n > 0 {
+			pending[s.seq], last = sent{time.Now(), n}, s.seq
+		}
+		mu.Unlock()
+		return s.st.Send(req)
+	}
+	next := 0
+	batch := func(n int) *pb.PublishRequest {
+		req := &pb.PublishRequest{Events: make([]*pb.ConnEvent, n)}
+		for i := range req.Events {
+			req.Events[i] = &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, State: conns[next]}
+			next = (next + 1) % len(conns)
+		}
+		return req
+	}
+	// Paced: a batch every replicateTick, and in between an empty request
+	// every millisecond while batches wait for confirmation, so that an
+	// answer reports replication within about a millisecond of it (the
+	// stream only answers requests).
+	poll := time.NewTicker(time.Millisecond)
+	defer poll.Stop()
+	nextBatch := time.Now()
+	for ctx.Err() == nil {
+		if perTick == 0 {
+			if err := send(batch(publishBatch), publishBatch); err != nil {
+				return lags, why(), err
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			continue
+		case <-poll.C:
+		}
+		if !time.Now().Before(nextBatch) { // open loop: a late batch is sent at once, not skipped
+			nextBatch = nextBatch.Add(replicateTick)
+			if err := send(batch(perTick), perTick); err != nil {
+				return lags, why(), err
+			}
+			continue
+		}
+		mu.Lock()
+		waiting := len(pending) > 0
+		mu.Unlock()
+		if waiting && len(window) < replicateWindow/2 {
+			if err := send(&pb.PublishRequest{}, 0); err != nil {
+				return lags, why(), err
+			}
+		}
+	}
+	// Drain: empty requests until the last batch with events is confirmed.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		mu.Lock()
+		left := len(pending)
+		mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return lags, why(), fmt.Errorf("%d batches (through seq %d) not confirmed 30s after the run", left, last)
+		}
+		if err := send(&pb.PublishRequest{}, 0); err != nil {
+			return lags, why(), err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return lags, why(), nil
+}
