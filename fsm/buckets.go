@@ -81,7 +81,6 @@ func (st *state) reassign(index uint64, op *ipb.ReassignOp) Result {
 			next.Epoch = index
 		}
 		next = succeed(*cur, next, index)
-		st.noteLoss(*cur, next, index)
 		if next != *cur {
 			*cur = next
 			st.topologyChanged = true

@@ -108,15 +108,6 @@ type state struct {
 	siteEpoch   uint64 // index of the last SetSiteModeOp
 	leaseEpoch  uint64 // highest site-lease epoch of a SetSiteModeOp
 	applied     uint64 // index of the last applied entry
-	// lost is, per member, the index of the last applied entry that took
-	// a primary role from it; lostAll that of the last one that took every
-	// role from every member (a site going standby), and after a Restore
-	// the restored index (what the snapshot's entries took is not known).
-	// Derived, not replicated: members that restored at different indexes
-	// hold different values, all of them at least the true ones (see
-	// RoleLossIndex).
-	lost    map[string]uint64
-	lostAll uint64
 	// topologyChanged is set by an entry that changes members or
 	// assignments, so watchers are woken once it is applied. Not part of
 	// the replicated state.
@@ -130,15 +121,6 @@ func newState() *state {
 		claims:    newClaimTable(),
 		locks:     map[Key]Lock{},
 		sessions:  map[uint64]*session{},
-		lost:      map[string]uint64{},
-	}
-}
-
-// noteLoss records at index that cur's primary lost the role if next has
-// another primary.
-func (st *state) noteLoss(cur, next Assignment, index uint64) {
-	if cur.Primary != "" && next.Primary != cur.Primary {
-		st.lost[cur.Primary] = index
 	}
 }
 
@@ -331,19 +313,6 @@ func (st *state) indexOf(id string) uint32 {
 func (st *state) nextToken() uint64 {
 	st.lastToken++
 	return st.lastToken
-}
-
-// RoleLossIndex returns the index of the last applied entry that took a
-// primary role from member (at least that of the last restore and of the
-// last switch to standby; 0 if none), and the applied index it was read at.
-// A member that has applied loss knows of every role it lost up to applied:
-// a lease grant only needs to make it apply that far before it acts
-// (server/liveness.go), where the commit index would stop it after every
-// write.
-func (f *FSM) RoleLossIndex(member string) (loss, applied uint64) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return max(f.st.lostAll, f.st.lost[member]), f.st.applied
 }
 
 // AppliedIndex returns the index of the last applied entry.

@@ -62,9 +62,6 @@ func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
 	}
 	st.standby, st.siteEpoch = op.Standby, index
 	st.leaseEpoch = max(st.leaseEpoch, op.LeaseEpoch)
-	if op.Standby {
-		st.lostAll = index // no member acts on a standby site
-	}
 	for i := range st.buckets {
 		a := &st.buckets[i]
 		a.Epoch, a.Revision = index, index
@@ -166,10 +163,8 @@ func (st *state) setAssignments(index uint64, op *ipb.SetAssignmentsOp) Result {
 		}
 	}
 	for _, b := range op.Buckets {
-		next := succeed(st.buckets[b.Bucket], Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup,
+		st.buckets[b.Bucket] = succeed(st.buckets[b.Bucket], Assignment{Primary: b.Primary, LocalBackup: b.LocalBackup,
 			RemoteBackup: b.RemoteBackup, Epoch: index, Revision: index}, index)
-		st.noteLoss(st.buckets[b.Bucket], next, index)
-		st.buckets[b.Bucket] = next
 	}
 	st.topologyChanged = st.topologyChanged || len(op.Buckets) > 0
 	return Result{Epoch: index}

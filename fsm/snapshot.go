@@ -195,7 +195,6 @@ func (st *state) restoreRecord(rec *ipb.SnapshotRecord, first bool) error {
 		}
 		st.site, st.bucketCount, st.lastToken = h.Site, h.BucketCount, h.LastToken
 		st.now, st.lastSweep, st.applied = h.NowUnixNano, h.LastSweepUnixNano, h.AppliedIndex
-		st.lostAll = h.AppliedIndex // which roles the snapshot's entries took is not known
 		st.standby, st.siteEpoch, st.leaseEpoch = h.Standby, h.SiteEpoch, h.LeaseEpoch
 		st.buckets = make([]Assignment, h.BucketCount)
 	case *ipb.SnapshotRecord_Member:

@@ -195,22 +195,14 @@ func (l *leaseKeeper) answer(resp *pb.HeartbeatResponse) {
 	delete(l.sent, resp.Seq)
 	l.state = resp.MemberState
 	if !resp.Granted {
+		l.expires = time.Time{}
 		switch resp.MemberState {
-		case pb.MemberState_MEMBER_STATE_ALIVE, pb.MemberState_MEMBER_STATE_DRAINING:
-			// The leader cannot grant just now (it has not confirmed its
-			// leadership within the last MemberLease/4, or the site lease
-			// lapsed), but it counts this member in: the grants already
-			// received still bound the lease, which runs out on its own.
-			// Dropping it here made every primary stop acting whenever
-			// the leader's confirmation ran late under load.
-			return
 		case pb.MemberState_MEMBER_STATE_UNSPECIFIED, pb.MemberState_MEMBER_STATE_FAILED:
 			select {
 			case l.rejoin <- struct{}{}:
 			default:
 			}
 		}
-		l.expires = time.Time{} // failed, left, unknown: its buckets are moving away
 		return
 	}
 	if !ok {

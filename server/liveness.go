@@ -168,7 +168,6 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		return resp
 	}
 	m, known := s.fsm.Member(req.MemberId)
-	index := s.grantIndex(req.MemberId) // before now: the lease a grant gives counts from the beat's sending anyway
 	now := time.Now()
 	leaseCap := s.memberLeaseCap(now)
 	l.mu.Lock()
@@ -201,47 +200,15 @@ func (l *liveness) beat(req *pb.HeartbeatRequest) *pb.HeartbeatResponse {
 		resp.Reason = "the site holds no site lease"
 	default:
 		resp.Granted = true
-		resp.AppliedIndex = index
+		// The commit index, not only what this leader has applied: a
+		// follower may apply a flip that moves a bucket off this member
+		// before the leader does, and its handoff gate counts on every
+		// grant made after the commit making this member apply it first.
+		resp.AppliedIndex = max(s.fsm.AppliedIndex(), s.raft.CommitIndex())
 		resp.LeaseMs = leaseCap.Milliseconds()
 	}
 	return resp
 }
-
-// grantIndex is the index a lease grant to member made now asks it to have
-// applied before it acts: the handoff gate counts on every grant made after
-// the commit of an entry that took a primary role from the member making
-// the member apply that entry first. Once this leader's state machine has
-// applied everything committed when asked, the last such entry is known
-// (fsm.RoleLossIndex); it waits up to grantApplyWait for the state machine
-// to get there, else the commit index stands in for it (a follower may
-// apply a flip off this member before the leader does: seed 8294,
-// docs/CHAOS.md). Asking for the commit index every time, as before,
-// stopped every member whose Raft follower had not yet heard of the
-// newest commit (until its next AppendEntries) after any write: primaries
-// refused events for ~50 ms at a time on an idle site (docs/BENCHMARKS.md).
-//
-// A grant computed this way covers every entry committed before the commit
-// index was read; one committed while it is computed is covered by the
-// gate's deadline, as before: the lease the grant gives counts from the
-// heartbeat's sending, which came earlier still.
-func (s *Server) grantIndex(member string) uint64 {
-	commit := s.raft.CommitIndex()
-	deadline := time.Now().Add(grantApplyWait)
-	for {
-		loss, applied := s.fsm.RoleLossIndex(member)
-		if applied >= commit {
-			return loss
-		}
-		if time.Now().After(deadline) {
-			return max(applied, commit)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
-
-// grantApplyWait is how long a grant waits for the leader's state machine to
-// apply what was committed (normally well under a millisecond).
-const grantApplyWait = 5 * time.Millisecond
 
 func (l *liveness) streamOpened(id string) {
 	l.mu.Lock()
