@@ -107,11 +107,7 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 		t.Logf("only %d of 250 cold connections confirmed at both sites before the faults", n)
 	}
 	dp.startMap = a.Assignments()
-	began := time.Now()
-	e.logf = func(format string, args ...any) {
-		now := time.Now()
-		t.Logf("+%.1fms (%s) %s", float64(now.Sub(began))/1e6, now.UTC().Format("15:04:05.000"), fmt.Sprintf(format, args...))
-	}
+	e.logf = scheduleLogger(t)
 
 	kinds := siteFaultKinds()
 	faults := spec.faults
@@ -129,26 +125,9 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 		if spec.faults == nil && rng.IntN(3) == 0 { // now and then two at once
 			batch = append(batch, siteFaultKinds()[rng.IntN(len(kinds))])
 		}
-		for _, f := range batch {
-			if err := f.inject(e); err != nil {
-				e.logf("%s not injected: %v", f.name(), err)
-				continue
-			}
-			res.injected = append(res.injected, f.name())
-		}
-		// Held long enough, often, for a site failover (site lease 500 ms,
-		// witness lease 1 s) to happen under it.
-		hold := time.Duration(500+rng.IntN(2500)) * time.Millisecond
-		if spec.hold > 0 {
-			hold = spec.hold
-		}
-		time.Sleep(hold) // the fault lasts this long: the schedule's own time, not a wait for a condition
-		for _, f := range slices.Backward(batch) {
-			if err := f.heal(e); err != nil {
-				t.Fatalf("heal %s: %v", f.name(), err)
-			}
-		}
-		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond) // quiet spell between faults
+		// Held 0.5-3 s: long enough, often, for a site failover (site
+		// lease 500 ms, witness lease 1 s) to happen under it.
+		res.injected = append(res.injected, holdBatch(t, e, rng, batch, 500*time.Millisecond, 2500*time.Millisecond, spec.hold, e.logf)...)
 	}
 
 	// Heal everything; one site must end up active and the other standby.
@@ -179,15 +158,7 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 	across.stop()
 	dp.closeAll()
 
-	report := func(checker string, list []string) {
-		for i, v := range list {
-			if i == 10 {
-				res.violations = append(res.violations, fmt.Sprintf("%s: ... %d more", checker, len(list)-10))
-				break
-			}
-			res.violations = append(res.violations, checker+": "+v)
-		}
-	}
+	report := func(checker string, list []string) { res.violations = appendViolations(res.violations, checker, list) }
 	x := across.act.Check()
 	res.across = x
 	report("S1 across sites", x.Violations)

@@ -83,17 +83,21 @@ type chaosResult struct {
 	published      int64
 }
 
+// appendViolations adds what checker found to out: at most ten of vs, then
+// how many more.
+func appendViolations(out []string, checker string, vs []string) []string {
+	for i, v := range vs {
+		if i == 10 {
+			return append(out, fmt.Sprintf("%s: ... %d more", checker, len(vs)-10))
+		}
+		out = append(out, checker+": "+v)
+	}
+	return out
+}
+
 func (r *chaosResult) violations() []string {
 	var out []string
-	add := func(checker string, vs []string) {
-		for i, v := range vs {
-			if i == 10 {
-				out = append(out, fmt.Sprintf("%s: ... %d more", checker, len(vs)-10))
-				break
-			}
-			out = append(out, checker+": "+v)
-		}
-	}
+	add := func(checker string, vs []string) { out = appendViolations(out, checker, vs) }
 	if !r.claims.OK() {
 		add("S3 claims (porcupine)", []string{r.claims.String()})
 	}
@@ -254,7 +258,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 		spec.sabotage.Store(true)
 	}
 	admin := c.Client()
-	obs := startObserver(c) // its report's times count from about when began does
+	obs := startObserver(c) // its report's times count from about when the schedule's log does
 	tr = newTraffic(cluster.IDs(c.Members...))
 	if err := tr.start(c.Addrs(), spec.seed, 3, 2); err != nil {
 		t.Fatal(err)
@@ -265,11 +269,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 	}
 	dp.startMap = c.Assignments() // for the S5 report
 	var fill atomic.Int64
-	began := time.Now()
-	logf := func(format string, args ...any) {
-		now := time.Now()
-		t.Logf("+%.1fms (%s) %s", float64(now.Sub(began))/1e6, now.UTC().Format("15:04:05.000"), fmt.Sprintf(format, args...))
-	}
+	logf := scheduleLogger(t)
 	env := &chaosEnv{c: c, rng: rng, logf: logf, disk: disks, admin: admin, filler: func(n int) error {
 		for range n {
 			i := fill.Add(1)
@@ -302,26 +302,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 		if spec.faults == nil && rng.IntN(3) == 0 { // now and then two at once
 			batch = append(batch, faultKinds()[rng.IntN(len(kinds))])
 		}
-		for _, f := range batch {
-			if err := f.inject(env); err != nil {
-				// Two faults at once can leave nothing for the second to
-				// work on (no leader while the voters are cut off): skipped.
-				logf("%s not injected: %v", f.name(), err)
-				continue
-			}
-			res.injected = append(res.injected, f.name())
-		}
-		hold := time.Duration(300+rng.IntN(1700)) * time.Millisecond
-		if spec.hold > 0 {
-			hold = spec.hold
-		}
-		time.Sleep(hold) // the fault lasts this long: the schedule's own time, not a wait for a condition
-		for _, f := range slices.Backward(batch) {
-			if err := f.heal(env); err != nil {
-				t.Fatalf("heal %s: %v", f.name(), err)
-			}
-		}
-		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond) // quiet spell between faults
+		res.injected = append(res.injected, holdBatch(t, env, rng, batch, 300*time.Millisecond, 1700*time.Millisecond, spec.hold, logf)...)
 	}
 	// Heal everything, let the site settle, stop the traffic.
 	c.HealAll()
@@ -365,6 +346,55 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 		res.injected, res.claims, res.locks, res.grants, res.writes, res.staleWrites, res.act.Polls, res.act.Activations,
 		res.act.Overlaps, res.act.Longest, res.terms, res.durable, res.deltas, res.wiped, res.published)
 	return res
+}
+
+// scheduleLogger returns t.Logf with each line stamped with the time since
+// it was made and the wall clock (to match the members' logs).
+func scheduleLogger(t *testing.T) func(format string, args ...any) {
+	began := time.Now()
+	return func(format string, args ...any) {
+		now := time.Now()
+		t.Logf("+%.1fms (%s) %s", float64(now.Sub(began))/1e6, now.UTC().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+	}
+}
+
+// faultOf is what the faults of the one-site (fault) and the two-site
+// (siteFault) schedules share: they act on an environment of type E.
+type faultOf[E any] interface {
+	name() string
+	inject(e E) error
+	heal(e E) error
+}
+
+// holdBatch injects batch into env, keeps it for hold (when 0: holdMin plus
+// up to holdSpan, drawn from rng after the injection, so a seed replays its
+// draws in order), heals it in reverse and waits a quiet spell of 200-800 ms.
+// A fault that cannot be injected is logged and skipped (two at once can
+// leave nothing for the second to work on: no leader while the voters are
+// cut off). It returns the names of the faults injected.
+func holdBatch[E any, F faultOf[E]](t *testing.T, env E, rng *rand.Rand, batch []F, holdMin, holdSpan, hold time.Duration,
+	logf func(format string, args ...any)) []string {
+	t.Helper()
+	var injected []string
+	for _, f := range batch {
+		if err := f.inject(env); err != nil {
+			logf("%s not injected: %v", f.name(), err)
+			continue
+		}
+		injected = append(injected, f.name())
+	}
+	drawn := holdMin + time.Duration(rng.IntN(int(holdSpan/time.Millisecond)))*time.Millisecond
+	if hold == 0 {
+		hold = drawn
+	}
+	time.Sleep(hold) // the fault lasts this long: the schedule's own time, not a wait for a condition
+	for _, f := range slices.Backward(batch) {
+		if err := f.heal(env); err != nil {
+			t.Fatalf("heal %s: %v", f.name(), err)
+		}
+	}
+	time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond) // quiet spell between faults
+	return injected
 }
 
 // waitMembers waits until every running member is an alive (or draining)

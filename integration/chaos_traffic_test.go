@@ -501,12 +501,7 @@ func (d *dataPlane) primaries() []fsm.Assignment {
 }
 
 // through is how far the answer confirms replication.
-func (d *dataPlane) through(resp *pb.PublishResponse) uint64 {
-	if d.site {
-		return resp.SiteReplicatedThrough
-	}
-	return resp.ReplicatedThrough
-}
+func (d *dataPlane) through(resp *pb.PublishResponse) uint64 { return replicatedThrough(resp, d.site) }
 
 func (d *dataPlane) publish(idx []int) {
 	as := d.primaries()

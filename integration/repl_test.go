@@ -139,8 +139,12 @@ func (p *publisher) publishOnce(idx []int, v byte, typ pb.ConnEventType) int {
 	return refused
 }
 
-func (p *publisher) through(resp *pb.PublishResponse) uint64 {
-	if p.site {
+func (p *publisher) through(resp *pb.PublishResponse) uint64 { return replicatedThrough(resp, p.site) }
+
+// replicatedThrough is how far a Publish answer confirms replication: to the
+// local backups, or with site to the standby site's remote backups too.
+func replicatedThrough(resp *pb.PublishResponse, site bool) uint64 {
+	if site {
 		return resp.SiteReplicatedThrough
 	}
 	return resp.ReplicatedThrough

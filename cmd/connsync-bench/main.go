@@ -465,8 +465,8 @@ Figures: bytes_per_conn (the median member), max_bytes_per_conn.`,
 			if err := g.validate(2, "memory", noBackupReason); err != nil {
 				return err
 			}
-			if conns < 1 || conns > 1<<24 {
-				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", conns)
+			if err := checkConns(conns); err != nil {
+				return err
 			}
 			g.metrics = true
 			return nil
@@ -503,12 +503,13 @@ batches). Replication to a standby site's remote backups is not measured here.`,
 			if err := g.validate(2, "replicate", noBackupReason); err != nil {
 				return err
 			}
-			switch {
-			case f.rate < 0:
+			if f.rate < 0 {
 				return fmt.Errorf("-rate must be >= 0 (got %d; 0 means as fast as possible)", f.rate)
-			case f.conns < 1 || f.conns > 1<<24:
-				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", f.conns)
-			case f.duration <= 0:
+			}
+			if err := checkConns(f.conns); err != nil {
+				return err
+			}
+			if f.duration <= 0 {
 				return fmt.Errorf("-duration must be > 0 (got %v)", f.duration)
 			}
 			return nil
@@ -543,10 +544,10 @@ failovers), lost, persistence (1 - lost/checked).`,
 			if err := g.validate(3, "persistence", quorumReason); err != nil {
 				return err
 			}
-			switch {
-			case f.conns < 1 || f.conns > 1<<24:
-				return fmt.Errorf("-conns must be between 1 and 16777216 (got %d)", f.conns)
-			case f.failovers < 1:
+			if err := checkConns(f.conns); err != nil {
+				return err
+			}
+			if f.failovers < 1 {
 				return fmt.Errorf("-failovers must be >= 1 (got %d)", f.failovers)
 			}
 			return nil

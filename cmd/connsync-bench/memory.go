@@ -37,7 +37,7 @@ func runMemory(ctx context.Context, c *proccluster.Cluster, conns int, rep *repo
 		return nil, err
 	}
 	defer p.close()
-	held, err := publishAll(ctx, c, p, conns, rep, "memory")
+	held, err := publishAll(ctx, p, conns, rep, "memory")
 	if err != nil {
 		return nil, err
 	}
@@ -71,12 +71,12 @@ func runMemory(ctx context.Context, c *proccluster.Cluster, conns int, rep *repo
 // progress line named after the scenario, then a "published" event with how
 // many events were refused and sent again), and returns how many each member
 // holds as primary or local backup.
-func publishAll(ctx context.Context, c *proccluster.Cluster, p *publisher, n int, rep *reporter, scenario string) (map[string]int, error) {
+func publishAll(ctx context.Context, p *publisher, n int, rep *reporter, scenario string) (map[string]int, error) {
 	began := time.Now()
 	stop := rep.progress(func() string {
 		return fmt.Sprintf("%s: publishing %s connections ... %.0fs", scenario, thousands(int64(n)), time.Since(began).Seconds())
 	})
-	held, refused, err := publishAllQuiet(ctx, c, p, n)
+	held, refused, err := publishAllQuiet(ctx, p, n)
 	stop()
 	if err != nil {
 		return nil, err
@@ -85,16 +85,7 @@ func publishAll(ctx context.Context, c *proccluster.Cluster, p *publisher, n int
 	return held, nil
 }
 
-func publishAllQuiet(ctx context.Context, c *proccluster.Cluster, p *publisher, n int) (held map[string]int, refused int, err error) {
-	cl, err := c.Client(10 * time.Second)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer cl.Close()
-	r, err := cl.Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
-	if err != nil {
-		return nil, 0, err
-	}
+func publishAllQuiet(ctx context.Context, p *publisher, n int) (held map[string]int, refused int, err error) {
 	held = map[string]int{}
 	const slice = 100_000
 	for from := 0; from < n; from += slice {
@@ -105,10 +96,9 @@ func publishAllQuiet(ctx context.Context, c *proccluster.Cluster, p *publisher, 
 			if err != nil {
 				return nil, 0, err
 			}
-			a := r.Assignments[b]
-			held[a.Primary]++
-			if a.LocalBackup != "" {
-				held[a.LocalBackup]++
+			held[p.primary[b]]++
+			if p.backup[b] != "" {
+				held[p.backup[b]]++
 			}
 			states = append(states, st)
 		}

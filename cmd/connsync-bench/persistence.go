@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/internal/proccluster"
 )
@@ -38,7 +39,7 @@ func runPersistence(ctx context.Context, c *proccluster.Cluster, f persistenceFl
 		return nil, err
 	}
 	defer p.close()
-	if _, err := publishAll(ctx, c, p, f.conns, rep, "persistence"); err != nil {
+	if _, err := publishAll(ctx, p, f.conns, rep, "persistence"); err != nil {
 		return nil, err
 	}
 	want := make([]map[fsm.Key][]byte, p.buckets) // bucket -> connection -> state
@@ -80,7 +81,7 @@ func runPersistence(ctx context.Context, c *proccluster.Cluster, f persistenceFl
 			return nil, fmt.Errorf("failover %d (SIGKILL of %s): %w", i+1, c.Members()[victim].ID, err)
 		}
 		prog.set("checking the %d buckets %s was primary of at their new primaries", len(moved), tr.victim)
-		n, l, err := checkBuckets(ctx, c, moved, want)
+		n, l, err := checkBuckets(ctx, c, admin, moved, want)
 		if err != nil {
 			return nil, fmt.Errorf("failover %d: %w", i+1, err)
 		}
@@ -102,15 +103,10 @@ func runPersistence(ctx context.Context, c *proccluster.Cluster, f persistenceFl
 		{"persistence", round(persistence, 6)}, {"failovers", f.failovers}, {"members", len(c.Members())}}, nil
 }
 
-// checkBuckets reads each of buckets at its current primary and counts the
-// connections of want it should hold (checked) and those it does not hold
-// with the published state (lost).
-func checkBuckets(ctx context.Context, c *proccluster.Cluster, buckets []uint32, want []map[fsm.Key][]byte) (checked, lost int, err error) {
-	admin, err := c.Client(10 * time.Second)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer admin.Close()
+// checkBuckets reads each of buckets at its current primary (from the map
+// admin reads) and counts the connections of want it should hold (checked)
+// and those it does not hold with the published state (lost).
+func checkBuckets(ctx context.Context, c *proccluster.Cluster, admin *client.Client, buckets []uint32, want []map[fsm.Key][]byte) (checked, lost int, err error) {
 	r, err := admin.Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
 	if err != nil {
 		return 0, 0, err

@@ -26,6 +26,7 @@ type publisher struct {
 	c       *proccluster.Cluster
 	buckets uint32
 	primary []string // bucket -> member ID
+	backup  []string // bucket -> its local backup's member ID ("" for none)
 	streams map[string]*pubStream
 }
 
@@ -59,7 +60,7 @@ func newPublisher(ctx context.Context, c *proccluster.Cluster) (*publisher, erro
 	return p, nil
 }
 
-// readMap reads which member is each bucket's primary.
+// readMap reads which members are each bucket's primary and local backup.
 func (p *publisher) readMap(ctx context.Context) error {
 	cl, err := p.c.Client(10 * time.Second)
 	if err != nil {
@@ -70,9 +71,10 @@ func (p *publisher) readMap(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p.buckets, p.primary = uint32(len(r.Assignments)), make([]string, len(r.Assignments))
+	n := len(r.Assignments)
+	p.buckets, p.primary, p.backup = uint32(n), make([]string, n), make([]string, n)
 	for _, a := range r.Assignments {
-		p.primary[a.Bucket] = a.Primary
+		p.primary[a.Bucket], p.backup[a.Bucket] = a.Primary, a.LocalBackup
 	}
 	return nil
 }
@@ -84,9 +86,20 @@ func (p *publisher) close() {
 	}
 }
 
-// benchConn returns connection i's state: a UDP flow 10.x.y.z:5353 ->
-// 198.51.100.9:53 with a blob of blobBytes bytes (distinct for i < 2^24 x
-// 60,000).
+// maxBenchConns is how many distinct connections benchConn makes.
+const maxBenchConns = 1 << 24
+
+// checkConns checks a scenario's -conns flag.
+func checkConns(n int) error {
+	if n < 1 || n > maxBenchConns {
+		return fmt.Errorf("-conns must be between 1 and %d (got %d)", maxBenchConns, n)
+	}
+	return nil
+}
+
+// benchConn returns connection i's state: a UDP flow 10.x.y.z:1024 ->
+// 198.51.100.9:53 (x.y.z from i; the source port grows past i = 2^24) with a
+// blob of blobBytes bytes.
 func benchConn(i int, blobBytes int) *pb.ConnState {
 	src := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 	blob := make([]byte, blobBytes)

@@ -40,7 +40,7 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 	}
 	defer p.close()
 	// Every connection once, so the run measures updates of known ones.
-	if _, err := publishAll(ctx, c, p, f.conns, rep, "replicate"); err != nil {
+	if _, err := publishAll(ctx, p, f.conns, rep, "replicate"); err != nil {
 		return nil, err
 	}
 	byMember := map[string][]*pb.ConnState{}

@@ -140,7 +140,7 @@ func (c *Cluster) WaitSettled(ctx context.Context, rebalance bool) error {
 // local backup is another alive member and fully synced (when more than one
 // member is alive), no make-before-break move is under way, and the leader's
 // planner would start none: every alive member is primary of exactly its
-// weighted share (placement.Rebalance plans nothing) and, with backups (the
+// weighted share (so placement.Rebalance plans nothing) and, with backups (the
 // site rebalances local backups on its own: AutoRebalance), no member holds
 // more local backups than placement.RebalanceBackups tolerates. A settled map
 // stays as it is until a member joins, leaves or fails. A standby site syncs
@@ -184,10 +184,12 @@ func Settled(members []*pb.Member, as []*pb.Assignment, want int, standby, backu
 			return fmt.Errorf("%s is primary of %d buckets, its share is %d", m.ID, primaries[m.ID], target[m.ID])
 		}
 	}
-	if ch := placement.Rebalance(cur, alive, 0); len(ch) > 0 {
-		return fmt.Errorf("bucket %d: the leader would move it (rebalance)", ch[0].Bucket)
+	// Every member exactly at its share and no move under way: placement.
+	// Rebalance plans nothing (it moves only from members above their share).
+	if !backups {
+		return nil
 	}
-	if ch := placement.RebalanceBackups(cur, alive, 0, placement.BackupTolerance); backups && len(ch) > 0 {
+	if ch := placement.RebalanceBackups(cur, alive, 0, placement.BackupTolerance); len(ch) > 0 {
 		return fmt.Errorf("bucket %d: the leader would move its local backup (rebalance backups)", ch[0].Bucket)
 	}
 	return nil
