@@ -21,6 +21,11 @@ import (
 // the CI set runs one opening with each site fault kind.
 const chaosSitesQuickSeeds = 1
 
+// chaosSitesRegressionSeeds are long-run two-site seeds that found bugs
+// (docs/CHAOS.md); the CI set runs them too. Their schedules depend on
+// timing, so each bug also has a test with its faults fixed.
+var chaosSitesRegressionSeeds = []uint64{521, 529, 606}
+
 // TestChaos_Sites runs randomized fault schedules against two in-process
 // sites of three members each and a witness (witness policy, 50 ms each
 // way between the sites and to the witness), under data-plane traffic
@@ -45,6 +50,9 @@ func TestChaos_Sites(t *testing.T) {
 	var set []uint64
 	for s := range n {
 		set = append(set, 300+uint64(s)) // seed 300+i opens with kinds[i]
+	}
+	if *chaosCI {
+		set = append(set, chaosSitesRegressionSeeds...)
 	}
 	injected := map[string]int{}
 	for _, seed := range seedsToRun(set) {
@@ -89,7 +97,11 @@ type sitesResult struct {
 // runSitesChaos runs one two-site schedule and checks it.
 func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 	seed := spec.seed
-	t.Logf("chaos seed %d; re-run: go test ./integration -run 'TestChaos_Sites$' -chaos.seed %d -chaos.duration %v -v", seed, seed, spec.dur)
+	if spec.faults != nil {
+		t.Logf("chaos seed %d, faults fixed; re-run: go test ./integration -run '^%s$' -v", seed, t.Name())
+	} else {
+		t.Logf("chaos seed %d; re-run: go test ./integration -run 'TestChaos_Sites$' -chaos.seed %d -chaos.duration %v -v", seed, seed, spec.dur)
+	}
 	rng := rand.New(rand.NewPCG(seed, 0x517e))
 	a, b, _ := dualSiteWith(t, 3, true, func(c *server.Config) { c.BucketCount = chaosBuckets })
 	if spec.sabotage != nil {
@@ -145,7 +157,12 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 	active.WaitPlaced(60 * time.Second)
 	dp.halt()
 	dp.flush(20 * time.Second)
-	checked, wiped, missing := checkDeltas(t, active, dp, obs[act])
+	// A connection confirmed at both sites is lost to a double fault when,
+	// afterwards, a site that was active lost every copy of its bucket (its
+	// full syncs then replace the other site's copy), or the final active
+	// site activated without a synced copy of it (noteWiped).
+	lost := func(b uint32, at int64) bool { return obs[0].wipedAfter(b, at) || obs[1].wipedAfter(b, at) }
+	checked, wiped, missing := checkDeltas(t, active, dp, lost)
 	for _, c := range e.sites {
 		c.WaitConverged(30 * time.Second)
 		if err := compareLogs(c); err != nil {
@@ -170,7 +187,7 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 	}
 	report("S5 session persistence", missing)
 	t.Logf("faults %v; across the sites: %d polls, %d site activation spans, %d overlaps (longest %v); "+
-		"%d connections confirmed at both sites checked at site %s's primaries (%d excused: every copy on the site lost at once), of %d deltas published",
+		"%d connections confirmed at both sites checked at site %s's primaries (%d excused: an active site lost every copy, or a site activated without one), of %d deltas published",
 		res.injected, x.Polls, x.Activations, x.Overlaps, x.Longest, checked, e.names[act], wiped, dp.published.Load())
 	return res
 }
@@ -186,6 +203,43 @@ func TestChaos_SitesCheckerCatchesIgnoredSiteLease(t *testing.T) {
 		t.Fatalf("the S1 checker across sites did not catch the sabotage; violations reported: %v", r.violations)
 	}
 	t.Logf("caught: %d overlaps (longest %v), first: %s", r.across.Overlaps, r.across.Longest, r.violations[0])
+}
+
+// TestChaos_SitesStandbyCrashThenActiveLost is the shape of long-run seed
+// 606: the standby site crashes and restarts (its remote copies lost), and
+// the active site is cut off from it and the witness before the copies are
+// synced again. The standby site takes over (availability first, as a local
+// failover promotes a backup that is not synced); the buckets it activated
+// without a synced copy are a site-level double fault, and every other
+// confirmed connection must be at its primaries (S5), with no overlap (S1).
+func TestChaos_SitesStandbyCrashThenActiveLost(t *testing.T) {
+	r := runSitesChaos(t, sitesSpec{seed: 606, faults: []siteFault{&standbySiteCrash{}, &siteIsolation{}},
+		hold: 3 * time.Second})
+	for _, v := range r.violations {
+		t.Error(v)
+	}
+	if !slices.Equal(r.injected, []string{"standby-site-crash", "site-isolation"}) {
+		t.Errorf("injected %v, want both faults", r.injected)
+	}
+}
+
+// TestChaos_SitesActiveLeaderCrashAfterStandbyRestart is the shape of
+// long-run seed 529: the standby site crashes and restarts (its copies
+// lost), then the active site's leader crashes. The restarted standby site
+// won the witness while the active site's new leader was not yet renewing,
+// the active site went standby on that one acceptor's word, and both sites
+// stayed standby. Now the active site goes standby only when the other
+// holds a majority, and a standby site without every copy waits before it
+// asks: exactly one site must end active, with S1 and S5 checked.
+func TestChaos_SitesActiveLeaderCrashAfterStandbyRestart(t *testing.T) {
+	r := runSitesChaos(t, sitesSpec{seed: 529, faults: []siteFault{&standbySiteCrash{}, &siteMemberCrash{activeLeader: true}},
+		hold: time.Second})
+	for _, v := range r.violations {
+		t.Error(v)
+	}
+	if !slices.Equal(r.injected, []string{"standby-site-crash", "member-crash"}) {
+		t.Errorf("injected %v, want both faults", r.injected)
+	}
 }
 
 // waitOneSiteActive waits until one site acts for every bucket with a
@@ -398,8 +452,9 @@ func (f *standbySiteCrash) heal(e *siteEnv) error {
 // siteMemberCrash crashes one member of either site (a third of the time
 // the active site's leader) and restarts it from its data directory on heal.
 type siteMemberCrash struct {
-	site   int
-	victim *cluster.Member
+	activeLeader bool // always the active site's leader (a test's fixed fault)
+	site         int
+	victim       *cluster.Member
 }
 
 func (*siteMemberCrash) name() string { return "member-crash" }
@@ -407,7 +462,7 @@ func (f *siteMemberCrash) inject(e *siteEnv) error {
 	f.site = e.rng.IntN(2)
 	c := e.sites[f.site]
 	f.victim = c.Members[e.rng.IntN(len(c.Members))]
-	if act := e.active(); e.rng.IntN(3) == 0 && act >= 0 {
+	if act := e.active(); (e.rng.IntN(3) == 0 || f.activeLeader) && act >= 0 {
 		if l := e.sites[act].Leader(); l != nil {
 			f.site, c, f.victim = act, e.sites[act], l
 		}

@@ -338,7 +338,7 @@ func runChaos(t *testing.T, spec chaosSpec) *chaosResult {
 	res.act = obs.act.Check()
 	res.terms, res.termViolations = obs.terms.Check()
 	res.durable, res.lost = chaos.CheckDurable(ops, final)
-	res.deltas, res.wiped, res.deltaMissing = checkDeltas(t, c, dp, obs)
+	res.deltas, res.wiped, res.deltaMissing = checkDeltas(t, c, dp, obs.wipedAfter)
 	res.published = dp.published.Load()
 	t.Logf("faults %v; %v; %v; fencing: %d grants, %d writes accepted, %d stale refused; activations: %d polls, %d spans, "+
 		"%d overlaps (longest %v); %d terms; %d acknowledged claims durable; %d connections confirmed checked at the primaries "+
@@ -418,14 +418,15 @@ func waitMembers(t *testing.T, c *cluster.Cluster, timeout time.Duration) {
 
 // checkDeltas (S5): every connection whose version a primary confirmed
 // replicated is at its bucket's primary now, at that version or newer,
-// unless its bucket lost every copy after it was confirmed (the primary and
-// its backup failed together: a double fault; counted in wiped). The map is
-// read again when a member asked no longer is a bucket's primary.
-func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer) (checked, wiped int, missing []string) {
+// unless lost(bucket, confirmed at) says its bucket lost every copy after it
+// was confirmed (on one site: the primary and its backup failed together, a
+// double fault; counted in wiped). The map is read again when a member asked
+// no longer is a bucket's primary.
+func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, lost func(b uint32, at int64) bool) (checked, wiped int, missing []string) {
 	t.Helper()
 	cluster.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		var err error
-		checked, wiped, missing, err = checkDeltasOnce(t, c, dp, obs)
+		checked, wiped, missing, err = checkDeltasOnce(t, c, dp, lost)
 		return err
 	})
 	return checked, wiped, missing
@@ -433,7 +434,7 @@ func checkDeltas(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer)
 
 // checkDeltasOnce is checkDeltas on one reading of the bucket map; it
 // returns an error when a primary's Dump says it no longer is.
-func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *observer) (checked, wiped int, missing []string, err error) {
+func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, lost func(b uint32, at int64) bool) (checked, wiped int, missing []string, err error) {
 	as := c.Assignments()
 	have := map[fsm.Key]uint32{}
 	held := map[uint32]int{}                      // states the primary holds per bucket
@@ -471,7 +472,7 @@ func checkDeltasOnce(t *testing.T, c *cluster.Cluster, dp *dataPlane, obs *obser
 		if err != nil {
 			t.Fatal(err)
 		}
-		if obs.wipedAfter(k.Bucket(uint32(dp.buckets)), dp.at[i]) {
+		if lost(k.Bucket(uint32(dp.buckets)), dp.at[i]) {
 			wiped++
 			continue
 		}

@@ -261,6 +261,8 @@ type observer struct {
 	// Guarded by mu.
 	wiped map[uint32][]int64
 	last  []fsm.Assignment // the leader's bucket map at the last poll
+	// lastStandby: the site was standby at the last poll.
+	lastStandby bool
 }
 
 // watch is what the in-process and the multi-process observers share: the
@@ -329,7 +331,7 @@ func startObserver(c *cluster.Cluster) *observer {
 					for _, mm := range m.Server.FSM().Members() {
 						alive[mm.ID] = mm.State == pb.MemberState_MEMBER_STATE_ALIVE || mm.State == pb.MemberState_MEMBER_STATE_DRAINING
 					}
-					o.noteWiped(as, alive)
+					o.noteWiped(as, alive, m.Server.FSM().Standby())
 				}
 				for _, mm := range m.Server.FSM().Members() {
 					if mm.State == pb.MemberState_MEMBER_STATE_FAILED || mm.State == pb.MemberState_MEMBER_STATE_LEFT {
@@ -351,25 +353,35 @@ func startObserver(c *cluster.Cluster) *observer {
 // noteWiped records the buckets whose new primary held no copy (neither
 // their primary, nor their synced local backup, nor a synced incoming member
 // before) while none of those is alive: a double fault, for which S5
-// promises nothing. Polls every few milliseconds may miss a state in
-// between.
-func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool) {
+// promises nothing. On two sites only the active site's map says where the
+// data is: a standby site's changes lose nothing (the active site still
+// holds every copy and syncs them again), but a standby site that activates
+// loses every bucket whose primary did not hold a synced remote copy (its
+// copy was lost, and the other site, which held the data, is lost or
+// deposed: a site-level double fault; the site logs how many). Polls every
+// few milliseconds may miss a state in between.
+func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	now := chaos.Now()
 	for b, a := range as {
-		if b >= len(o.last) {
+		if standby || b >= len(o.last) {
 			continue
 		}
 		p := o.last[b]
-		held := a.Primary == p.Primary || (a.Primary == p.LocalBackup && p.BackupSynced) ||
-			(a.Primary == p.Incoming && p.IncomingSynced)
-		holderAlive := alive[p.Primary] || (p.BackupSynced && alive[p.LocalBackup]) || (p.IncomingSynced && alive[p.Incoming])
+		var held, holderAlive bool
+		if o.lastStandby { // activated since the last poll
+			held = a.Primary == p.Primary && p.RemoteCopySynced
+		} else {
+			held = a.Primary == p.Primary || (a.Primary == p.LocalBackup && p.BackupSynced) ||
+				(a.Primary == p.Incoming && p.IncomingSynced)
+			holderAlive = alive[p.Primary] || (p.BackupSynced && alive[p.LocalBackup]) || (p.IncomingSynced && alive[p.Incoming])
+		}
 		if !held && !holderAlive {
 			o.wiped[uint32(b)] = append(o.wiped[uint32(b)], now)
 		}
 	}
-	o.last = as
+	o.last, o.lastStandby = as, standby
 }
 
 // wipedAfter reports whether bucket b lost every copy after time t.

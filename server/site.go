@@ -35,6 +35,7 @@ type siteLink struct {
 	peer    *repl.Peer    // nil until the peer's table is known
 	changed chan struct{} // closed and replaced when peer changes
 	up      bool
+	down    time.Time // when up last turned false (the link's start at first)
 	rtt     time.Duration
 	lastErr string
 	leader  string
@@ -42,7 +43,7 @@ type siteLink struct {
 }
 
 func newSiteLink(s *Server, addrs []string) *siteLink {
-	return &siteLink{s: s, addrs: addrs, changed: make(chan struct{})}
+	return &siteLink{s: s, addrs: addrs, changed: make(chan struct{}), down: time.Now()}
 }
 
 // watch returns what is known of the peer site and a channel closed when it
@@ -65,6 +66,9 @@ func (l *siteLink) run() {
 		addr := l.addrs[i%len(l.addrs)]
 		err := l.follow(addr)
 		l.mu.Lock()
+		if l.up {
+			l.down = time.Now()
+		}
 		l.up = false
 		if err != nil {
 			l.lastErr = fmt.Sprintf("%s: %v", addr, err)
@@ -210,6 +214,16 @@ func (l *siteLink) isUp() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.up
+}
+
+// downFor returns how long the link has been down (0 while it is up).
+func (l *siteLink) downFor(now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.up {
+		return 0
+	}
+	return now.Sub(l.down)
 }
 
 // info describes the link for Sites.

@@ -222,7 +222,7 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 	}
 	l.mu.Unlock()
 	sent := time.Now()
-	granted, others := s.askSiteLease(ctx, epoch)
+	granted, other, naming := s.askSiteLease(ctx, epoch)
 	l.mu.Lock()
 	if granted >= 2 {
 		l.until, l.epoch = sent.Add(s.cfg.SiteLease-siteLeaseMargin), epoch
@@ -233,22 +233,27 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 	l.mu.Unlock()
 	// The first lapse is always told; while it lasts, once a second.
 	if lapsed := !st.Standby && granted < 2 && time.Now().After(until); lapsed && (held || l.logLapse()) {
-		s.logger.Warn("site lease not renewed: this site's members stop acting until it is", "site", s.cfg.Site, "granted", granted, "other_holder", others)
+		s.logger.Warn("site lease not renewed: this site's members stop acting until it is", "site", s.cfg.Site, "granted", granted, "other_holder", other)
 	} else if !st.Standby && granted >= 2 && !held {
 		s.logger.Info("site lease held", "site", s.cfg.Site, "lease_epoch", epoch)
 	}
 	switch {
 	case granted >= 2 && st.Standby:
-		s.logger.Warn(why+": activating the site", "site", s.cfg.Site, "lease_epoch", epoch)
+		// A site that lost its copies (a member restarted, and the other site
+		// was lost before it synced them again) activates anyway, as a local
+		// failover promotes a backup that is not synced: those buckets start
+		// empty, and the log says how many.
+		s.logger.Warn(why+": activating the site", "site", s.cfg.Site, "lease_epoch", epoch,
+			"buckets_without_synced_copy", s.unsyncedCopies())
 		if _, err := s.setSiteMode(ctx, false, why, epoch); err != nil {
 			s.logger.Warn("site activation", "error", err)
 		}
-	case !st.Standby && time.Now().After(until) && others != "":
+	case !st.Standby && time.Now().After(until) && s.deposed(st, other, naming):
 		// Another site holds the lease: this one is deposed. Its members
 		// stopped acting when the lease ran out (their leases are capped by
 		// it); going standby makes them take the new active site's copies.
-		s.logger.Warn("site lease held by another site: this site goes standby", "site", s.cfg.Site, "holder", others)
-		if _, err := s.setSiteMode(ctx, true, "site lease held by "+others, 0); err != nil {
+		s.logger.Warn("site lease held by another site: this site goes standby", "site", s.cfg.Site, "holder", other)
+		if _, err := s.setSiteMode(ctx, true, "site lease held by "+other, 0); err != nil {
 			s.logger.Warn("site deactivation", "error", err)
 		}
 	}
@@ -275,10 +280,25 @@ func (s *Server) takeOver() bool {
 	switch {
 	case p != nil && p.Standby:
 		return s.allCopiesSynced()
+	case s.siteLink == nil:
+		return false
 	default:
-		return s.siteLink != nil && !s.siteLink.isUp()
+		// The link is down: the other site may be lost, or only its
+		// leader changed (the link follows one member at a time) or this
+		// site has just restarted. With every copy, asking at once is safe
+		// (the acceptors keep a live active site's lease). Without, a
+		// takeover loses the missing buckets' sessions: ask only once the
+		// link has been down long enough that a live active site would
+		// have renewed its lease under a new leader meanwhile.
+		down := s.siteLink.downFor(time.Now())
+		return down > 0 && (down >= incompleteTakeOverAfter*s.cfg.SiteLease || s.allCopiesSynced())
 	}
 }
+
+// incompleteTakeOverAfter is how long, in site leases, a standby site that
+// lacks a copy of some bucket waits with the link to the other site down
+// before it asks for the lease.
+const incompleteTakeOverAfter = 4
 
 // takeBackAfter is how long a site that handed over waits for the other
 // site to take the lease before it takes the lease back (takeBack), in site
@@ -318,27 +338,47 @@ func (s *Server) peerSeenActive() bool {
 // restart and failed it over.
 func (s *Server) allCopiesSynced() bool {
 	as, _ := s.fsm.Buckets()
+	return len(as) > 0 && s.unsyncedCopies() == 0
+}
+
+// unsyncedCopies returns how many buckets this standby site holds no
+// complete remote copy of (allCopiesSynced's test, bucket by bucket).
+func (s *Server) unsyncedCopies() int {
+	as, _ := s.fsm.Buckets()
+	n := 0
 	heard := map[string]bool{}
 	for _, a := range as {
-		if !a.RemoteCopySynced {
-			return false
-		}
 		ok, seen := heard[a.Primary]
 		if !seen {
 			ok = s.live.heardFrom(a.Primary)
 			heard[a.Primary] = ok
 		}
-		if !ok {
-			return false
+		if !a.RemoteCopySynced || !ok {
+			n++
 		}
 	}
-	return len(as) > 0
+	return n
+}
+
+// deposed reports whether an active site whose lease lapsed must go
+// standby: the other site won the lease, as a majority of the acceptors
+// name it holder (two refusals naming it), or it reports itself active under
+// a higher lease epoch than this site activated under. One acceptor naming
+// it is not enough: a standby site's ask that one acceptor granted is no
+// lease, and a site that went standby for it would leave both sites standby
+// (only a site that handed over, or holds every copy, asks from standby).
+func (s *Server) deposed(st fsm.Stats, other string, naming int) bool {
+	if other != "" && naming >= 2 {
+		return true
+	}
+	p, _ := s.siteLink.watch()
+	return p != nil && !p.Standby && p.LeaseEpoch > st.LeaseEpoch
 }
 
 // askSiteLease asks the three acceptors for the lease at epoch and returns
-// how many granted it, and another site an acceptor reports holding it
-// ("" if none).
-func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, other string) {
+// how many granted it, and another site acceptors report holding it ("" if
+// none) with how many of them did.
+func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, other string, naming int) {
 	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds()}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SiteLease/2) // a round must end well inside a lease
 	defer cancel()
@@ -382,10 +422,11 @@ func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, o
 			granted++
 		} else if a.resp.Holder != "" && a.resp.Holder != s.cfg.Site {
 			other = a.resp.Holder
+			naming++
 		}
 		s.siteLease.mu.Lock()
 		s.siteLease.seen = max(s.siteLease.seen, a.resp.Epoch)
 		s.siteLease.mu.Unlock()
 	}
-	return granted, other
+	return granted, other, naming
 }

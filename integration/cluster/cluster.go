@@ -187,7 +187,7 @@ func (c *Cluster) newMember(bootstrap bool) *Member {
 		t.Cleanup(func() { f.Close() }) // registered after the shutdown, so it runs before it: the log's last lines go to the test log only
 		out = io.MultiWriter(c.logs, f)
 	}
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: hclog.Warn, Output: out})
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "connsyncd", Level: logLevel(), Output: out})
 	if bootstrap {
 		cfg.Bootstrap = true
 	} else {
@@ -557,4 +557,13 @@ func CheckEpochsGrew(t testing.TB, before, now []fsm.Assignment) {
 			t.Fatalf("bucket %d: epoch went back from %d to %d", i, before[i].Epoch, now[i].Epoch)
 		}
 	}
+}
+
+// logLevel is the members' log level: warnings, or what CONNSYNC_TEST_LOG
+// names (info, debug, trace) when a test is to be traced.
+func logLevel() hclog.Level {
+	if l := hclog.LevelFromString(os.Getenv("CONNSYNC_TEST_LOG")); l != hclog.NoLevel {
+		return l
+	}
+	return hclog.Warn
 }
