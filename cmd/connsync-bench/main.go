@@ -22,6 +22,10 @@
 //	persistence -conns 1000000 -failovers 5
 //	          figures: synced, checked, lost, persistence (every connection
 //	          of a killed member's buckets read at the new primaries)
+//	site-failover -trials 5 -delay 50ms
+//	          figures: p50_ms, p99_ms, max_ms (SIGKILL of every member of the
+//	          active site to the last bucket active at the other site; two
+//	          sites of -members each and a witness)
 //	all       [-quick]: every scenario above on one site, then each target of
 //	          DESIGN section 7 with its figure; -quick runs small sizes and
 //	          fails only on a figure more than 3x off its target
@@ -166,7 +170,7 @@ Flags may be written -name or --name.`,
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
 		newLockTakeoverCommand(g, stdout, stderr), newMemoryCommand(g, stdout, stderr), newReplicateCommand(g, stdout, stderr),
-		newPersistenceCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
+		newPersistenceCommand(g, stdout, stderr), newSiteFailoverCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
 	return root
 }
 
@@ -199,21 +203,12 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 			}
 		})
 	}
-	bin := g.connsyncd
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "connsync-bench-bin-")
-		if err != nil {
-			return s, err
-		}
-		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-		stopProgress := rep.progress(func() string { return "building connsyncd (go build) ..." })
-		bin, err = proccluster.Build(ctx, dir)
-		stopProgress()
-		if err != nil {
-			return s, fmt.Errorf("%w\n(connsync-bench takes the binary as -connsyncd PATH)", err)
-		}
-		rep.event("built", field{"connsyncd", bin})
+	bin, rm, err := connsyncdBinary(ctx, g, rep)
+	cleanups = append(cleanups, rm)
+	if err != nil {
+		return s, err
 	}
+	g.connsyncd = bin // scenarios that start more processes (all's site-failover) use it too
 	began := time.Now()
 	stopProgress := rep.progress(func() string {
 		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
@@ -242,6 +237,27 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 	}
 	rep.event("site_ready", field{"members", g.members}, field{"dir", c.Dir()}, field{"start_s", round(time.Since(began).Seconds(), 2)})
 	return s, nil
+}
+
+// connsyncdBinary returns -connsyncd, or builds connsyncd into a temporary
+// directory that cleanup removes.
+func connsyncdBinary(ctx context.Context, g *globalOpts, rep *reporter) (bin string, cleanup func(), err error) {
+	if g.connsyncd != "" {
+		return g.connsyncd, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "connsync-bench-bin-")
+	if err != nil {
+		return "", func() {}, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	stopProgress := rep.progress(func() string { return "building connsyncd (go build) ..." })
+	bin, err = proccluster.Build(ctx, dir)
+	stopProgress()
+	if err != nil {
+		return "", cleanup, fmt.Errorf("%w\n(connsync-bench takes the binary as -connsyncd PATH)", err)
+	}
+	rep.event("built", field{"connsyncd", bin})
+	return bin, cleanup, nil
 }
 
 // scenarioRun starts a site, runs fn on it and reports its figures.
@@ -587,7 +603,7 @@ target (or off the published figure, for a target not met yet). CI runs it.`,
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
-				return runAll(ctx, c, rep, quick)
+				return runAll(ctx, g, c, rep, quick)
 			})
 		},
 	}

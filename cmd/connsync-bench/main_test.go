@@ -86,6 +86,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"persistence", "-conns", "0"}, "-conns must be between 1"},
 		{[]string{"replicate", "-conns", "0"}, "-conns must be between 1"},
 		{[]string{"replicate", "-duration", "0s"}, "-duration must be > 0"},
+		{[]string{"site-failover", "-trials", "0"}, "-trials must be >= 1"},
+		{[]string{"site-failover", "-delay", "-1ms"}, "-delay must be between 0 and 5s"},
+		{[]string{"site-failover", "-members", "2"}, "-members must be >= 3 for site-failover"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), c.args, &stdout, &stderr)
@@ -236,6 +239,17 @@ func TestScenariosOnProcesses(t *testing.T) {
 	t.Logf("replicate: %v", repl)
 	if d := num(repl, "deltas_per_sec"); !(d > 0) || num(repl, "lag_p99_ms") < num(repl, "lag_p50_ms") || !(num(repl, "lag_p50_ms") > 0) {
 		t.Errorf("replicate: want deltas_per_sec > 0 and lag p99 >= p50 > 0: %v", repl)
+	}
+
+	g := &globalOpts{members: 3, connsyncd: bin}
+	sf, err := siteFailoverRun(ctx, g, siteFailoverFlags{trials: 2, delay: 20 * time.Millisecond}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("site-failover: %v", sf)
+	// The lease (500 ms) must run out before the other site may act.
+	if p := num(sf, "p50_ms"); !(p > 400 && p < 20_000) || num(sf, "trials") != 2 {
+		t.Errorf("site-failover: want 2 trials with a p50 above the site lease (500 ms) and far below the timeout: %v", sf)
 	}
 
 	dir := s.c.Dir()

@@ -46,6 +46,8 @@ type options struct {
 	gcPercent   int
 	configFile  string
 	witness     bool
+	wanDelay    time.Duration
+	wanTo       []string
 }
 
 // newFlagSet declares every flag. Config-file keys are the flag names.
@@ -127,6 +129,15 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&c.RemoteCompression, "remote-compression", false, "gzip the replication streams to the other site")
 	fs.IntVar(&c.MaxBatchOps, "max-batch-ops", c.MaxBatchOps, "most operations group commit packs into one log entry")
 	fs.IntVar(&c.MaxInflightEntries, "max-inflight-entries", c.MaxInflightEntries, "group-commit entries in flight at once")
+	fs.DurationVar(&o.wanDelay, "emulate-wan-delay", 0, "for tests and benchmarks on one machine: delay every connection this member dials to an -emulate-wan-to address by this much each way")
+	fs.Func("emulate-wan-to", "comma-separated addresses (the other site's members, the witness) that -emulate-wan-delay applies to", func(s string) error {
+		for _, a := range strings.Split(s, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				o.wanTo = append(o.wanTo, a)
+			}
+		}
+		return nil
+	})
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus metrics (Raft, raft-boltdb, connsync) on this address at /metrics")
 	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on -metrics-addr (for profiling; anyone who reaches the address can read them)")
@@ -192,6 +203,18 @@ func run(args []string) error {
 		if err := serveMetrics(o.metricsAddr, o.pprof); err != nil {
 			return err
 		}
+	}
+	switch {
+	case o.wanDelay < 0:
+		return fmt.Errorf("emulate-wan-delay %v: want a positive duration", o.wanDelay)
+	case o.wanDelay > 0 && len(o.wanTo) == 0:
+		return errors.New("emulate-wan-delay: give the addresses it applies to with -emulate-wan-to")
+	case o.wanDelay > 0:
+		to := map[string]bool{}
+		for _, a := range o.wanTo {
+			to[a] = true
+		}
+		o.cfg.Network = wanNetwork{d: o.wanDelay, to: to}
 	}
 	if o.witness {
 		return runWitness(&o)

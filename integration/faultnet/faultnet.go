@@ -19,6 +19,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/connsync/connsync/internal/wan"
 )
 
 // ErrPartitioned is returned by Dial across a cut link.
@@ -184,7 +186,7 @@ func (n *Net) Dial(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, err
 	}
 	if d := h.delayOf(n.member, to); d > 0 {
-		c = newDelayedConn(c, d)
+		c = wan.Delay(c, d)
 	}
 	fc := &conn{Conn: c, hub: h, from: n.member, to: to}
 	h.mu.Lock()

@@ -56,6 +56,13 @@ type Config struct {
 	Members int
 	// Site is the site name; default "bench".
 	Site string
+	// IDPrefix starts the member IDs (prefix1, prefix2, ...); default "m".
+	// Two sites of one cluster need different ones.
+	IDPrefix string
+	// GRPCAddrs, if given (one per member), are the members' gRPC
+	// addresses; otherwise free ones are chosen. Two sites that name each
+	// other in their Args need them before either starts (FreeAddrs).
+	GRPCAddrs []string
 	// Dir holds the data directories and logs. "" creates a temporary
 	// directory, which Stop removes unless Keep is set.
 	Dir string
@@ -128,6 +135,12 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if cfg.Site == "" {
 		cfg.Site = "bench"
 	}
+	if cfg.IDPrefix == "" {
+		cfg.IDPrefix = "m"
+	}
+	if cfg.GRPCAddrs != nil && len(cfg.GRPCAddrs) != cfg.Members {
+		return nil, fmt.Errorf("proccluster: %d GRPCAddrs for %d members", len(cfg.GRPCAddrs), cfg.Members)
+	}
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "warn"
 	}
@@ -152,9 +165,13 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	var joins []string
 	for i := range cfg.Members {
-		id := fmt.Sprintf("m%d", i+1)
+		id := fmt.Sprintf("%s%d", cfg.IDPrefix, i+1)
 		m := &Member{ID: id, DataDir: filepath.Join(c.dir, id), LogPath: filepath.Join(c.dir, id+".log")}
-		for _, a := range []*string{&m.GRPC, &m.Raft, &m.Gossip} {
+		addrs := []*string{&m.GRPC, &m.Raft, &m.Gossip}
+		if cfg.GRPCAddrs != nil {
+			m.GRPC, addrs = cfg.GRPCAddrs[i], addrs[1:]
+		}
+		for _, a := range addrs {
 			addr, err := freeport.Addr()
 			if err != nil {
 				c.Stop()
@@ -195,6 +212,19 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("proccluster: site of %d members not ready: %w", cfg.Members, err)
 	}
 	return c, nil
+}
+
+// FreeAddrs returns n free loopback addresses (for Config.GRPCAddrs).
+func FreeAddrs(n int) ([]string, error) {
+	out := make([]string, n)
+	for i := range out {
+		a, err := freeport.Addr()
+		if err != nil {
+			return nil, fmt.Errorf("proccluster: %w", err)
+		}
+		out[i] = a
+	}
+	return out, nil
 }
 
 // start launches m's process and a goroutine that reports its exit.
