@@ -26,6 +26,9 @@
 //	          figures: p50_ms, p99_ms, max_ms (SIGKILL of every member of the
 //	          active site to the last bucket active at the other site; two
 //	          sites of -members each and a witness)
+//	selective-sync -delay 1s -rate 50000
+//	          figures: cpu_saved_fraction, bytes_saved_fraction (replication
+//	          CPU and bytes the delay classes save on a short/long mix)
 //	all       [-quick]: every scenario above on one site, then each target of
 //	          DESIGN section 7 with its figure; -quick runs small sizes and
 //	          fails only on a figure more than 3x off its target
@@ -110,7 +113,8 @@ type globalOpts struct {
 	json      bool
 	connsyncd string
 	keep      bool
-	metrics   bool // set by scenarios that read the members' heaps (Config.Metrics)
+	metrics   bool     // set by scenarios that read the members' heaps (Config.Metrics)
+	args      []string // more connsyncd flags, set by scenarios that start sites of their own
 }
 
 // maxMembers keeps a mistyped -members from starting hundreds of processes.
@@ -170,7 +174,8 @@ Flags may be written -name or --name.`,
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
 		newLockTakeoverCommand(g, stdout, stderr), newMemoryCommand(g, stdout, stderr), newReplicateCommand(g, stdout, stderr),
-		newPersistenceCommand(g, stdout, stderr), newSiteFailoverCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
+		newPersistenceCommand(g, stdout, stderr), newSiteFailoverCommand(g, stdout, stderr),
+		newSelectiveCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
 	return root
 }
 
@@ -214,7 +219,7 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
 	})
 	c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: g.members, Keep: g.keep,
-		Args: []string{"-auto-rebalance=false"}, Metrics: g.metrics, Stderr: rep.stderrWriter()})
+		Args: append([]string{"-auto-rebalance=false"}, g.args...), Metrics: g.metrics, Stderr: rep.stderrWriter()})
 	if err != nil {
 		stopProgress()
 		return s, err

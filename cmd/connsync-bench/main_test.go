@@ -87,6 +87,9 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"replicate", "-conns", "0"}, "-conns must be between 1"},
 		{[]string{"replicate", "-duration", "0s"}, "-duration must be > 0"},
 		{[]string{"site-failover", "-trials", "0"}, "-trials must be >= 1"},
+		{[]string{"selective-sync", "-delay", "1ms"}, "-delay must be between 50ms and 10s"},
+		{[]string{"selective-sync", "-rate", "0"}, "-rate must be between 100"},
+		{[]string{"selective-sync", "-members", "1"}, "-members must be >= 2 for selective-sync"},
 		{[]string{"site-failover", "-delay", "-1ms"}, "-delay must be between 0 and 5s"},
 		{[]string{"site-failover", "-members", "2"}, "-members must be >= 3 for site-failover"},
 	} {
@@ -106,7 +109,7 @@ func TestScenariosOnProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts connsyncd processes; skipped in -short mode")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	bin, err := proccluster.Build(ctx, t.TempDir())
 	if err != nil {
@@ -242,6 +245,16 @@ func TestScenariosOnProcesses(t *testing.T) {
 	}
 
 	g := &globalOpts{members: 3, connsyncd: bin}
+	sel, err := runSelective(ctx, g, selectiveFlags{delay: 300 * time.Millisecond, rate: 5000}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("selective-sync: %v", sel)
+	// 70% of the mix closes a third of a delay after it opened: those are
+	// never sent (unless the tool falls 200 ms behind its schedule).
+	if r := num(sel, "records_saved_fraction"); !(r > 0.3 && r < 1) {
+		t.Errorf("selective-sync: want 0.3 < records_saved_fraction < 1 (the mix's short connections are 70%%): %v", sel)
+	}
 	sf, err := siteFailoverRun(ctx, g, siteFailoverFlags{trials: 2, delay: 20 * time.Millisecond}, rep)
 	if err != nil {
 		t.Fatal(err)

@@ -128,8 +128,18 @@ const publishRetries = 20
 // again (a primary may stop acting for a moment, or a bucket move); refused
 // counts them.
 func (p *publisher) publish(ctx context.Context, states []*pb.ConnState) (refused int, err error) {
+	evs := make([]*pb.ConnEvent, len(states))
+	for i, st := range states {
+		evs[i] = &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: st}
+	}
+	return p.publishEvents(ctx, evs)
+}
+
+// publishEvents is publish for events of any type; the events of one
+// connection stay in their order.
+func (p *publisher) publishEvents(ctx context.Context, evs []*pb.ConnEvent) (refused int, err error) {
 	for attempt := 0; ; attempt++ {
-		again, firstErr, err := p.publishOnce(ctx, states)
+		again, firstErr, err := p.publishOnce(ctx, evs)
 		if err != nil || len(again) == 0 {
 			return refused, err
 		}
@@ -145,30 +155,26 @@ func (p *publisher) publish(ctx context.Context, states []*pb.ConnState) (refuse
 		if err := p.readMap(ctx); err != nil {
 			return refused, err
 		}
-		states = again
+		evs = again
 	}
 }
 
-// publishOnce sends states once and returns those refused, with the first
+// publishOnce sends events once and returns those refused, with the first
 // refusal's message.
-func (p *publisher) publishOnce(ctx context.Context, states []*pb.ConnState) (refused []*pb.ConnState, first string, err error) {
-	byMember := map[string][]*pb.ConnState{}
-	for _, st := range states {
-		b, err := p.bucketOf(st)
+func (p *publisher) publishOnce(ctx context.Context, evs []*pb.ConnEvent) (refused []*pb.ConnEvent, first string, err error) {
+	byMember := map[string][]*pb.ConnEvent{}
+	for _, ev := range evs {
+		b, err := p.bucketOf(ev.State)
 		if err != nil {
 			return nil, "", err
 		}
-		byMember[p.primary[b]] = append(byMember[p.primary[b]], st)
+		byMember[p.primary[b]] = append(byMember[p.primary[b]], ev)
 	}
 	var mu sync.Mutex
 	err = eachStream(ctx, p.streams, func(ctx context.Context, id string, s *pubStream) error {
 		for list := byMember[id]; len(list) > 0; {
 			n := min(len(list), publishBatch)
-			req := &pb.PublishRequest{Events: make([]*pb.ConnEvent, n)}
-			for i, st := range list[:n] {
-				req.Events[i] = &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: st}
-			}
-			resp, err := s.exchange(req)
+			resp, err := s.exchange(&pb.PublishRequest{Events: list[:n]})
 			if err != nil {
 				return fmt.Errorf("publish to %s: %w", id, err)
 			}

@@ -328,6 +328,16 @@ func (c *Cluster) Running(i int) bool {
 	}
 }
 
+// Pid returns member i's process ID, 0 if it is not running.
+func (c *Cluster) Pid(i int) int {
+	if !c.Running(i) {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.members[i].cmd.Process.Pid
+}
+
 // Client returns a client of the whole site (every member's address); the
 // caller closes it.
 func (c *Cluster) Client(timeout time.Duration) (*client.Client, error) {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
@@ -167,18 +168,21 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 	return codes.OK, "", buf
 }
 
-// states decodes a bucket's records for the firewall.
+// states returns a bucket's records as the firewall's ConnStates.
 func (r *Replicator) states(b uint32) []*pb.ConnState {
 	items := r.table.Snapshot(b)
-	out := make([]*pb.ConnState, 0, len(items))
-	for _, it := range items {
-		st := &pb.ConnState{}
-		if err := proto.Unmarshal([]byte(it.State), st); err != nil {
-			r.cfg.Logger.Error("undecodable connection state in the table", "bucket", b, "key", it.Key, "error", err)
-			continue
-		}
+	out := make([]*pb.ConnState, len(items))
+	sts := make([]pb.ConnState, len(items)) // one allocation for the bucket
+	for i, it := range items {
+		// The table holds each state encoded without key and version (the
+		// fields the firewall sent, checked when it was published): they
+		// travel as the message's unknown fields, which protobuf encodes
+		// as they are and the firewall decodes as the fields they are. No
+		// decode and encode again per state on the failover path.
+		st := &sts[i]
 		st.Key, st.Version = it.Key.ProtoDirection(it.Reversed), it.Version
-		out = append(out, st)
+		st.ProtoReflect().SetUnknown(protoreflect.RawFields(it.State))
+		out[i] = st
 	}
 	return out
 }
