@@ -16,9 +16,11 @@
 //	lock-takeover -trials 10
 //	          figures: p50_ms, p99_ms, max_ms (SIGKILL of a lock's holder
 //	          to a waiter's first granted acquire)
-//	replicate -rate 100000 -conns 200000 -duration 10s
+//	replicate -rate 100000 -conns 200000 -duration 10s [-sites 2 -delay 50ms]
 //	          figures: deltas_per_sec, lag_p50_ms, lag_p99_ms (publish to
-//	          the answer confirming the batch at its local backup)
+//	          the answer confirming the batch at its local backup), with
+//	          -sites 2 also remote_lag_p50_ms, remote_lag_p99_ms (at the
+//	          other site's remote backups)
 //	persistence -conns 1000000 -failovers 5
 //	          figures: synced, checked, lost, persistence (every connection
 //	          of a killed member's buckets read at the new primaries)
@@ -40,8 +42,9 @@
 // With -json, stdout carries one JSON object per line: events
 // ({"event": ...}) while it runs, and as the LAST line the scenario's
 // figures ({"scenario": ..., ...}). While a scenario runs, one progress
-// line on stderr is rewritten in place (\r) four times a second. The exit
-// status is 0 on success, 1 with "Error: ..." on stderr otherwise.
+// line on stderr is rewritten in place (\r) four times a second when stderr
+// is a terminal (not in logs). The exit status is 0 on success, 1 with
+// "Error: ..." on stderr otherwise.
 //
 // Without -connsyncd, connsyncd is built with `go build` into a temporary
 // directory, which works when run from a connsync checkout
@@ -159,7 +162,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 prints the figures and removes everything it started, also on Ctrl-C and errors.
 
 Output: a table on stdout, or with -json one JSON object per line whose last
-line holds the scenario's figures. A progress line is shown on stderr.
+line holds the scenario's figures. A progress line is shown on stderr when it
+is a terminal.
 Flags may be written -name or --name.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -518,7 +522,10 @@ replicated_through covers it, which is when the firewall knows its update is
 at the bucket's local backup (the answer's way back and up to 1 ms of polling
 included).
 Figures: deltas_per_sec (confirmed), lag_p50_ms, lag_p99_ms, lag_max_ms (over
-batches). Replication to a standby site's remote backups is not measured here.`,
+batches). With -sites 2 the site is the active one of two (and a witness, -delay
+between them, as site-failover): remote_lag_p50_ms, remote_lag_p99_ms and
+remote_lag_max_ms are to the answer whose site_replicated_through covers the
+batch (the standby site's remote backups have it too).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
 			if err := g.validate(2, "replicate", noBackupReason); err != nil {
@@ -533,14 +540,25 @@ batches). Replication to a standby site's remote backups is not measured here.`,
 			if f.duration <= 0 {
 				return fmt.Errorf("-duration must be > 0 (got %v)", f.duration)
 			}
+			if f.sites != 1 && f.sites != 2 {
+				return fmt.Errorf("-sites must be 1 or 2 (got %d)", f.sites)
+			}
+			if f.delay < 0 || f.delay > 5*time.Second {
+				return fmt.Errorf("-delay must be between 0 and 5s (got %v)", f.delay)
+			}
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.sites == 2 {
+				return replicateTwoSites(cmd, g, f, stdout, stderr)
+			}
 			return scenarioRun(cmd, g, stdout, stderr, func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error) {
 				return runReplicate(ctx, c, f, rep)
 			})
 		},
 	}
+	cmd.Flags().IntVar(&f.sites, "sites", 1, "1, or 2: an active and a standby site and a witness, and the lag to the standby site's remote backups too")
+	cmd.Flags().DurationVar(&f.delay, "delay", 50*time.Millisecond, "with -sites 2: one-way delay between the sites")
 	cmd.Flags().IntVar(&f.rate, "rate", 100_000, "deltas per second over the site (0: as fast as possible)")
 	cmd.Flags().IntVar(&f.conns, "conns", 200_000, "connections updated round robin")
 	cmd.Flags().DurationVar(&f.duration, "duration", 10*time.Second, "how long to publish")
@@ -592,12 +610,13 @@ func newAllCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
 		Long: `all starts one site and runs memory (1,000,000 connections), persistence
 (1,000,000 connections, 3 failovers), replicate (100,000 deltas/s for 10 s),
 replicate at full speed, claims (64 clients, batches of 8), locks (64 clients),
-failover of a member (10 trials) and of the leader (5), and lock-takeover (5),
-printing each one's figures; then a table of every target of DESIGN section 7
-with its figure and whether it is met. About 5 minutes on 2 cores.
--quick runs small sizes (100,000 connections, 3 s runs, 1-3 trials) in about two
-minutes and exits 1 only on a gross regression: a figure more than 3x off its
-target (or off the published figure, for a target not met yet). CI runs it.`,
+failover of a member (10 trials) and of the leader (5), and lock-takeover (5);
+then, on sites of their own, replicate to a standby site (-sites 2), site-failover
+(5 trials) and selective-sync; it prints each one's figures, then a table of every
+target of DESIGN section 7 with its figure and whether it is met. About 6 minutes
+on 2 cores. -quick runs small sizes (100,000 connections, 3 s runs, 1-3 trials)
+and exits 1 only on a gross regression: a figure more than 3x off its target (or
+off the published figure, for a target not met yet). CI runs it.`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
 			if err := g.validate(3, "all", quorumReason); err != nil {

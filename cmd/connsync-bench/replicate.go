@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/internal/proccluster"
@@ -17,6 +20,9 @@ type replicateFlags struct {
 	rate     int // deltas per second over the site; 0: as fast as the window allows
 	conns    int
 	duration time.Duration
+	remote   bool          // c is the active one of two sites: report the lag to the remote backups too
+	delay    time.Duration // with sites 2: one way between the sites
+	sites    int           // 1, or 2 (active and standby, started by the command)
 }
 
 // replicateWindow is how many batches a stream may have unanswered.
@@ -55,7 +61,7 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 	var confirmed, refused atomic.Int64
 	var mu sync.Mutex
 	var firstRefusal string
-	var lags []time.Duration
+	var lags lagSet
 	perTick := 0
 	if f.rate > 0 {
 		perTick = max(1, int(float64(f.rate)*replicateTick.Seconds())/max(1, len(byMember)))
@@ -74,7 +80,7 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 		}
 		l, why, err := s.paced(rctx, mine, perTick, &confirmed, &refused)
 		mu.Lock()
-		lags = append(lags, l...)
+		lags.local, lags.remote = append(lags.local, l.local...), append(lags.remote, l.remote...)
 		if why != "" && firstRefusal == "" {
 			firstRefusal = why
 		}
@@ -86,33 +92,47 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 	if err != nil {
 		return nil, err
 	}
-	if len(lags) == 0 {
+	if len(lags.local) == 0 {
 		return nil, fmt.Errorf("no batch was confirmed in %v", f.duration)
 	}
 	if refused.Load() > 0 {
 		rep.event("refused", field{"events", refused.Load()}, field{"first", firstRefusal})
 	}
-	slices.Sort(lags)
-	return record{{"scenario", "replicate"}, {"deltas_per_sec", round(float64(confirmed.Load())/wall.Seconds(), 1)},
-		{"lag_p50_ms", ms(percentile(lags, 50))}, {"lag_p99_ms", ms(percentile(lags, 99))}, {"lag_max_ms", ms(lags[len(lags)-1])},
-		{"rate", f.rate}, {"conns", f.conns}, {"members", len(c.Members())}, {"duration_s", f.duration.Seconds()},
-		{"batches", len(lags)}, {"deltas", confirmed.Load()}, {"refused", refused.Load()}}, nil
+	slices.Sort(lags.local)
+	slices.Sort(lags.remote)
+	fig := record{{"scenario", "replicate"}, {"deltas_per_sec", round(float64(confirmed.Load())/wall.Seconds(), 1)},
+		{"lag_p50_ms", ms(percentile(lags.local, 50))}, {"lag_p99_ms", ms(percentile(lags.local, 99))},
+		{"lag_max_ms", ms(lags.local[len(lags.local)-1])}}
+	if f.remote {
+		fig = append(fig, field{"remote_lag_p50_ms", ms(percentile(lags.remote, 50))}, field{"remote_lag_p99_ms", ms(percentile(lags.remote, 99))},
+			field{"remote_lag_max_ms", ms(lags.remote[len(lags.remote)-1])})
+	}
+	return append(fig, field{"rate", f.rate}, field{"conns", f.conns}, field{"members", len(c.Members())},
+		field{"duration_s", f.duration.Seconds()}, field{"batches", len(lags.local)}, field{"deltas", confirmed.Load()},
+		field{"refused", refused.Load()}), nil
 }
+
+// lagSet is the lags of confirmed batches: to the local backups
+// (replicated_through), and to the other site's remote backups as well
+// (site_replicated_through; equal to local on a site with no other).
+type lagSet struct{ local, remote []time.Duration }
 
 // paced publishes updates of conns round robin on s until ctx ends: perTick
 // events every replicateTick (0: batches of publishBatch as fast as the
 // window allows), at most replicateWindow requests unanswered. It returns each
-// confirmed batch's lag and adds its events to confirmed. Batches still
+// confirmed batch's lags and adds its events to confirmed. Batches still
 // unconfirmed at the end are waited for (with empty requests) and counted.
-func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick int, confirmed, refused *atomic.Int64) ([]time.Duration, string, error) {
+func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick int, confirmed, refused *atomic.Int64) (lagSet, string, error) {
 	type sent struct {
-		at time.Time
-		n  int
+		at     time.Time
+		n      int
+		local  bool // confirmed at the local backups
+		remote bool // confirmed at the other site's remote backups too
 	}
 	var (
 		mu      sync.Mutex
 		pending = map[uint64]sent{}
-		lags    []time.Duration
+		lags    lagSet
 		window  = make(chan struct{}, replicateWindow)
 		recvErr = make(chan error, 1)
 		last    uint64 // highest seq sent with events
@@ -124,14 +144,23 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 		defer mu.Unlock()
 		return firstRefusal
 	}
-	confirm := func(through uint64, now time.Time) {
+	confirm := func(local, remote uint64, now time.Time) {
 		mu.Lock()
 		defer mu.Unlock()
 		for seq, b := range pending {
-			if seq <= through {
-				lags = append(lags, now.Sub(b.at))
+			if !b.local && seq <= local {
+				b.local = true
+				lags.local = append(lags.local, now.Sub(b.at))
 				confirmed.Add(int64(b.n))
+			}
+			if !b.remote && seq <= remote {
+				b.remote = true
+				lags.remote = append(lags.remote, now.Sub(b.at))
+			}
+			if b.local && b.remote {
 				delete(pending, seq)
+			} else {
+				pending[seq] = b
 			}
 		}
 	}
@@ -153,7 +182,7 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 				}
 				mu.Unlock()
 			}
-			confirm(resp.ReplicatedThrough, time.Now())
+			confirm(resp.ReplicatedThrough, resp.SiteReplicatedThrough, time.Now())
 			<-window
 		}
 	}()
@@ -167,7 +196,7 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 		s.seq++
 		req.Seq = s.seq
 		if n > 0 {
-			pending[s.seq], last = sent{time.Now(), n}, s.seq
+			pending[s.seq], last = sent{at: time.Now(), n: n}, s.seq
 		}
 		mu.Unlock()
 		return s.st.Send(req)
@@ -233,4 +262,20 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 		time.Sleep(5 * time.Millisecond)
 	}
 	return lags, why(), nil
+}
+
+// replicateTwoSites runs replicate on the active one of two sites.
+func replicateTwoSites(cmd *cobra.Command, g *globalOpts, f replicateFlags, stdout, stderr io.Writer) error {
+	ctx := cmd.Context()
+	rep := newReporter(stdout, stderr, g.json, true)
+	f.remote = true
+	fig, err := twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) {
+		fig, err := runReplicate(ctx, ts.sites[0], f, rep)
+		return append(fig, field{"sites", 2}, field{"delay_ms", ms(f.delay)}), err
+	})
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	rep.figures(fig)
+	return nil
 }

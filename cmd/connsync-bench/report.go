@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -68,8 +69,21 @@ type reporter struct {
 	shown int // length of the progress line on stderr, 0 if none
 }
 
+// newReporter returns a reporter; the progress line is shown only when
+// showProgress is set and stderr is a terminal (in a log, a line rewritten
+// with carriage returns is noise).
 func newReporter(stdout, stderr io.Writer, jsonOut, showProgress bool) *reporter {
-	return &reporter{stdout: stdout, stderr: stderr, json: jsonOut, showProgress: showProgress}
+	return &reporter{stdout: stdout, stderr: stderr, json: jsonOut, showProgress: showProgress && isTerminal(stderr)}
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // clearLocked erases the progress line so other output starts on a clean

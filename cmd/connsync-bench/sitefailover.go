@@ -395,6 +395,13 @@ Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 // siteFailoverRun starts the two sites, runs the scenario and removes
 // everything before it returns the figures.
 func siteFailoverRun(ctx context.Context, g *globalOpts, f siteFailoverFlags, rep *reporter) (record, error) {
+	return twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) { return runSiteFailover(ctx, ts, f, rep) })
+}
+
+// twoSitesRun starts two sites (startTwoSites) with delay between them,
+// waits until site a is active and b holds every copy, checks the delay on
+// the link, runs fn and removes everything before it returns fn's figures.
+func twoSitesRun(ctx context.Context, g *globalOpts, delay time.Duration, rep *reporter, fn func(ts *twoSites) (record, error)) (record, error) {
 	bin, rm, err := connsyncdBinary(ctx, g, rep)
 	defer rm()
 	if err != nil {
@@ -404,7 +411,7 @@ func siteFailoverRun(ctx context.Context, g *globalOpts, f siteFailoverFlags, re
 	stopProgress := rep.progress(func() string {
 		return fmt.Sprintf("starting two sites of %d members and a witness ... %.0fs", g.members, time.Since(began).Seconds())
 	})
-	ts, err := startTwoSites(ctx, bin, g.members, f.delay, g.keep, rep)
+	ts, err := startTwoSites(ctx, bin, g.members, delay, g.keep, rep)
 	stopProgress()
 	defer ts.cleanup()
 	if err != nil {
@@ -417,12 +424,12 @@ func siteFailoverRun(ctx context.Context, g *globalOpts, f siteFailoverFlags, re
 	if err != nil {
 		return nil, err
 	}
-	rep.event("sites_ready", field{"members_per_site", g.members}, field{"delay_ms", ms(f.delay)}, field{"delay_by", wanMethod},
+	rep.event("sites_ready", field{"members_per_site", g.members}, field{"delay_ms", ms(delay)}, field{"delay_by", wanMethod},
 		field{"link_rtt_ms", ms(rtt)}, field{"start_s", round(time.Since(began).Seconds(), 2)})
-	if rtt < 2*f.delay {
-		return nil, fmt.Errorf("the link between the sites has a round trip of %v, below twice the -delay %v: the delay is not applied", rtt, f.delay)
+	if rtt < 2*delay {
+		return nil, fmt.Errorf("the link between the sites has a round trip of %v, below twice the delay %v: the delay is not applied", rtt, delay)
 	}
-	fig, err := runSiteFailover(ctx, ts, f, rep)
+	fig, err := fn(ts)
 	ts.cleanup() // before the figures, which must be the last line
 	return fig, err
 }
