@@ -67,11 +67,12 @@ func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
 		a.Epoch, a.Revision = index, index
 		// Local backups and incoming members are synced anew from the
 		// primaries of the new mode (a standby site's primaries hold what
-		// the other site sent them, which their backups never saw).
-		a.BackupSynced, a.IncomingSynced = false, false
-		if op.Standby {
-			a.RemoteCopySynced = false
-		}
+		// the other site sent them, which their backups never saw). A
+		// remote copy is synced anew after going standby, and means
+		// nothing on an active site: a flag kept from before activation
+		// would say, once the site went standby again, that copies were
+		// synced which the other site never sent again.
+		a.BackupSynced, a.IncomingSynced, a.RemoteCopySynced = false, false, false
 	}
 	st.topologyChanged = true
 	return Result{Epoch: index}

@@ -243,8 +243,9 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// was lost before it synced them again) activates anyway, as a local
 		// failover promotes a backup that is not synced: those buckets start
 		// empty, and the log says how many.
+		n, first := s.unsyncedCopies()
 		s.logger.Warn(why+": activating the site", "site", s.cfg.Site, "lease_epoch", epoch,
-			"buckets_without_synced_copy", s.unsyncedCopies())
+			"buckets_without_synced_copy", n, "first_without", first)
 		if _, err := s.setSiteMode(ctx, false, why, epoch); err != nil {
 			s.logger.Warn("site activation", "error", err)
 		}
@@ -338,26 +339,28 @@ func (s *Server) peerSeenActive() bool {
 // restart and failed it over.
 func (s *Server) allCopiesSynced() bool {
 	as, _ := s.fsm.Buckets()
-	return len(as) > 0 && s.unsyncedCopies() == 0
+	n, _ := s.unsyncedCopies()
+	return len(as) > 0 && n == 0
 }
 
 // unsyncedCopies returns how many buckets this standby site holds no
 // complete remote copy of (allCopiesSynced's test, bucket by bucket).
-func (s *Server) unsyncedCopies() int {
+func (s *Server) unsyncedCopies() (n int, first string) {
 	as, _ := s.fsm.Buckets()
-	n := 0
 	heard := map[string]bool{}
-	for _, a := range as {
+	for b, a := range as {
 		ok, seen := heard[a.Primary]
 		if !seen {
 			ok = s.live.heardFrom(a.Primary)
 			heard[a.Primary] = ok
 		}
 		if !a.RemoteCopySynced || !ok {
-			n++
+			if n++; n == 1 {
+				first = fmt.Sprintf("bucket %d: primary %s, copy recorded synced %v, heard from its process %v", b, a.Primary, a.RemoteCopySynced, ok)
+			}
 		}
 	}
-	return n
+	return n, first
 }
 
 // deposed reports whether an active site whose lease lapsed must go

@@ -95,6 +95,13 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 		withoutCopy += t.withoutCopy
 	}
 	rep.table([]string{"trial", "victim", "leader", "buckets", "failover_ms", "settle_s"}, rows)
+	target := 200 * time.Millisecond
+	if f.kill == "leader" {
+		target = 400 * time.Millisecond
+	}
+	if err := rep.plot("failover-"+f.kill, distributionPlot("failover ("+f.kill+"): SIGKILL to the last bucket active at its new primary", took, target)); err != nil {
+		return nil, err
+	}
 	fastest := slices.Min(took)
 	fig := record{{"scenario", "failover"}}
 	fig = append(fig, latencyFigures(took)...)

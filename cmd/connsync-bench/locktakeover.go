@@ -92,6 +92,9 @@ func runLockTakeover(ctx context.Context, c *proccluster.Cluster, f lockTakeover
 	}
 	stop()
 	rep.table([]string{"trial", "holder", "waiter", "takeover_ms"}, rows)
+	if err := rep.plot("lock-takeover", distributionPlot("lock takeover: SIGKILL of the holder to the waiter granted", took, 200*time.Millisecond)); err != nil {
+		return nil, err
+	}
 	fig := record{{"scenario", "lock-takeover"}}
 	fig = append(fig, latencyFigures(took)...)
 	return append(fig, field{"trials", len(took)}, field{"members", len(c.Members())}, field{"lock_ttl_s", lockTTL.Seconds()}), nil

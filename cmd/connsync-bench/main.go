@@ -118,6 +118,14 @@ type globalOpts struct {
 	keep      bool
 	metrics   bool     // set by scenarios that read the members' heaps (Config.Metrics)
 	args      []string // more connsyncd flags, set by scenarios that start sites of their own
+	plot      string   // -plot DIR
+}
+
+// reporter returns the command's reporter.
+func (g *globalOpts) reporter(stdout, stderr io.Writer) *reporter {
+	r := newReporter(stdout, stderr, g.json, true)
+	r.plotDir = g.plot
+	return r
 }
 
 // maxMembers keeps a mistyped -members from starting hundreds of processes.
@@ -175,6 +183,7 @@ Flags may be written -name or --name.`,
 	pf.IntVar(&g.members, "members", 3, "connsyncd members in the site")
 	pf.BoolVar(&g.json, "json", false, "print one JSON object per line; the last line holds the figures")
 	pf.StringVar(&g.connsyncd, "connsyncd", "", "connsyncd binary to run (default: build it with `go build` from this checkout)")
+	pf.StringVar(&g.plot, "plot", "", "write an SVG chart per scenario into this directory (failover time distributions, replication lag over time)")
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
 		newLockTakeoverCommand(g, stdout, stderr), newMemoryCommand(g, stdout, stderr), newReplicateCommand(g, stdout, stderr),
@@ -272,7 +281,7 @@ func connsyncdBinary(ctx context.Context, g *globalOpts, rep *reporter) (bin str
 // scenarioRun starts a site, runs fn on it and reports its figures.
 func scenarioRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn func(ctx context.Context, c *proccluster.Cluster, rep *reporter) (record, error)) error {
 	ctx := cmd.Context()
-	rep := newReporter(stdout, stderr, g.json, true)
+	rep := g.reporter(stdout, stderr)
 	s, err := startSite(ctx, g, rep)
 	defer s.cleanup()
 	if err == nil {

@@ -98,14 +98,22 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 	if refused.Load() > 0 {
 		rep.event("refused", field{"events", refused.Load()}, field{"first", firstRefusal})
 	}
-	slices.Sort(lags.local)
-	slices.Sort(lags.remote)
+	local, remote := lagsOf(lags.local), lagsOf(lags.remote)
 	fig := record{{"scenario", "replicate"}, {"deltas_per_sec", round(float64(confirmed.Load())/wall.Seconds(), 1)},
-		{"lag_p50_ms", ms(percentile(lags.local, 50))}, {"lag_p99_ms", ms(percentile(lags.local, 99))},
-		{"lag_max_ms", ms(lags.local[len(lags.local)-1])}}
+		{"lag_p50_ms", ms(percentile(local, 50))}, {"lag_p99_ms", ms(percentile(local, 99))},
+		{"lag_max_ms", ms(local[len(local)-1])}}
+	name := fmt.Sprintf("replicate-%d", f.rate)
+	if err := rep.plot(name, lagPlot(fmt.Sprintf("replication lag to the local backups at %s deltas/s", thousands(int64(f.rate))),
+		lags.local, began, 10*time.Millisecond)); err != nil {
+		return nil, err
+	}
 	if f.remote {
-		fig = append(fig, field{"remote_lag_p50_ms", ms(percentile(lags.remote, 50))}, field{"remote_lag_p99_ms", ms(percentile(lags.remote, 99))},
-			field{"remote_lag_max_ms", ms(lags.remote[len(lags.remote)-1])})
+		fig = append(fig, field{"remote_lag_p50_ms", ms(percentile(remote, 50))}, field{"remote_lag_p99_ms", ms(percentile(remote, 99))},
+			field{"remote_lag_max_ms", ms(remote[len(remote)-1])})
+		if err := rep.plot(name+"-remote", lagPlot(fmt.Sprintf("replication lag to the other site's remote backups (%v each way)", f.delay),
+			lags.remote, began, 0)); err != nil {
+			return nil, err
+		}
 	}
 	return append(fig, field{"rate", f.rate}, field{"conns", f.conns}, field{"members", len(c.Members())},
 		field{"duration_s", f.duration.Seconds()}, field{"batches", len(lags.local)}, field{"deltas", confirmed.Load()},
@@ -115,7 +123,46 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 // lagSet is the lags of confirmed batches: to the local backups
 // (replicated_through), and to the other site's remote backups as well
 // (site_replicated_through; equal to local on a site with no other).
-type lagSet struct{ local, remote []time.Duration }
+type lagSet struct{ local, remote []lagSample }
+
+// lagSample is one confirmed batch: when it was sent, and its lag.
+type lagSample struct {
+	at  time.Time
+	lag time.Duration
+}
+
+// lagsOf returns the samples' lags, sorted.
+func lagsOf(s []lagSample) []time.Duration {
+	out := make([]time.Duration, len(s))
+	for i, x := range s {
+		out[i] = x.lag
+	}
+	slices.Sort(out)
+	return out
+}
+
+// lagPlot is the lag of every batch against when it was sent.
+func lagPlot(title string, s []lagSample, began time.Time, target time.Duration) plot {
+	p := plot{title: title, xLabel: "seconds into the run (batch sent)", yLabel: "lag, milliseconds"}
+	for _, x := range s {
+		p.points = append(p.points, [2]float64{x.at.Sub(began).Seconds(), ms(x.lag)})
+	}
+	slices.SortFunc(p.points, func(a, b [2]float64) int { return cmpFloat(a[0], b[0]) })
+	if target > 0 {
+		p.lines = append(p.lines, refLine{label: fmt.Sprintf("target p99 < %v", target), v: ms(target)})
+	}
+	return p
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
 
 // paced publishes updates of conns round robin on s until ctx ends: perTick
 // events every replicateTick (0: batches of publishBatch as fast as the
@@ -150,12 +197,12 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 		for seq, b := range pending {
 			if !b.local && seq <= local {
 				b.local = true
-				lags.local = append(lags.local, now.Sub(b.at))
+				lags.local = append(lags.local, lagSample{b.at, now.Sub(b.at)})
 				confirmed.Add(int64(b.n))
 			}
 			if !b.remote && seq <= remote {
 				b.remote = true
-				lags.remote = append(lags.remote, now.Sub(b.at))
+				lags.remote = append(lags.remote, lagSample{b.at, now.Sub(b.at)})
 			}
 			if b.local && b.remote {
 				delete(pending, seq)
@@ -267,7 +314,7 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 // replicateTwoSites runs replicate on the active one of two sites.
 func replicateTwoSites(cmd *cobra.Command, g *globalOpts, f replicateFlags, stdout, stderr io.Writer) error {
 	ctx := cmd.Context()
-	rep := newReporter(stdout, stderr, g.json, true)
+	rep := g.reporter(stdout, stderr)
 	f.remote = true
 	fig, err := twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) {
 		fig, err := runReplicate(ctx, ts.sites[0], f, rep)

@@ -64,6 +64,7 @@ type reporter struct {
 	stdout, stderr io.Writer
 	json           bool
 	showProgress   bool
+	plotDir        string // -plot: where scenarios write their charts ("" none)
 
 	mu    sync.Mutex
 	shown int // length of the progress line on stderr, 0 if none

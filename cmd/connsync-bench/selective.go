@@ -356,7 +356,7 @@ process_cpu_saved_fraction (1 - on / off, publishing included).`,
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			rep := newReporter(stdout, stderr, g.json, true)
+			rep := g.reporter(stdout, stderr)
 			fig, err := runSelective(ctx, g, f, rep)
 			if err != nil {
 				return interrupted(ctx, err)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/client"
 	"github.com/connsync/connsync/internal/proccluster"
 )
 
@@ -127,25 +128,19 @@ func startTwoSites(ctx context.Context, bin string, members int, delay time.Dura
 }
 
 // waitCopies waits until site act is active and the other site standby
-// with a synced copy of every bucket (as act's members see it), so that a
-// takeover needs no full sync.
+// with a synced copy of every bucket, as both sites' state machines say
+// (read linearizably from each), so that a takeover needs no full sync.
 func (ts *twoSites) waitCopies(ctx context.Context, act int, timeout time.Duration) (buckets int, err error) {
-	cl, err := ts.sites[act].Client(2 * time.Second)
-	if err != nil {
-		return 0, err
+	var cls [2]*client.Client
+	for i := range cls {
+		if cls[i], err = ts.sites[i].Client(2 * time.Second); err != nil {
+			return 0, err
+		}
+		defer cls[i].Close()
 	}
-	defer cl.Close()
 	deadline := time.Now().Add(timeout)
 	for {
-		st, err := cl.Status(ctx)
-		var r *pb.SitesResponse
-		if err == nil {
-			r, err = cl.Sites(ctx)
-		}
-		if err == nil {
-			err = copiesReady(r, ts.names[act], int(st.BucketCount))
-			buckets = int(st.BucketCount)
-		}
+		buckets, err = ts.copiesReady(ctx, cls, act)
 		if err == nil {
 			return buckets, nil
 		}
@@ -158,6 +153,39 @@ func (ts *twoSites) waitCopies(ctx context.Context, act int, timeout time.Durati
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// copiesReady checks once that site act is active, the other standby, and
+// every bucket's standby primary recorded synced.
+func (ts *twoSites) copiesReady(ctx context.Context, cls [2]*client.Client, act int) (int, error) {
+	for i, cl := range cls {
+		r, err := cl.Sites(ctx)
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range r.Sites {
+			if s.Local && s.Standby != (i != act) {
+				return 0, fmt.Errorf("site %s: standby %v", s.Name, s.Standby)
+			}
+			if !s.Local && !s.Reachable {
+				return 0, fmt.Errorf("site %s does not reach site %s", ts.names[i], s.Name)
+			}
+		}
+	}
+	r, err := cls[1-act].Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, a := range r.Assignments {
+		if a.RemoteCopySynced {
+			n++
+		}
+	}
+	if n < len(r.Assignments) {
+		return 0, fmt.Errorf("site %s holds a synced copy of %d of %d buckets", ts.names[1-act], n, len(r.Assignments))
+	}
+	return n, nil
 }
 
 // linkRTT returns the round trip of the link from a member of site i to
@@ -178,31 +206,6 @@ func (ts *twoSites) linkRTT(ctx context.Context, i int) (time.Duration, error) {
 		}
 	}
 	return 0, errors.New("no other site in the Sites answer")
-}
-
-// copiesReady checks one Sites answer of a member of site act.
-func copiesReady(r *pb.SitesResponse, act string, buckets int) error {
-	var local, peer *pb.SiteInfo
-	for _, s := range r.Sites {
-		if s.Local {
-			local = s
-		} else {
-			peer = s
-		}
-	}
-	switch {
-	case local == nil || local.Name != act:
-		return fmt.Errorf("the answer is not from site %s", act)
-	case local.Standby:
-		return fmt.Errorf("site %s is standby", act)
-	case peer == nil || !peer.Reachable:
-		return errors.New("the other site is not reachable")
-	case !peer.Standby:
-		return fmt.Errorf("site %s is not standby", peer.Name)
-	case int(peer.RemoteCopiesSynced) < buckets:
-		return fmt.Errorf("site %s holds a synced copy of %d of %d buckets", peer.Name, peer.RemoteCopiesSynced, buckets)
-	}
-	return nil
 }
 
 // siteTrial is one measured site failover.
@@ -256,6 +259,10 @@ func runSiteFailover(ctx context.Context, ts *twoSites, f siteFailoverFlags, rep
 		took[i] = t.took
 	}
 	rep.table([]string{"trial", "killed", "activated", "failover_ms", "settle_s"}, rows)
+	if err := rep.plot("site-failover", distributionPlot(fmt.Sprintf("site failover (%v each way): SIGKILL of the active site to the last bucket active", f.delay),
+		took, time.Second)); err != nil {
+		return nil, err
+	}
 	fig := record{{"scenario", "site-failover"}}
 	fig = append(fig, latencyFigures(took)...)
 	return append(fig, field{"trials", len(trials)}, field{"members_per_site", len(ts.sites[0].Members())},
@@ -378,7 +385,7 @@ Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			rep := newReporter(stdout, stderr, g.json, true)
+			rep := g.reporter(stdout, stderr)
 			fig, err := siteFailoverRun(ctx, g, f, rep)
 			if err != nil {
 				return interrupted(ctx, err)
