@@ -22,12 +22,32 @@ type assignmentService struct {
 func (a *assignmentService) WatchAssignments(req *pb.WatchAssignmentsRequest, st pb.AssignmentService_WatchAssignmentsServer) error {
 	f := a.s.fsm
 	rev, first := req.FromRevision, true
+	// known is how many buckets the watcher's map has. A change to a bucket
+	// past it (the site was initialised after the watch began: its map was
+	// empty) is sent as a full map, or the watcher would drop it.
+	known := 0
+	if rev != 0 {
+		known = int(f.Stats().BucketCount) // resuming: its map is the site's
+	}
 	for {
 		_, changed := f.Watch()
 		buckets, as, applied := f.ChangedSince(rev)
-		if first || len(buckets) > 0 {
-			resp := &pb.WatchAssignmentsResponse{Revision: applied, FullMap: first && rev == 0,
-				Assignments: make([]*pb.Assignment, len(buckets))}
+		full := first && rev == 0
+		for _, b := range buckets {
+			full = full || int(b) >= known
+		}
+		if full {
+			all, at := f.Buckets()
+			resp := &pb.WatchAssignmentsResponse{Revision: at, FullMap: true, Assignments: make([]*pb.Assignment, len(all))}
+			for i, x := range all {
+				resp.Assignments[i] = x.Proto(uint32(i))
+			}
+			if err := st.Send(resp); err != nil {
+				return err
+			}
+			first, known, applied = false, len(all), max(applied, at)
+		} else if first || len(buckets) > 0 {
+			resp := &pb.WatchAssignmentsResponse{Revision: applied, Assignments: make([]*pb.Assignment, len(buckets))}
 			for i, b := range buckets {
 				resp.Assignments[i] = as[i].Proto(b)
 			}

@@ -141,9 +141,10 @@ func (l *siteLink) follow(addr string) error {
 			table = append([]repl.PeerBucket(nil), table...) // the published view is never modified
 		}
 		for _, a := range resp.Assignments {
-			if int(a.Bucket) < len(table) {
-				table[a.Bucket] = repl.PeerBucket{Primary: a.Primary, Epoch: a.Epoch, CopySynced: a.RemoteCopySynced}
+			if int(a.Bucket) >= len(table) { // a map this view lacks: follow again, from a full map
+				return fmt.Errorf("peer site's bucket %d is past the %d buckets of its map", a.Bucket, len(table))
 			}
+			table[a.Bucket] = repl.PeerBucket{Primary: a.Primary, Epoch: a.Epoch, CopySynced: a.RemoteCopySynced}
 		}
 		l.update(nil, table)
 	}

@@ -31,6 +31,9 @@
 //	selective-sync -delay 1s -rate 50000
 //	          figures: cpu_saved_fraction, bytes_saved_fraction (replication
 //	          CPU and bytes the delay classes save on a short/long mix)
+//	demo      [-conns 20000 -rate 5000 -pause 10s -cycles 0]: two sites under
+//	          traffic with a live status line; kills a member, then the
+//	          active site, says how long each took, until Ctrl-C
 //	all       [-quick]: every scenario above on one site, then each target of
 //	          DESIGN section 7 with its figure; -quick runs small sizes and
 //	          fails only on a figure more than 3x off its target
@@ -119,6 +122,7 @@ type globalOpts struct {
 	metrics   bool     // set by scenarios that read the members' heaps (Config.Metrics)
 	args      []string // more connsyncd flags, set by scenarios that start sites of their own
 	plot      string   // -plot DIR
+	logLevel  string   // the members' -log-level
 }
 
 // reporter returns the command's reporter.
@@ -184,11 +188,12 @@ Flags may be written -name or --name.`,
 	pf.BoolVar(&g.json, "json", false, "print one JSON object per line; the last line holds the figures")
 	pf.StringVar(&g.connsyncd, "connsyncd", "", "connsyncd binary to run (default: build it with `go build` from this checkout)")
 	pf.StringVar(&g.plot, "plot", "", "write an SVG chart per scenario into this directory (failover time distributions, replication lag over time)")
+	pf.StringVar(&g.logLevel, "member-log-level", "warn", "the members' -log-level (their logs are in the temporary directory; see -keep)")
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
 		newLockTakeoverCommand(g, stdout, stderr), newMemoryCommand(g, stdout, stderr), newReplicateCommand(g, stdout, stderr),
 		newPersistenceCommand(g, stdout, stderr), newSiteFailoverCommand(g, stdout, stderr),
-		newSelectiveCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr))
+		newSelectiveCommand(g, stdout, stderr), newAllCommand(g, stdout, stderr), newDemoCommand(g, stdout, stderr))
 	return root
 }
 
@@ -232,7 +237,7 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
 	})
 	c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: g.members, Keep: g.keep,
-		Args: append([]string{"-auto-rebalance=false"}, g.args...), Metrics: g.metrics, Stderr: rep.stderrWriter()})
+		Args: append([]string{"-auto-rebalance=false"}, g.args...), Metrics: g.metrics, LogLevel: g.logLevel, Stderr: rep.stderrWriter()})
 	if err != nil {
 		stopProgress()
 		return s, err

@@ -108,7 +108,7 @@ func publishAllQuiet(ctx context.Context, p *publisher, n int) (held map[string]
 			return nil, refused, err
 		}
 	}
-	return held, refused, p.waitReplicated(ctx)
+	return held, refused, p.waitReplicated(ctx, 20*time.Millisecond)
 }
 
 var heapAllocLine = regexp.MustCompile(`(?m)^# HeapAlloc = (\d+)$`)

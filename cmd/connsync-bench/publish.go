@@ -37,13 +37,16 @@ type pubStream struct {
 }
 
 // newPublisher reads the settled site's bucket map and opens a Publish
-// stream to every member. close ends them.
+// stream to every running member. close ends them.
 func newPublisher(ctx context.Context, c *proccluster.Cluster) (*publisher, error) {
 	p := &publisher{c: c, streams: map[string]*pubStream{}}
 	if err := p.readMap(ctx); err != nil {
 		return nil, err
 	}
-	for _, m := range c.Members() {
+	for i, m := range c.Members() {
+		if !c.Running(i) { // a member killed on purpose is primary of nothing once the map is read again
+			continue
+		}
 		conn, err := grpc.NewClient(m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			p.close()
@@ -170,6 +173,14 @@ func (p *publisher) publishOnce(ctx context.Context, evs []*pb.ConnEvent) (refus
 		}
 		byMember[p.primary[b]] = append(byMember[p.primary[b]], ev)
 	}
+	for id, list := range byMember {
+		if _, ok := p.streams[id]; !ok { // its primary is not running: refused, sent again after the map is read
+			refused = append(refused, list...)
+			if first == "" {
+				first = fmt.Sprintf("primary %s is not running", id)
+			}
+		}
+	}
 	var mu sync.Mutex
 	err = eachStream(ctx, p.streams, func(ctx context.Context, id string, s *pubStream) error {
 		for list := byMember[id]; len(list) > 0; {
@@ -230,9 +241,9 @@ func (s *pubStream) exchange(req *pb.PublishRequest) (*pb.PublishResponse, error
 	return s.st.Recv()
 }
 
-// waitReplicated asks every stream (with empty batches) until each says
-// every batch it was sent is replicated to the buckets' backups.
-func (p *publisher) waitReplicated(ctx context.Context) error {
+// waitReplicated asks every stream (with empty batches, every poll) until
+// each says every batch it was sent is replicated to the buckets' backups.
+func (p *publisher) waitReplicated(ctx context.Context, poll time.Duration) error {
 	return eachStream(ctx, p.streams, func(ctx context.Context, id string, s *pubStream) error {
 		sent := s.seq
 		for {
@@ -246,7 +257,7 @@ func (p *publisher) waitReplicated(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-time.After(20 * time.Millisecond):
+			case <-time.After(poll):
 			}
 		}
 	})

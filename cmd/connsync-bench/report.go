@@ -65,6 +65,7 @@ type reporter struct {
 	json           bool
 	showProgress   bool
 	plotDir        string // -plot: where scenarios write their charts ("" none)
+	lineMax        int    // the progress line's longest length (0: maxProgress)
 
 	mu    sync.Mutex
 	shown int // length of the progress line on stderr, 0 if none
@@ -214,8 +215,12 @@ func (r *reporter) progress(line func() string) (stop func()) {
 	finished := make(chan struct{})
 	show := func() {
 		s := line()
-		if len(s) > maxProgress {
-			s = s[:maxProgress-3] + "..."
+		limit := maxProgress
+		if r.lineMax > 0 {
+			limit = r.lineMax
+		}
+		if len(s) > limit {
+			s = s[:limit-3] + "..."
 		}
 		r.mu.Lock()
 		defer r.mu.Unlock()

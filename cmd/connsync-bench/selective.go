@@ -116,7 +116,7 @@ func measureMix(ctx context.Context, c *proccluster.Cluster, f selectiveFlags, r
 	})
 	n, err := runMix(ctx, p, f)
 	if err == nil {
-		err = p.waitReplicated(ctx)
+		err = p.waitReplicated(ctx, 20*time.Millisecond)
 	}
 	if err == nil {
 		err = waitIdle(ctx, c)

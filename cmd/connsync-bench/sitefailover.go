@@ -55,7 +55,7 @@ const wanMethod = "in-process (connsyncd -emulate-wan-delay on every connection 
 // startTwoSites starts a witness and two sites of members members each, a
 // active and b standby, and waits until b holds a synced copy of every
 // bucket. The caller must call cleanup on every path.
-func startTwoSites(ctx context.Context, bin string, members int, delay time.Duration, keep bool, rep *reporter) (*twoSites, error) {
+func startTwoSites(ctx context.Context, bin string, members int, delay time.Duration, keep bool, logLevel string, rep *reporter) (*twoSites, error) {
 	ts := &twoSites{names: [2]string{"a", "b"}}
 	var cleanups []func()
 	var once sync.Once
@@ -104,7 +104,9 @@ func startTwoSites(ctx context.Context, bin string, members int, delay time.Dura
 	})
 	for i := range ts.sites {
 		other := addrs[1-i]
-		args := []string{"-auto-rebalance=false", "-site-failover", "witness", "-witness-addr", w[0],
+		// Automatic rebalancing on: a restarted site spreads its buckets
+		// again by itself, as in production.
+		args := []string{"-site-failover", "witness", "-witness-addr", w[0],
 			"-peer-site", strings.Join(other, ",")}
 		if delay > 0 {
 			args = append(args, "-emulate-wan-delay", delay.String(), "-emulate-wan-to", strings.Join(append(other, w[0]), ","))
@@ -113,7 +115,7 @@ func startTwoSites(ctx context.Context, bin string, members int, delay time.Dura
 			args = append(args, "-standby")
 		}
 		c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: members, Site: ts.names[i], IDPrefix: ts.names[i],
-			GRPCAddrs: addrs[i], Dir: filepath.Join(dir, ts.names[i]), Args: args, Stderr: rep.stderrWriter()})
+			GRPCAddrs: addrs[i], Dir: filepath.Join(dir, ts.names[i]), Args: args, LogLevel: logLevel, Stderr: rep.stderrWriter()})
 		if err != nil {
 			return ts, fmt.Errorf("site %s: %w", ts.names[i], err)
 		}
@@ -170,6 +172,19 @@ func (ts *twoSites) copiesReady(ctx context.Context, cls [2]*client.Client, act 
 			if !s.Local && !s.Reachable {
 				return 0, fmt.Errorf("site %s does not reach site %s", ts.names[i], s.Name)
 			}
+		}
+	}
+	for i, cl := range cls { // each site placed: every member alive and primary of its share
+		ms, err := cl.Members(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
+		if err != nil {
+			return 0, err
+		}
+		r, err := cl.Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
+		if err != nil {
+			return 0, err
+		}
+		if err := proccluster.Settled(ms, r.Assignments, len(ts.sites[i].Members()), i != act, true); err != nil {
+			return 0, fmt.Errorf("site %s: %w", ts.names[i], err)
 		}
 	}
 	r, err := cls[1-act].Assignments(ctx, pb.ReadConsistency_READ_CONSISTENCY_LINEARIZABLE)
@@ -418,7 +433,7 @@ func twoSitesRun(ctx context.Context, g *globalOpts, delay time.Duration, rep *r
 	stopProgress := rep.progress(func() string {
 		return fmt.Sprintf("starting two sites of %d members and a witness ... %.0fs", g.members, time.Since(began).Seconds())
 	})
-	ts, err := startTwoSites(ctx, bin, g.members, delay, g.keep, rep)
+	ts, err := startTwoSites(ctx, bin, g.members, delay, g.keep, g.logLevel, rep)
 	stopProgress()
 	defer ts.cleanup()
 	if err != nil {
