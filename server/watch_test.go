@@ -7,9 +7,9 @@ import (
 
 	"google.golang.org/grpc"
 
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
-	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 )
 
 // watchStream is a WatchAssignments server stream that hands what is sent
