@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"io"
+	"slices"
 	"testing"
 
 	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
@@ -89,4 +90,29 @@ func TestFSM_SiteModeAndRemoteCopies(t *testing.T) {
 	if a, _ := f.Assignment(1); a.RemoteCopySynced || a.Epoch != idx {
 		t.Fatalf("bucket 1 after going standby = %+v", a)
 	}
+}
+
+// TestFSM_ActiveSiteRecordsLeaseEpoch: an active site records a higher
+// site-lease epoch it holds without any other change; a lower one, or one
+// with no epoch, is the refused second activation it always was.
+func TestFSM_ActiveSiteRecordsLeaseEpoch(t *testing.T) {
+	f, idx := newSite(t, "m1")
+	before, _ := f.Buckets()
+	epoch := f.Stats().SiteEpoch
+	op := func(lease uint64) *ipb.Op {
+		return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: lease}}}
+	}
+	if r := apply1(t, f, idx, t0, op(9)); r.Err != nil || r.Epoch != epoch {
+		t.Fatalf("recording epoch 9: %+v, want no error and site epoch %d", r, epoch)
+	}
+	idx++
+	if st := f.Stats(); st.LeaseEpoch != 9 || st.Standby || st.SiteEpoch != epoch {
+		t.Fatalf("after recording: %+v", st)
+	}
+	if after, _ := f.Buckets(); !slices.Equal(after, before) {
+		t.Fatal("recording a lease epoch changed the bucket table")
+	}
+	expectErr(t, apply1(t, f, idx, t0, op(9)), ErrSiteMode)
+	idx++
+	expectErr(t, apply1(t, f, idx, t0, op(0)), ErrSiteMode)
 }

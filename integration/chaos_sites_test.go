@@ -24,7 +24,7 @@ const chaosSitesQuickSeeds = 1
 // chaosSitesRegressionSeeds are long-run two-site seeds that found bugs
 // (docs/CHAOS.md); the CI set runs them too. Their schedules depend on
 // timing, so each bug also has a test with its faults fixed.
-var chaosSitesRegressionSeeds = []uint64{521, 529, 606}
+var chaosSitesRegressionSeeds = []uint64{520, 521, 529, 606}
 
 // TestChaos_Sites runs randomized fault schedules against two in-process
 // sites of three members each and a witness (witness policy, 50 ms each
@@ -239,6 +239,23 @@ func TestChaos_SitesActiveLeaderCrashAfterStandbyRestart(t *testing.T) {
 	}
 	if !slices.Equal(r.injected, []string{"standby-site-crash", "member-crash"}) {
 		t.Errorf("injected %v, want both faults", r.injected)
+	}
+}
+
+// TestChaos_SitesDeposedSiteDoesNotReturn is the shape of long-run seed
+// 520: site a hands over to b, then b is cut off from a and the witness (a
+// takes the lease back and acts), then a is cut off in turn. When the cuts
+// heal, b, whose lease lapsed while a was active, must not take the lease
+// again and act on its older copies: an acceptor that granted a above b's
+// last epoch refuses b (superseded), and b goes standby. S5 at the end.
+func TestChaos_SitesDeposedSiteDoesNotReturn(t *testing.T) {
+	r := runSitesChaos(t, sitesSpec{seed: 520, faults: []siteFault{&siteHandover{}, &siteIsolation{}, &siteIsolation{}},
+		hold: 1500 * time.Millisecond})
+	for _, v := range r.violations {
+		t.Error(v)
+	}
+	if !slices.Equal(r.injected, []string{"handover", "site-isolation", "site-isolation"}) {
+		t.Errorf("injected %v, want all three faults", r.injected)
 	}
 }
 

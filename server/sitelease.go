@@ -63,6 +63,10 @@ func (a *leaseAcceptor) grant(req *pb.GrantSiteLeaseRequest, now time.Time) (*pb
 		return &pb.GrantSiteLeaseResponse{Holder: a.holder, Epoch: a.epoch, Reason: fmt.Sprintf(format, args...)}, nil
 	}
 	switch {
+	case req.LastEpoch > 0 && a.holder != "" && a.holder != req.Site && a.epoch > req.LastEpoch:
+		r, err := refuse("site %s was granted epoch %d after this site's epoch %d: it may have activated since", a.holder, a.epoch, req.LastEpoch)
+		r.Superseded = true
+		return r, err
 	case req.Epoch < a.epoch:
 		return refuse("epoch %d is below this acceptor's %d", req.Epoch, a.epoch)
 	case req.Site == a.holder && req.Epoch == a.epoch: // a renewal
@@ -221,8 +225,12 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		return
 	}
 	l.mu.Unlock()
+	var last uint64
+	if !st.Standby {
+		last = st.LeaseEpoch // the active site's own: refused if another site was granted above it since
+	}
 	sent := time.Now()
-	granted, other, naming := s.askSiteLease(ctx, epoch)
+	granted, other, naming, superseded := s.askSiteLease(ctx, epoch, last)
 	l.mu.Lock()
 	if granted >= 2 {
 		l.until, l.epoch = sent.Add(s.cfg.SiteLease-siteLeaseMargin), epoch
@@ -249,7 +257,13 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		if _, err := s.setSiteMode(ctx, false, why, epoch); err != nil {
 			s.logger.Warn("site activation", "error", err)
 		}
-	case !st.Standby && time.Now().After(until) && s.deposed(st, other, naming):
+	case !st.Standby && granted >= 2 && epoch > st.LeaseEpoch:
+		// Recorded, so that a later re-acquisition asks with it (last_epoch)
+		// and a handover or take-back compares with it.
+		if _, err := s.setSiteMode(ctx, false, "site lease held", epoch); err != nil {
+			s.logger.Warn("recording the site lease epoch", "epoch", epoch, "error", err)
+		}
+	case !st.Standby && time.Now().After(until) && (superseded || s.deposed(st, other, naming)):
 		// Another site holds the lease: this one is deposed. Its members
 		// stopped acting when the lease ran out (their leases are capped by
 		// it); going standby makes them take the new active site's copies.
@@ -378,11 +392,13 @@ func (s *Server) deposed(st fsm.Stats, other string, naming int) bool {
 	return p != nil && !p.Standby && p.LeaseEpoch > st.LeaseEpoch
 }
 
-// askSiteLease asks the three acceptors for the lease at epoch and returns
-// how many granted it, and another site acceptors report holding it ("" if
-// none) with how many of them did.
-func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, other string, naming int) {
-	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds()}
+// askSiteLease asks the three acceptors for the lease at epoch (last: see
+// GrantSiteLeaseRequest.last_epoch) and returns how many granted it, another
+// site acceptors report holding it ("" if none) with how many of them did,
+// and whether one refused because another site was granted an epoch above
+// last.
+func (s *Server) askSiteLease(ctx context.Context, epoch, last uint64) (granted int, other string, naming int, superseded bool) {
+	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds(), LastEpoch: last}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SiteLease/2) // a round must end well inside a lease
 	defer cancel()
 	type answer struct {
@@ -427,9 +443,10 @@ func (s *Server) askSiteLease(ctx context.Context, epoch uint64) (granted int, o
 			other = a.resp.Holder
 			naming++
 		}
+		superseded = superseded || a.resp.Superseded
 		s.siteLease.mu.Lock()
 		s.siteLease.seen = max(s.siteLease.seen, a.resp.Epoch)
 		s.siteLease.mu.Unlock()
 	}
-	return granted, other, naming
+	return granted, other, naming, superseded
 }

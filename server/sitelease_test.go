@@ -64,3 +64,38 @@ func TestLeaseAcceptor(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseAcceptor_Superseded: an active site that lost its lease asks
+// again with the epoch it last held; an acceptor that granted the other site
+// an epoch above it since refuses, saying superseded (the other site may have
+// activated: this one must go standby, not act on older state), even once
+// that grant has run out. Without last_epoch, or with one at or above the
+// other site's grant, the usual rules apply.
+func TestLeaseAcceptor_Superseded(t *testing.T) {
+	const d = 500 * time.Millisecond
+	a := newLeaseAcceptor(d)
+	t0 := a.readyAt
+	ask := func(site string, epoch, last uint64, at time.Duration) *pb.GrantSiteLeaseResponse {
+		t.Helper()
+		r, err := a.grant(&pb.GrantSiteLeaseRequest{Site: site, Epoch: epoch, LastEpoch: last, DurationMs: d.Milliseconds()}, t0.Add(at))
+		if err != nil {
+			t.Fatalf("ask(%s, %d, last %d): %v", site, epoch, last, err)
+		}
+		return r
+	}
+	if r := ask("b", 5, 0, 0); !r.Granted {
+		t.Fatalf("b's first grant refused: %v", r)
+	}
+	if r := ask("a", 6, 0, 600*time.Millisecond); !r.Granted { // b's ran out; a takes over
+		t.Fatalf("a's takeover refused: %v", r)
+	}
+	if r := ask("b", 7, 5, 1200*time.Millisecond); r.Granted || !r.Superseded || r.Holder != "a" || r.Epoch != 6 {
+		t.Fatalf("b, last at epoch 5, granted or not told it was superseded by a's 6: %v", r)
+	}
+	if r := ask("a", 8, 6, 1300*time.Millisecond); !r.Granted || r.Superseded { // a's own epoch: no one above it
+		t.Fatalf("a, last at 6, refused: %v", r)
+	}
+	if r := ask("b", 9, 0, 2000*time.Millisecond); !r.Granted { // a standby site taking over: last 0
+		t.Fatalf("b's takeover after a's grant ran out refused: %v", r)
+	}
+}

@@ -29,7 +29,13 @@ type GrantSiteLeaseRequest struct {
 	// asks above every epoch it has seen.
 	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// How long the grant lasts, counted by the acceptor from when it answers.
-	DurationMs    int64 `protobuf:"varint,3,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	DurationMs int64 `protobuf:"varint,3,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	// The lease epoch the asking site last held (recorded in its state
+	// machine), when it asks as the active site; 0 for a standby site taking
+	// over. An acceptor that granted another site an epoch above it refuses
+	// (superseded): that site may have activated since, and this one's state
+	// is older.
+	LastEpoch     uint64 `protobuf:"varint,4,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -85,6 +91,13 @@ func (x *GrantSiteLeaseRequest) GetDurationMs() int64 {
 	return 0
 }
 
+func (x *GrantSiteLeaseRequest) GetLastEpoch() uint64 {
+	if x != nil {
+		return x.LastEpoch
+	}
+	return 0
+}
+
 type GrantSiteLeaseResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Granted bool                   `protobuf:"varint,1,opt,name=granted,proto3" json:"granted,omitempty"`
@@ -93,7 +106,10 @@ type GrantSiteLeaseResponse struct {
 	Holder string `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
 	Epoch  uint64 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// Why not granted.
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Refused because another site was granted an epoch above the request's
+	// last_epoch: the asking site must go standby.
+	Superseded    bool `protobuf:"varint,5,opt,name=superseded,proto3" json:"superseded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -156,21 +172,33 @@ func (x *GrantSiteLeaseResponse) GetReason() string {
 	return ""
 }
 
+func (x *GrantSiteLeaseResponse) GetSuperseded() bool {
+	if x != nil {
+		return x.Superseded
+	}
+	return false
+}
+
 var File_connsync_v1_sitelease_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_sitelease_proto_rawDesc = "" +
 	"\n" +
-	"\x1bconnsync/v1/sitelease.proto\x12\vconnsync.v1\"b\n" +
+	"\x1bconnsync/v1/sitelease.proto\x12\vconnsync.v1\"\x81\x01\n" +
 	"\x15GrantSiteLeaseRequest\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1f\n" +
 	"\vduration_ms\x18\x03 \x01(\x03R\n" +
-	"durationMs\"x\n" +
+	"durationMs\x12\x1d\n" +
+	"\n" +
+	"last_epoch\x18\x04 \x01(\x04R\tlastEpoch\"\x98\x01\n" +
 	"\x16GrantSiteLeaseResponse\x12\x18\n" +
 	"\agranted\x18\x01 \x01(\bR\agranted\x12\x16\n" +
 	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason2m\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x1e\n" +
+	"\n" +
+	"superseded\x18\x05 \x01(\bR\n" +
+	"superseded2m\n" +
 	"\x10SiteLeaseService\x12Y\n" +
 	"\x0eGrantSiteLease\x12\".connsync.v1.GrantSiteLeaseRequest\x1a#.connsync.v1.GrantSiteLeaseResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
