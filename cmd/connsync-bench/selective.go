@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/internal/connmix"
 	"github.com/connsync/connsync/internal/proccluster"
 )
 
@@ -43,9 +43,6 @@ var selectiveRuns = []struct{ name, classes string }{
 	{"on", "mix=tcp:%d=%v;rest=any=immediate"},
 }
 
-// mixPort is the service port of the mix's connections.
-const mixPort = 5000
-
 // selectiveCost is what one run cost the members.
 type selectiveCost struct {
 	cpu     time.Duration // user + system CPU of every member process
@@ -60,7 +57,7 @@ func runSelective(ctx context.Context, g *globalOpts, f selectiveFlags, rep *rep
 	for _, r := range selectiveRuns {
 		classes := r.classes
 		if strings.Contains(classes, "%") {
-			classes = fmt.Sprintf(classes, mixPort, f.delay)
+			classes = fmt.Sprintf(classes, connmix.Port, f.delay)
 		}
 		g.args = []string{"-delay-classes", classes}
 		s, err := startSite(ctx, g, rep)
@@ -114,7 +111,10 @@ func measureMix(ctx context.Context, c *proccluster.Cluster, f selectiveFlags, r
 	stop := rep.progress(func() string {
 		return fmt.Sprintf("selective-sync run %s: mix for %v ... %.1fs", name, 7*f.delay, time.Since(began).Seconds())
 	})
-	n, err := runMix(ctx, p, f)
+	n, err := connmix.Run(ctx, f.delay, max(1, f.rate/100), func(evs []*pb.ConnEvent) error {
+		_, err := p.publishEvents(ctx, evs)
+		return err
+	})
 	if err == nil {
 		err = p.waitReplicated(ctx, 20*time.Millisecond)
 	}
@@ -131,83 +131,6 @@ func measureMix(ctx context.Context, c *proccluster.Cluster, f selectiveFlags, r
 	}
 	return selectiveCost{cpu: after.cpu - before.cpu, written: after.written - before.written,
 		records: after.records - before.records}, n, nil
-}
-
-// runMix is the mix of server/repl's BenchmarkSelectiveSync on the scale of
-// f.delay: f.rate new TCP connections/s to port mixPort for 3 delays; 70%
-// close after a third of the delay, 30% after three delays and a third;
-// each is updated at 1/15 and 1/5 of the delay, the long ones every 2/3 of
-// a delay after; everything is closed after 7 delays. Events go every 10 ms.
-func runMix(ctx context.Context, p *publisher, f selectiveFlags) (int, error) {
-	type live struct {
-		i                 int
-		birth, life, next time.Duration
-	}
-	const tick = 10 * time.Millisecond
-	perTick := max(1, f.rate/100)
-	delay := f.delay
-	var conns []live
-	start := time.Now()
-	n := 0
-	for step := 1; ; step++ {
-		now := time.Since(start)
-		var evs []*pb.ConnEvent
-		if now < 3*delay {
-			for range perTick {
-				life := delay / 3
-				if n%10 >= 7 {
-					life = 3*delay + delay/3
-				}
-				conns = append(conns, live{i: n, birth: now, life: life, next: delay / 15})
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: mixState(n, 0)})
-				n++
-			}
-		}
-		kept := conns[:0]
-		for _, c := range conns {
-			age := now - c.birth
-			switch {
-			case age >= c.life || now >= 7*delay:
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CLOSED, State: mixState(c.i, 0)})
-				continue
-			case age >= c.next:
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, State: mixState(c.i, byte(age/tick))})
-				if c.next == delay/15 {
-					c.next = delay / 5
-				} else {
-					c.next += 2 * delay / 3
-				}
-			}
-			kept = append(kept, c)
-		}
-		conns = kept
-		if len(evs) > 0 {
-			if _, err := p.publishEvents(ctx, evs); err != nil {
-				return n, err
-			}
-		}
-		if now >= 7*delay && len(conns) == 0 {
-			return n, nil
-		}
-		select {
-		case <-ctx.Done():
-			return n, ctx.Err()
-		case <-time.After(time.Until(start.Add(time.Duration(step) * tick))):
-		}
-	}
-}
-
-// mixState is connection i of the mix at update v: an established TCP
-// connection with both windows, as a firewall reports one.
-func mixState(i int, v byte) *pb.ConnState {
-	return &pb.ConnState{
-		Key: &pb.ConnKey{Protocol: 6, SrcIp: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String(),
-			SrcPort: uint32(10000 + (i>>24)%50000), DstIp: "198.51.100.9", DstPort: mixPort},
-		TcpState:   pb.TcpState_TCP_STATE_ESTABLISHED,
-		TcpWindows: []*pb.TcpWindow{{End: uint32(i), MaxEnd: uint32(i) + 1000, MaxWin: 65535}, {End: 7, MaxEnd: 9, MaxWin: 512}},
-		TimeoutMs:  3600_000,
-		Blob:       []byte{v},
-	}
 }
 
 // waitIdle waits until no member holds a connection back or has one queued

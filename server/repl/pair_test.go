@@ -3,7 +3,6 @@ package repl
 import (
 	"context"
 	"net"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/internal/connmix"
 	"github.com/connsync/connsync/server/conntable"
 )
 
@@ -196,75 +196,18 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// mixConn is the i-th connection of the selective-sync mix: TCP to port
-// 5000 (the delayed service of the runs that delay).
-func mixConn(i int, v byte) *pb.ConnState {
-	return &pb.ConnState{
-		Key: &pb.ConnKey{Protocol: 6, SrcIp: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}).String(),
-			SrcPort: uint32(10000 + i%50000), DstIp: "198.51.100.9", DstPort: 5000},
-		TcpState:   pb.TcpState_TCP_STATE_ESTABLISHED,
-		TcpWindows: []*pb.TcpWindow{{End: uint32(i), MaxEnd: uint32(i) + 1000, MaxWin: 65535}, {End: 7, MaxEnd: 9, MaxWin: 512}},
-		TimeoutMs:  3600_000,
-		Blob:       []byte{v},
-	}
-}
-
-// runMix drives the selective-sync mix through the primary's publish path,
-// on the scale of a delay of delay: 50,000 new connections/s for 3 delays'
-// worth of time; 70% close after a third of the delay, 30% after three
-// delays and a third; each is updated at 1/15 and 1/5 of the delay, and the
-// long ones every 2/3 of a delay after.
+// runMix drives the selective-sync mix (internal/connmix) through the
+// primary's publish path, on the scale of a delay of delay: 50,000 new
+// connections/s.
 func runMix(a *Replicator, delay time.Duration) {
-	type live struct {
-		i           int
-		birth, life time.Duration
-		next        time.Duration
-	}
-	const perTick = 500 // every 10 ms
-	tick := 10 * time.Millisecond
-	var conns []live
-	start := time.Now()
-	n := 0
-	for seq := uint64(1); ; seq++ {
-		now := time.Since(start)
-		if now > 3*delay+4*delay {
-			return
-		}
-		var evs []*pb.ConnEvent
-		if now < 3*delay {
-			for range perTick {
-				life := delay / 3
-				if n%10 >= 7 {
-					life = 3*delay + delay/3
-				}
-				conns = append(conns, live{i: n, birth: now, life: life, next: delay / 15})
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: mixConn(n, 0)})
-				n++
-			}
-		}
-		kept := conns[:0]
-		for _, c := range conns {
-			age := now - c.birth
-			switch {
-			case age >= c.life:
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CLOSED, State: mixConn(c.i, 0)})
-				continue
-			case age >= c.next:
-				evs = append(evs, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_UPDATED, State: mixConn(c.i, byte(age/tick))})
-				if c.next == delay/15 {
-					c.next = delay / 5
-				} else {
-					c.next += 2 * delay / 3
-				}
-			}
-			kept = append(kept, c)
-		}
-		conns = kept
+	seq := uint64(0)
+	connmix.Run(context.Background(), delay, 500, func(evs []*pb.ConnEvent) error {
+		seq++
 		for start := 0; start < len(evs); start += MaxEventsPerBatch {
 			a.publishBatch(&pb.PublishRequest{Seq: seq, Events: evs[start:min(start+MaxEventsPerBatch, len(evs))]})
 		}
-		time.Sleep(time.Until(start.Add(now + tick)))
-	}
+		return nil
+	})
 }
 
 // BenchmarkSelectiveSync runs the same connection mix (70% of connections
