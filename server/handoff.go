@@ -17,32 +17,39 @@ import (
 // one is cut off, before its lease runs out.
 //
 // So a bucket this member becomes primary of at epoch e is pending until
-// the previous primary has applied index e (asked with GetActive; a member
-// that has applied e knows it is not the bucket's primary at an older
-// epoch), or until MemberLease + MemberLease/4 + HeartbeatInterval after
-// this member saw the flip: a lease the old primary was granted before the
-// flip was committed has run out by then (a deposed leader grants for up to
-// MemberLease/4 after its last confirmed leadership), and a grant made after
-// the commit carries the leader's commit index, so it holds only once the
-// old primary has applied the flip (leaseKeeper.acting). (Grants once
-// carried the leader's applied index, which a follower's can pass: this
-// member may apply the flip before the leader does.) When
-// the previous primary has failed it no longer acts (a member is failed only
-// once its lease has lapsed or its process is gone), but it may have taken
-// the bucket over from a member that still does, its own gate unfinished
-// (cut off, then the taker crashed): the gate then waits until every other
-// alive member has applied e, a few milliseconds when they are reachable,
-// which keeps local failover fast.
+// every other alive member has applied index e (asked with GetActive; a
+// member that has applied e knows it is not the bucket's primary at an
+// older epoch), a few milliseconds when they are reachable, or until
+// MemberLease + MemberLease/4 + HeartbeatInterval after this member saw the
+// flip: a lease granted before the flip was committed has run out by then (a
+// deposed leader grants for up to MemberLease/4 after its last confirmed
+// leadership), and a grant made after the commit carries the leader's commit
+// index, so it holds only once its holder has applied the flip
+// (leaseKeeper.acting). (Grants once carried the leader's applied index,
+// which a follower's can pass: this member may apply the flip before the
+// leader does.) A failed member no longer acts (a member is failed only once
+// its lease has lapsed or its process is gone).
 //
-// "Previous primary" and "became primary" are the state machine's
-// (Assignment.Previous and Since, set by the log), never this member's last
-// view: a member that was cut off applies many entries at once, and the
-// bucket it was primary of in its last view may have gone to another member
-// and come back meanwhile (chaos seed 7176: a member back from a partition
-// took a bucket over without a gate because its view from before the
-// partition named itself, and acted beside the primary it took it from).
-// Where the state machine does not know (state written before it recorded
-// them), every other alive member must have applied e.
+// The gate does not wait for the previous primary alone: that one having
+// applied e shows only that it does not act, not that the primaries before
+// it have stopped. A previous primary whose own gate was unfinished when
+// the bucket left it (it never acted) may have taken the bucket from a
+// member that still acts, cut off under a lease granted before that flip
+// (chaos seed 9255: m1 cut off; m1 -> m0 at 520, a move whose full sync had
+// finished before the cut, so it needed nothing more from m1; m0 -> m3 at
+// 529; m3 asked only m0, which had applied 529, and acted 54 ms beside
+// m1). The state machine names one previous primary, not the chain, so
+// every other alive member must have applied e; the deadline covers every
+// earlier primary, since each lost the bucket by an entry committed before
+// e.
+//
+// "Became primary" is the state machine's (Assignment.Since, set by the
+// log), never this member's last view: a member that was cut off applies
+// many entries at once, and the bucket it was primary of in its last view
+// may have gone to another member and come back meanwhile (chaos seed 7176:
+// a member back from a partition took a bucket over without a gate because
+// its view from before the partition named itself, and acted beside the
+// primary it took it from).
 //
 // Asked about a bucket whose epoch is newer than the last view it
 // processed, handoff processes the current view first, so there is no window
@@ -59,7 +66,6 @@ type handoff struct {
 type handoffGate struct {
 	epoch    uint64
 	since    uint64 // the takeover's index (Assignment.Since)
-	from     string // the previous primary ("": every other alive member)
 	deadline time.Time
 }
 
@@ -89,15 +95,6 @@ func (h *handoff) update() {
 
 // updateLocked sets the gates for a view of the bucket map; h.mu is held.
 func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
-	failed := map[string]bool{}
-	for _, m := range h.s.fsm.Members() {
-		failed[m.ID] = m.State == pb.MemberState_MEMBER_STATE_FAILED
-	}
-	h.updateLockedWith(as, applied, failed)
-}
-
-// updateLockedWith is updateLocked with the failed members given.
-func (h *handoff) updateLockedWith(as []fsm.Assignment, applied uint64, failed map[string]bool) {
 	if applied <= h.processed && h.prev != nil {
 		return
 	}
@@ -117,46 +114,28 @@ func (h *handoff) updateLockedWith(as []fsm.Assignment, applied uint64, failed m
 			h.gates[b] = g
 		case !gated && h.prev != nil && i < len(h.prev) && h.prev[i].Primary == self && h.prev[i].Since == a.Since:
 			// primary since before the last view: nothing new
-		default:
-			// A takeover, or another one while pending. A failed previous
-			// primary has stopped acting, but it may have taken the bucket
-			// over from a member that still acts (its own gate unfinished):
-			// then, as when the previous primary is not known, every other
-			// alive member must have applied the flip.
-			from := a.Previous
-			if failed[from] {
-				from = ""
-			}
-			h.gates[b] = handoffGate{epoch: a.Epoch, since: a.Since, from: from, deadline: deadline}
+		default: // a takeover, or another one while pending
+			h.gates[b] = handoffGate{epoch: a.Epoch, since: a.Since, deadline: deadline}
 		}
 	}
 	h.prev, h.processed = as, applied
 }
 
-// release ends the gates whose previous primary (or, not known, every other
-// alive member) has applied past the gate's epoch, and those whose deadline
-// has passed. It reports whether any ended.
+// release ends the gates whose epoch every other alive member has applied,
+// and those whose deadline has passed. It reports whether any ended.
 func (h *handoff) release(ctx context.Context) bool {
 	h.mu.Lock()
-	need := map[string]bool{}
-	for _, g := range h.gates {
-		need[g.from] = true
-	}
+	waiting := len(h.gates) > 0
 	h.mu.Unlock()
-	if len(need) == 0 {
+	if !waiting {
 		return false
 	}
-	// Ask the members concerned at once: one that cannot be reached costs
-	// its timeout once, not once per member behind it.
+	// Ask them all at once: one that cannot be reached costs its timeout
+	// once, not once per member behind it.
 	var ask []fsm.Member
-	var isAlive []bool
 	for _, m := range h.s.fsm.Members() {
-		if m.ID == h.s.cfg.MemberID {
-			continue
-		}
-		alive := m.State == pb.MemberState_MEMBER_STATE_ALIVE || m.State == pb.MemberState_MEMBER_STATE_DRAINING
-		if need[m.ID] || need[""] && alive {
-			ask, isAlive = append(ask, m), append(isAlive, alive)
+		if m.ID != h.s.cfg.MemberID && active(m.State) {
+			ask = append(ask, m)
 		}
 	}
 	got := make([]uint64, len(ask))
@@ -166,23 +145,15 @@ func (h *handoff) release(ctx context.Context) bool {
 		go func() { defer wg.Done(); got[i] = h.appliedOf(ctx, m.GRPCAddr) }()
 	}
 	wg.Wait()
-	applied := map[string]uint64{} // member -> its applied index (0: not known)
-	unknown := ^uint64(0)          // the least applied index of the alive others
-	for i, m := range ask {
-		applied[m.ID] = got[i]
-		if isAlive[i] && need[""] {
-			unknown = min(unknown, got[i])
-		}
+	reached := ^uint64(0) // the least applied index of the alive others
+	for _, a := range got {
+		reached = min(reached, a)
 	}
 	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	released := false
 	for b, g := range h.gates {
-		reached := applied[g.from]
-		if g.from == "" {
-			reached = unknown
-		}
 		if g.epoch <= reached || now.After(g.deadline) {
 			delete(h.gates, b)
 			released = true
