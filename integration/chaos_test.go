@@ -50,7 +50,7 @@ var (
 // runs chaosRegressionSeeds, long-run seeds that found bugs (docs/CHAOS.md).
 const chaosCISeeds, chaosQuickSeeds = 24, 4
 
-var chaosRegressionSeeds = []uint64{7051, 7098, 7176, 8294, 9011, 9255}
+var chaosRegressionSeeds = []uint64{7051, 7098, 7176, 8294, 9011, 9255, 9528}
 
 const chaosBuckets = 256
 
