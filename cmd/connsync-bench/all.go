@@ -112,7 +112,11 @@ func allRuns(g *globalOpts) []allRun {
 		}},
 		{"selective-sync", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			sg := *g // its sites take their own delay classes
-			return runSelective(ctx, &sg, selectiveFlags{delay: 300 * time.Millisecond, rate: pick(quick, 50_000, 20_000)}, rep)
+			delay := time.Second // the command's default: 7 s of mix per run
+			if quick {
+				delay = 300 * time.Millisecond
+			}
+			return runSelective(ctx, &sg, selectiveFlags{delay: delay, rate: 50_000}, rep)
 		}},
 		{"site-failover", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			return siteFailoverRun(ctx, g, siteFailoverFlags{trials: pick(quick, 5, 2), delay: 50 * time.Millisecond}, rep)
