@@ -111,7 +111,7 @@ func allRuns(g *globalOpts) []allRun {
 			return twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) { return runReplicate(ctx, ts.sites[0], f, rep) })
 		}},
 		{"selective-sync", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			sg := *g // its sites take their own delay classes
+			sg := *g             // its sites take their own delay classes
 			delay := time.Second // the command's default: 7 s of mix per run
 			if quick {
 				delay = 300 * time.Millisecond
