@@ -48,13 +48,18 @@ func (st *state) initSite(op *ipb.InitSiteOp) Result {
 // setSiteMode activates a standby site or makes an active one standby: every
 // bucket changes hands in effect, so every epoch becomes index. Setting the
 // mode the site already has is refused (a retried failover must not bump
-// the epochs twice), except that an active site records a higher site-lease
-// epoch it now holds (nothing else changes). Result.Epoch is the site epoch.
+// the epochs twice). A record-only op records a higher site-lease epoch an
+// active site now holds and changes nothing else. Result.Epoch is the site
+// epoch.
 func (st *state) setSiteMode(index uint64, op *ipb.SetSiteModeOp) Result {
 	if st.site == "" {
 		return Result{Err: ErrSiteNotInitialised}
 	}
-	if !st.standby && !op.Standby && op.LeaseEpoch > st.leaseEpoch {
+	if op.RecordOnly {
+		if st.standby || op.Standby || op.LeaseEpoch <= st.leaseEpoch {
+			return Result{Err: errorf(ErrSiteMode, "site %s: lease epoch %d not recorded (standby %v, recorded %d)",
+				st.site, op.LeaseEpoch, st.standby, st.leaseEpoch)}
+		}
 		st.leaseEpoch = op.LeaseEpoch
 		return Result{Epoch: st.siteEpoch}
 	}

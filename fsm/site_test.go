@@ -93,14 +93,15 @@ func TestFSM_SiteModeAndRemoteCopies(t *testing.T) {
 }
 
 // TestFSM_ActiveSiteRecordsLeaseEpoch: an active site records a higher
-// site-lease epoch it holds without any other change; a lower one, or one
-// with no epoch, is the refused second activation it always was.
+// site-lease epoch it holds without any other change; a lower one is
+// refused, and so is any once the site is standby (a handover committed
+// before the record: it must not activate the site again).
 func TestFSM_ActiveSiteRecordsLeaseEpoch(t *testing.T) {
 	f, idx := newSite(t, "m1")
 	before, _ := f.Buckets()
 	epoch := f.Stats().SiteEpoch
 	op := func(lease uint64) *ipb.Op {
-		return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: lease}}}
+		return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: lease, RecordOnly: true}}}
 	}
 	if r := apply1(t, f, idx, t0, op(9)); r.Err != nil || r.Epoch != epoch {
 		t.Fatalf("recording epoch 9: %+v, want no error and site epoch %d", r, epoch)
@@ -115,4 +116,15 @@ func TestFSM_ActiveSiteRecordsLeaseEpoch(t *testing.T) {
 	expectErr(t, apply1(t, f, idx, t0, op(9)), ErrSiteMode)
 	idx++
 	expectErr(t, apply1(t, f, idx, t0, op(0)), ErrSiteMode)
+	idx++
+	// A handover committed first: the record must not activate the site again.
+	if r := apply1(t, f, idx, t0, siteModeOp(true)); r.Err != nil {
+		t.Fatalf("standby: %+v", r)
+	}
+	idx++
+	standbyAt := f.Stats().SiteEpoch
+	expectErr(t, apply1(t, f, idx, t0, op(12)), ErrSiteMode)
+	if st := f.Stats(); !st.Standby || st.SiteEpoch != standbyAt || st.LeaseEpoch != 9 {
+		t.Fatalf("a record after a handover changed the site: %+v", st)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -112,8 +113,15 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 	waitActive(t, "a", serversOf(a), chaosBuckets, 20*time.Second)
 	waitRemoteCopies(t, b, 60*time.Second)
 
-	obs := []*observer{startObserver(a), startObserver(b)}
 	across := startSiteWatch(e)
+	obs := []*observer{startObserver(a), startObserver(b)}
+	for i, o := range obs {
+		o.mu.Lock()
+		o.ownActed = func() map[uint32]int64 { return across.acted(i) }
+		o.otherActed = func(b uint32) int64 { return across.actedAt(1-i, b) }
+		o.ownLast = across.acted(i)
+		o.mu.Unlock()
+	}
 	dp := startSitesDataPlane(e.sites, true, 500, chaosBuckets, seed)
 	if n := dp.warm(20 * time.Second); n < 250 {
 		t.Logf("only %d of 250 cold connections confirmed at both sites before the faults", n)
@@ -291,10 +299,29 @@ func waitOneSiteActive(t *testing.T, e *siteEnv, timeout time.Duration) int {
 
 // siteWatch polls both sites every few milliseconds and observes each as
 // one party acting for the union of its members' buckets (S1 across sites).
-type siteWatch struct{ watch }
+// It also keeps when each site last acted for each bucket (noteWiped).
+type siteWatch struct {
+	watch
+	lastMu    sync.Mutex
+	lastActed [2]map[uint32]int64
+}
+
+// acted returns when site i last acted for each bucket.
+func (w *siteWatch) acted(i int) map[uint32]int64 {
+	w.lastMu.Lock()
+	defer w.lastMu.Unlock()
+	return maps.Clone(w.lastActed[i])
+}
+
+// actedAt returns when site i last acted for bucket b (0: never).
+func (w *siteWatch) actedAt(i int, b uint32) int64 {
+	w.lastMu.Lock()
+	defer w.lastMu.Unlock()
+	return w.lastActed[i][b]
+}
 
 func startSiteWatch(e *siteEnv) *siteWatch {
-	w := &siteWatch{watch: newWatch()}
+	w := &siteWatch{watch: newWatch(), lastActed: [2]map[uint32]int64{{}, {}}}
 	w.act = chaos.NewSiteActivations()
 	go func() {
 		defer close(w.done)
@@ -314,7 +341,13 @@ func startSiteWatch(e *siteEnv) *siteWatch {
 						set[be.Bucket] = 0
 					}
 				}
-				w.act.Observe(e.names[i], chaos.Now(), set)
+				now := chaos.Now()
+				w.act.Observe(e.names[i], now, set)
+				w.lastMu.Lock()
+				for b := range set {
+					w.lastActed[i][b] = now
+				}
+				w.lastMu.Unlock()
 			}
 		}
 	}()

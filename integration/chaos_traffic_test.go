@@ -263,6 +263,13 @@ type observer struct {
 	last  []fsm.Assignment // the leader's bucket map at the last poll
 	// lastStandby: the site was standby at the last poll.
 	lastStandby bool
+	// On two sites (nil on one): when this site last acted for each bucket,
+	// and when the other site last acted for bucket b (0: never).
+	ownActed   func() map[uint32]int64
+	otherActed func(b uint32) int64
+	// ownLast is ownActed when the site last went standby (it acts for
+	// nothing while standby).
+	ownLast map[uint32]int64
 }
 
 // watch is what the in-process and the multi-process observers share: the
@@ -356,10 +363,11 @@ func startObserver(c *cluster.Cluster) *observer {
 // promises nothing. On two sites only the active site's map says where the
 // data is: a standby site's changes lose nothing (the active site still
 // holds every copy and syncs them again), but a standby site that activates
-// loses every bucket whose primary did not hold a synced remote copy (its
-// copy was lost, and the other site, which held the data, is lost or
-// deposed: a site-level double fault; the site logs how many). Polls every
-// few milliseconds may miss a state in between.
+// loses every bucket whose primary did not hold a synced remote copy while
+// the other site acted for it since this one last did (its copy was lost,
+// and the other site, which held the data, is lost or deposed: a site-level
+// double fault; the site logs how many). Polls every few milliseconds may
+// miss a state in between.
 func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -371,7 +379,13 @@ func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby
 		p := o.last[b]
 		var held, holderAlive bool
 		if o.lastStandby { // activated since the last poll
-			held = a.Primary == p.Primary && p.RemoteCopySynced
+			// A copy recorded synced holds the other site's latest; with
+			// none, this site's own state is the latest only if the other
+			// site has not acted for the bucket since this one last did
+			// (a take-back after a handover or a deposition).
+			held = a.Primary == p.Primary && p.RemoteCopySynced ||
+				o.otherActed != nil && o.otherActed(uint32(b)) <= o.ownLast[uint32(b)]
+			holderAlive = false
 		} else {
 			held = a.Primary == p.Primary || (a.Primary == p.LocalBackup && p.BackupSynced) ||
 				(a.Primary == p.Incoming && p.IncomingSynced)
@@ -380,6 +394,9 @@ func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby
 		if !held && !holderAlive {
 			o.wiped[uint32(b)] = append(o.wiped[uint32(b)], now)
 		}
+	}
+	if standby && !o.lastStandby && o.ownActed != nil {
+		o.ownLast = o.ownActed()
 	}
 	o.last, o.lastStandby = as, standby
 }

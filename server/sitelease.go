@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/internal/sabotage"
@@ -111,6 +112,38 @@ type siteLease struct {
 	standbySince time.Time
 
 	lastLapseLog time.Time
+	recording    bool // a record of a held epoch is being committed
+}
+
+// recordLeaseEpoch commits, in the background and one at a time, that the
+// active site holds the lease at epoch (a record-only SetSiteModeOp: the
+// state machine refuses it if the site went standby meanwhile).
+func (s *Server) recordLeaseEpoch(epoch uint64) {
+	l := &s.siteLease
+	l.mu.Lock()
+	if l.recording {
+		l.mu.Unlock()
+		return // the next round asks again if this one was not the latest
+	}
+	l.recording = true
+	l.mu.Unlock()
+	go func() {
+		defer func() {
+			l.mu.Lock()
+			l.recording = false
+			l.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ApplyTimeout)
+		defer cancel()
+		op := &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: epoch, RecordOnly: true}}}
+		res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{op}})
+		if err == nil {
+			err = res[0].Err
+		}
+		if err != nil {
+			s.logger.Debug("recording the site lease epoch", "epoch", epoch, "error", err)
+		}
+	}()
 }
 
 func (l *siteLease) acceptorNow() *leaseAcceptor {
@@ -166,6 +199,13 @@ func (s *Server) siteLeaseLoop(ctx context.Context) {
 	l := &s.siteLease
 	l.mu.Lock()
 	l.acceptor = newLeaseAcceptor(s.cfg.SiteLease)
+	// A new leader's acceptor has forgotten what the last one granted; it
+	// knows at least the epoch its own site recorded holding (expired): so
+	// a deposed site asking with an older last epoch is still told it was
+	// superseded, even if this acceptor is the one its majority needs.
+	if st := s.fsm.Stats(); !st.Standby && st.LeaseEpoch > 0 {
+		l.acceptor.holder, l.acceptor.epoch = s.cfg.Site, st.LeaseEpoch
+	}
 	l.until, l.epoch = time.Time{}, 0
 	l.standbySince = time.Time{}
 	l.mu.Unlock()
@@ -259,10 +299,9 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		}
 	case !st.Standby && granted >= 2 && epoch > st.LeaseEpoch:
 		// Recorded, so that a later re-acquisition asks with it (last_epoch)
-		// and a handover or take-back compares with it.
-		if _, err := s.setSiteMode(ctx, false, "site lease held", epoch); err != nil {
-			s.logger.Warn("recording the site lease epoch", "epoch", epoch, "error", err)
-		}
+		// and a handover or take-back compares with it. Off the loop: a slow
+		// commit must not hold up the renewals.
+		s.recordLeaseEpoch(epoch)
 	case !st.Standby && time.Now().After(until) && (superseded || s.deposed(st, other, naming)):
 		// Another site holds the lease: this one is deposed. Its members
 		// stopped acting when the lease ran out (their leases are capped by

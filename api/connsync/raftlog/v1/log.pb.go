@@ -912,7 +912,11 @@ type SetSiteModeOp struct {
 	Reason  string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The site-lease epoch under which the site activates (witness policy; 0
 	// for a manual failover). The state machine keeps the highest seen.
-	LeaseEpoch    uint64 `protobuf:"varint,3,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
+	LeaseEpoch uint64 `protobuf:"varint,3,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
+	// Only record lease_epoch, held by a site that is active: no mode change.
+	// Refused (ErrSiteMode, nothing changed) if the site is standby by then
+	// (a handover committed meanwhile), or the epoch is not higher.
+	RecordOnly    bool `protobuf:"varint,4,opt,name=record_only,json=recordOnly,proto3" json:"record_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -966,6 +970,13 @@ func (x *SetSiteModeOp) GetLeaseEpoch() uint64 {
 		return x.LeaseEpoch
 	}
 	return 0
+}
+
+func (x *SetSiteModeOp) GetRecordOnly() bool {
+	if x != nil {
+		return x.RecordOnly
+	}
+	return false
 }
 
 type RegisterMemberOp struct {
@@ -2152,12 +2163,14 @@ const file_connsync_raftlog_v1_log_proto_rawDesc = "" +
 	"InitSiteOp\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12!\n" +
 	"\fbucket_count\x18\x02 \x01(\rR\vbucketCount\x12\x18\n" +
-	"\astandby\x18\x03 \x01(\bR\astandby\"b\n" +
+	"\astandby\x18\x03 \x01(\bR\astandby\"\x83\x01\n" +
 	"\rSetSiteModeOp\x12\x18\n" +
 	"\astandby\x18\x01 \x01(\bR\astandby\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1f\n" +
 	"\vlease_epoch\x18\x03 \x01(\x04R\n" +
-	"leaseEpoch\"?\n" +
+	"leaseEpoch\x12\x1f\n" +
+	"\vrecord_only\x18\x04 \x01(\bR\n" +
+	"recordOnly\"?\n" +
 	"\x10RegisterMemberOp\x12+\n" +
 	"\x06member\x18\x01 \x01(\v2\x13.connsync.v1.MemberR\x06member\"_\n" +
 	"\x10SetMemberStateOp\x12\x1b\n" +
