@@ -4,7 +4,7 @@
 // scenario against it, prints the figures and removes everything it
 // started, on success, on errors and on Ctrl-C alike.
 //
-//	connsync-bench [-members 3] [-json] [-connsyncd PATH] [-keep] SCENARIO [flags]
+//	connsync-bench [-members 3] [-json] [-connsyncd PATH] [-keep] [-plot DIR] [-profile DIR] SCENARIO [flags]
 //
 //	claims    -clients 64 -duration 10s -batch 1 -via leader|member
 //	          figures: claims_per_sec, p50_ms, p99_ms (per RPC)
@@ -115,14 +115,16 @@ func normalizeArgs(args []string) []string {
 
 // globalOpts are the root's persistent flags.
 type globalOpts struct {
-	members   int
-	json      bool
-	connsyncd string
-	keep      bool
-	metrics   bool     // set by scenarios that read the members' heaps (Config.Metrics)
-	args      []string // more connsyncd flags, set by scenarios that start sites of their own
-	plot      string   // -plot DIR
-	logLevel  string   // the members' -log-level
+	members    int
+	json       bool
+	connsyncd  string
+	keep       bool
+	metrics    bool     // set by scenarios that read the members' heaps (Config.Metrics)
+	args       []string // more connsyncd flags, set by scenarios that start sites of their own
+	plot       string   // -plot DIR
+	logLevel   string   // the members' -log-level
+	profile    string   // -profile DIR: members' CPU profiles
+	profileFor time.Duration
 }
 
 // reporter returns the command's reporter.
@@ -188,6 +190,8 @@ Flags may be written -name or --name.`,
 	pf.BoolVar(&g.json, "json", false, "print one JSON object per line; the last line holds the figures")
 	pf.StringVar(&g.connsyncd, "connsyncd", "", "connsyncd binary to run (default: build it with `go build` from this checkout)")
 	pf.StringVar(&g.plot, "plot", "", "write an SVG chart per scenario into this directory (failover time distributions, replication lag over time)")
+	pf.StringVar(&g.profile, "profile", "", "save every member's CPU profile over the scenario's first -profile-for into this directory (go tool pprof)")
+	pf.DurationVar(&g.profileFor, "profile-for", 5*time.Second, "how long -profile profiles")
 	pf.StringVar(&g.logLevel, "member-log-level", "warn", "the members' -log-level (their logs are in the temporary directory; see -keep)")
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
@@ -237,7 +241,7 @@ func startSite(ctx context.Context, g *globalOpts, rep *reporter) (*site, error)
 		return fmt.Sprintf("starting %d connsyncd members ... %.0fs", g.members, time.Since(began).Seconds())
 	})
 	c, err := proccluster.Start(ctx, proccluster.Config{Binary: bin, Members: g.members, Keep: g.keep,
-		Args: append([]string{"-auto-rebalance=false"}, g.args...), Metrics: g.metrics, LogLevel: g.logLevel, Stderr: rep.stderrWriter()})
+		Args: append([]string{"-auto-rebalance=false"}, g.args...), Metrics: g.metrics || g.profile != "", LogLevel: g.logLevel, Stderr: rep.stderrWriter()})
 	if err != nil {
 		stopProgress()
 		return s, err
@@ -291,7 +295,13 @@ func scenarioRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn
 	defer s.cleanup()
 	if err == nil {
 		var fig record
-		if fig, err = fn(ctx, s.c, rep); err == nil {
+		wait := func() {}
+		if g.profile != "" { // the members' CPU over the scenario's first seconds
+			wait = profileMembers(ctx, s.c, g.profile, cmd.Name(), g.profileFor, rep)
+		}
+		fig, err = fn(ctx, s.c, rep)
+		wait() // its events before the figures, which must be the last line
+		if err == nil {
 			s.cleanup() // before the figures, which must be the last line
 			rep.figures(fig)
 			return nil
