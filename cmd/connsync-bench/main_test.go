@@ -255,15 +255,6 @@ func TestScenariosOnProcesses(t *testing.T) {
 	if r := num(sel, "records_saved_fraction"); !(r > 0.3 && r < 1) {
 		t.Errorf("selective-sync: want 0.3 < records_saved_fraction < 1 (the mix's short connections are 70%%): %v", sel)
 	}
-	sf, err := siteFailoverRun(ctx, g, siteFailoverFlags{trials: 2, delay: 20 * time.Millisecond}, rep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("site-failover: %v", sf)
-	// The lease (500 ms) must run out before the other site may act.
-	if p := num(sf, "p50_ms"); !(p > 400 && p < 20_000) || num(sf, "trials") != 2 {
-		t.Errorf("site-failover: want 2 trials with a p50 above the site lease (500 ms) and far below the timeout: %v", sf)
-	}
 
 	dir := s.c.Dir()
 	s.cleanup()
@@ -274,5 +265,40 @@ func TestScenariosOnProcesses(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Errorf("temporary directory %s left behind (stat: %v)", dir, err)
+	}
+}
+
+// TestSiteFailoverOnProcesses runs site-failover at a tiny size: two sites
+// of three connsyncd processes and a witness, 20 ms apart.
+//
+// KNOWN OPEN BUG (2026-11-27): it fails about 3 runs in 8 when run after the
+// other scenarios (`go test ./cmd/connsync-bench -count=8`): the standby
+// site's copies stall at 2,731 of 4,096 buckets (one member's share) for the
+// whole 2-minute wait. Not diagnosed; not seen in 12 standalone
+// `connsync-bench site-failover` starts, nor with the members at debug log
+// level. docs/BENCHMARKS.md.
+func TestSiteFailoverOnProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts connsyncd processes; skipped in -short mode")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin, err := proccluster.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errs bytes.Buffer
+	rep := newReporter(&out, &errs, true, false)
+	g := &globalOpts{members: 3, connsyncd: bin}
+	sf, err := siteFailoverRun(ctx, g, siteFailoverFlags{trials: 2, delay: 20 * time.Millisecond}, rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("site-failover: %v", sf)
+	// The lease (500 ms) must run out before the other site may act.
+	p50, _ := number(sf.get("p50_ms"))
+	trials, _ := number(sf.get("trials"))
+	if !(p50 > 400 && p50 < 20_000) || trials != 2 {
+		t.Errorf("site-failover: want 2 trials with a p50 above the site lease (500 ms) and far below the timeout: %v", sf)
 	}
 }
