@@ -221,14 +221,7 @@ func TestChaos_SitesCheckerCatchesIgnoredSiteLease(t *testing.T) {
 // without a synced copy are a site-level double fault, and every other
 // confirmed connection must be at its primaries (S5), with no overlap (S1).
 func TestChaos_SitesStandbyCrashThenActiveLost(t *testing.T) {
-	r := runSitesChaos(t, sitesSpec{seed: 606, faults: []siteFault{&standbySiteCrash{}, &siteIsolation{}},
-		hold: 3 * time.Second})
-	for _, v := range r.violations {
-		t.Error(v)
-	}
-	if !slices.Equal(r.injected, []string{"standby-site-crash", "site-isolation"}) {
-		t.Errorf("injected %v, want both faults", r.injected)
-	}
+	runFixedSitesChaos(t, 606, 3*time.Second, &standbySiteCrash{}, &siteIsolation{})
 }
 
 // TestChaos_SitesActiveLeaderCrashAfterStandbyRestart is the shape of
@@ -240,14 +233,7 @@ func TestChaos_SitesStandbyCrashThenActiveLost(t *testing.T) {
 // holds a majority, and a standby site without every copy waits before it
 // asks: exactly one site must end active, with S1 and S5 checked.
 func TestChaos_SitesActiveLeaderCrashAfterStandbyRestart(t *testing.T) {
-	r := runSitesChaos(t, sitesSpec{seed: 529, faults: []siteFault{&standbySiteCrash{}, &siteMemberCrash{activeLeader: true}},
-		hold: time.Second})
-	for _, v := range r.violations {
-		t.Error(v)
-	}
-	if !slices.Equal(r.injected, []string{"standby-site-crash", "member-crash"}) {
-		t.Errorf("injected %v, want both faults", r.injected)
-	}
+	runFixedSitesChaos(t, 529, time.Second, &standbySiteCrash{}, &siteMemberCrash{activeLeader: true})
 }
 
 // TestChaos_SitesDeposedSiteDoesNotReturn is the shape of long-run seed
@@ -257,13 +243,23 @@ func TestChaos_SitesActiveLeaderCrashAfterStandbyRestart(t *testing.T) {
 // again and act on its older copies: an acceptor that granted a above b's
 // last epoch refuses b (superseded), and b goes standby. S5 at the end.
 func TestChaos_SitesDeposedSiteDoesNotReturn(t *testing.T) {
-	r := runSitesChaos(t, sitesSpec{seed: 520, faults: []siteFault{&siteHandover{}, &siteIsolation{}, &siteIsolation{}},
-		hold: 1500 * time.Millisecond})
+	runFixedSitesChaos(t, 520, 1500*time.Millisecond, &siteHandover{}, &siteIsolation{}, &siteIsolation{})
+}
+
+// runFixedSitesChaos runs a two-site schedule of exactly faults, each held
+// for hold, and fails t on any violation or on a fault not injected.
+func runFixedSitesChaos(t *testing.T, seed uint64, hold time.Duration, faults ...siteFault) {
+	t.Helper()
+	r := runSitesChaos(t, sitesSpec{seed: seed, faults: faults, hold: hold})
 	for _, v := range r.violations {
 		t.Error(v)
 	}
-	if !slices.Equal(r.injected, []string{"handover", "site-isolation", "site-isolation"}) {
-		t.Errorf("injected %v, want all three faults", r.injected)
+	want := make([]string, len(faults))
+	for i, f := range faults {
+		want[i] = f.name()
+	}
+	if !slices.Equal(r.injected, want) {
+		t.Errorf("injected %v, want every fault: %v", r.injected, want)
 	}
 }
 

@@ -385,7 +385,6 @@ func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby
 			// (a take-back after a handover or a deposition).
 			held = a.Primary == p.Primary && p.RemoteCopySynced ||
 				o.otherActed != nil && o.otherActed(uint32(b)) <= o.ownLast[uint32(b)]
-			holderAlive = false
 		} else {
 			held = a.Primary == p.Primary || (a.Primary == p.LocalBackup && p.BackupSynced) ||
 				(a.Primary == p.Incoming && p.IncomingSynced)

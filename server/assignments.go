@@ -36,18 +36,16 @@ func (a *assignmentService) WatchAssignments(req *pb.WatchAssignmentsRequest, st
 		for _, b := range buckets {
 			full = full || int(b) >= known
 		}
-		if full {
-			all, at := f.Buckets()
-			resp := &pb.WatchAssignmentsResponse{Revision: at, FullMap: true, Assignments: make([]*pb.Assignment, len(all))}
-			for i, x := range all {
-				resp.Assignments[i] = x.Proto(uint32(i))
+		if full { // every bucket, at the table's own index
+			var at uint64
+			as, at = f.Buckets()
+			buckets, applied, known = make([]uint32, len(as)), max(applied, at), len(as)
+			for i := range buckets {
+				buckets[i] = uint32(i)
 			}
-			if err := st.Send(resp); err != nil {
-				return err
-			}
-			first, known, applied = false, len(all), max(applied, at)
-		} else if first || len(buckets) > 0 {
-			resp := &pb.WatchAssignmentsResponse{Revision: applied, Assignments: make([]*pb.Assignment, len(buckets))}
+		}
+		if full || first || len(buckets) > 0 {
+			resp := &pb.WatchAssignmentsResponse{Revision: applied, FullMap: full, Assignments: make([]*pb.Assignment, len(buckets))}
 			for i, b := range buckets {
 				resp.Assignments[i] = as[i].Proto(b)
 			}

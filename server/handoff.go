@@ -125,9 +125,9 @@ func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
 // and those whose deadline has passed. It reports whether any ended.
 func (h *handoff) release(ctx context.Context) bool {
 	h.mu.Lock()
-	waiting := len(h.gates) > 0
+	idle := len(h.gates) == 0
 	h.mu.Unlock()
-	if !waiting {
+	if idle {
 		return false
 	}
 	// Ask them all at once: one that cannot be reached costs its timeout

@@ -82,9 +82,10 @@ func serveFakeActive(t *testing.T) (*fakeActive, string) {
 // A chain of takeovers with the first primary cut off (chaos seed 9255): m1
 // acts under a lease granted before it was cut off; m1 -> m0 at 520 (a move
 // that needs nothing more from m1: its sync to m0 had finished, or m0 was its
-// synced backup), m0's gate waits for m1; then m0 -> m3 at 529. m0 has applied 529 and never acted, but m1 still
-// acts: m3 must not act until m1 has applied 529 too (or its lease has
-// surely run out). It used to wait for m0 alone, the log's previous primary.
+// synced backup), m0's gate waits for m1; then m0 -> m3 at 529. m0 has
+// applied 529 and never acted, but m1 still acts: m3 must not act until m1
+// has applied 529 too (or its lease has surely run out). It used to wait for
+// m0 alone, the log's previous primary.
 func TestHandoff_ChainedTakeoverWaitsForEveryAliveMember(t *testing.T) {
 	m0, addr0 := serveFakeActive(t)
 	m1, addr1 := serveFakeActive(t)

@@ -20,6 +20,12 @@ func setSiteModeOp(standby bool, reason string, leaseEpoch uint64) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Standby: standby, Reason: reason, LeaseEpoch: leaseEpoch}}}
 }
 
+// recordLeaseEpochOp records a site-lease epoch an active site holds
+// (refused, changing nothing, once the site is standby).
+func recordLeaseEpochOp(epoch uint64) *ipb.Op {
+	return &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: epoch, RecordOnly: true}}}
+}
+
 func registerMemberOp(m *pb.Member) *ipb.Op {
 	return &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{Member: m}}}
 }

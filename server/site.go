@@ -258,9 +258,15 @@ func (s *Server) checkOwnSite(site, what string) error {
 
 // setSiteMode commits a SetSiteModeOp and returns the new site epoch.
 func (s *Server) setSiteMode(ctx context.Context, standby bool, reason string, leaseEpoch uint64) (uint64, error) {
+	return s.proposeSiteOp(ctx, setSiteModeOp(standby, reason, leaseEpoch))
+}
+
+// proposeSiteOp commits one site-mode op within ApplyTimeout and returns its
+// result's epoch.
+func (s *Server) proposeSiteOp(ctx context.Context, op *ipb.Op) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 	defer cancel()
-	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{setSiteModeOp(standby, reason, leaseEpoch)}})
+	res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{op}})
 	if err != nil {
 		return 0, err
 	}

@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/internal/sabotage"
@@ -133,14 +132,7 @@ func (s *Server) recordLeaseEpoch(epoch uint64) {
 			l.recording = false
 			l.mu.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ApplyTimeout)
-		defer cancel()
-		op := &ipb.Op{Op: &ipb.Op_SetSiteMode{SetSiteMode: &ipb.SetSiteModeOp{Reason: "site lease held", LeaseEpoch: epoch, RecordOnly: true}}}
-		res, err := s.proposer.propose(ctx, &ipb.Proposal{Ops: []*ipb.Op{op}})
-		if err == nil {
-			err = res[0].Err
-		}
-		if err != nil {
+		if _, err := s.proposeSiteOp(s.ctx, recordLeaseEpochOp(epoch)); err != nil {
 			s.logger.Debug("recording the site lease epoch", "epoch", epoch, "error", err)
 		}
 	}()
@@ -291,7 +283,7 @@ func (s *Server) siteLeaseRound(ctx context.Context) {
 		// was lost before it synced them again) activates anyway, as a local
 		// failover promotes a backup that is not synced: those buckets start
 		// empty, and the log says how many.
-		n, first := s.unsyncedCopies()
+		n, _, first := s.unsyncedCopies()
 		s.logger.Warn(why+": activating the site", "site", s.cfg.Site, "lease_epoch", epoch,
 			"buckets_without_synced_copy", n, "first_without", first)
 		if _, err := s.setSiteMode(ctx, false, why, epoch); err != nil {
@@ -391,15 +383,16 @@ func (s *Server) peerSeenActive() bool {
 // copies, and the record says so only once this leader has learnt of the
 // restart and failed it over.
 func (s *Server) allCopiesSynced() bool {
-	as, _ := s.fsm.Buckets()
-	n, _ := s.unsyncedCopies()
-	return len(as) > 0 && n == 0
+	n, total, _ := s.unsyncedCopies()
+	return total > 0 && n == 0
 }
 
-// unsyncedCopies returns how many buckets this standby site holds no
-// complete remote copy of (allCopiesSynced's test, bucket by bucket).
-func (s *Server) unsyncedCopies() (n int, first string) {
+// unsyncedCopies returns how many of the site's total buckets this standby
+// site holds no complete remote copy of (allCopiesSynced's test, bucket by
+// bucket), and why the first one is not.
+func (s *Server) unsyncedCopies() (n, total int, first string) {
 	as, _ := s.fsm.Buckets()
+	total = len(as)
 	heard := map[string]bool{}
 	for b, a := range as {
 		ok, seen := heard[a.Primary]
@@ -413,7 +406,7 @@ func (s *Server) unsyncedCopies() (n int, first string) {
 			}
 		}
 	}
-	return n, first
+	return n, total, first
 }
 
 // deposed reports whether an active site whose lease lapsed must go

@@ -313,6 +313,19 @@ func scenarioRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn
 	return interrupted(ctx, err)
 }
 
+// ownSitesRun runs a scenario that starts the sites it needs itself (fn)
+// and reports its figures.
+func ownSitesRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn func(ctx context.Context, rep *reporter) (record, error)) error {
+	ctx := cmd.Context()
+	rep := g.reporter(stdout, stderr)
+	fig, err := fn(ctx, rep)
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	rep.figures(fig)
+	return nil
+}
+
 // interrupted says so when an error came from Ctrl-C.
 func interrupted(ctx context.Context, err error) error {
 	if ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {

@@ -102,19 +102,28 @@ func TestBadFlags(t *testing.T) {
 	}
 }
 
-// TestScenariosOnProcesses runs each scenario once at a tiny size against
-// real connsyncd processes and checks that the figures are sane, that the
-// CLI's last JSON line is the figures, and that nothing is left behind.
-func TestScenariosOnProcesses(t *testing.T) {
+// processTest skips t in -short mode (it starts connsyncd processes) and
+// returns a context for it (cancelled when it ends, 5 minutes at most) and a
+// connsyncd binary built from this checkout.
+func processTest(t *testing.T) (context.Context, string) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts connsyncd processes; skipped in -short mode")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	bin, err := proccluster.Build(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, bin
+}
+
+// TestScenariosOnProcesses runs each scenario once at a tiny size against
+// real connsyncd processes and checks that the figures are sane, that the
+// CLI's last JSON line is the figures, and that nothing is left behind.
+func TestScenariosOnProcesses(t *testing.T) {
+	ctx, bin := processTest(t)
 
 	t.Run("cli", func(t *testing.T) {
 		var stdout, stderr bytes.Buffer
@@ -278,15 +287,7 @@ func TestScenariosOnProcesses(t *testing.T) {
 // passed 7 of 7, and 12 standalone `connsync-bench site-failover` starts did
 // not stall. Not diagnosed. docs/BENCHMARKS.md.
 func TestSiteFailoverOnProcesses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts connsyncd processes; skipped in -short mode")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	bin, err := proccluster.Build(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, bin := processTest(t)
 	var out, errs bytes.Buffer
 	rep := newReporter(&out, &errs, true, false)
 	g := &globalOpts{members: 3, connsyncd: bin}

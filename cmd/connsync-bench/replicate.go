@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -147,21 +148,11 @@ func lagPlot(title string, s []lagSample, began time.Time, target time.Duration)
 	for _, x := range s {
 		p.points = append(p.points, [2]float64{x.at.Sub(began).Seconds(), ms(x.lag)})
 	}
-	slices.SortFunc(p.points, func(a, b [2]float64) int { return cmpFloat(a[0], b[0]) })
+	slices.SortFunc(p.points, func(a, b [2]float64) int { return cmp.Compare(a[0], b[0]) })
 	if target > 0 {
 		p.lines = append(p.lines, refLine{label: fmt.Sprintf("target p99 < %v", target), v: ms(target)})
 	}
 	return p
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // paced publishes updates of conns round robin on s until ctx ends: perTick
@@ -313,16 +304,11 @@ func (s *pubStream) paced(ctx context.Context, conns []*pb.ConnState, perTick in
 
 // replicateTwoSites runs replicate on the active one of two sites.
 func replicateTwoSites(cmd *cobra.Command, g *globalOpts, f replicateFlags, stdout, stderr io.Writer) error {
-	ctx := cmd.Context()
-	rep := g.reporter(stdout, stderr)
 	f.remote = true
-	fig, err := twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) {
-		fig, err := runReplicate(ctx, ts.sites[0], f, rep)
-		return append(fig, field{"sites", 2}, field{"delay_ms", ms(f.delay)}), err
+	return ownSitesRun(cmd, g, stdout, stderr, func(ctx context.Context, rep *reporter) (record, error) {
+		return twoSitesRun(ctx, g, f.delay, rep, func(ts *twoSites) (record, error) {
+			fig, err := runReplicate(ctx, ts.sites[0], f, rep)
+			return append(fig, field{"sites", 2}, field{"delay_ms", ms(f.delay)}), err
+		})
 	})
-	if err != nil {
-		return interrupted(ctx, err)
-	}
-	rep.figures(fig)
-	return nil
 }

@@ -278,14 +278,9 @@ process_cpu_saved_fraction (1 - on / off, publishing included).`,
 			return f.validate()
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			rep := g.reporter(stdout, stderr)
-			fig, err := runSelective(ctx, g, f, rep)
-			if err != nil {
-				return interrupted(ctx, err)
-			}
-			rep.figures(fig)
-			return nil
+			return ownSitesRun(cmd, g, stdout, stderr, func(ctx context.Context, rep *reporter) (record, error) {
+				return runSelective(ctx, g, f, rep)
+			})
 		},
 	}
 	cmd.Flags().DurationVar(&f.delay, "delay", time.Second, "the mix's delay class (every lifetime scales with it; the mix runs 7 delays)")

@@ -399,14 +399,9 @@ Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 			return f.validate()
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			rep := g.reporter(stdout, stderr)
-			fig, err := siteFailoverRun(ctx, g, f, rep)
-			if err != nil {
-				return interrupted(ctx, err)
-			}
-			rep.figures(fig)
-			return nil
+			return ownSitesRun(cmd, g, stdout, stderr, func(ctx context.Context, rep *reporter) (record, error) {
+				return siteFailoverRun(ctx, g, f, rep)
+			})
 		},
 	}
 	cmd.Flags().IntVar(&f.trials, "trials", 5, "number of site kills")
