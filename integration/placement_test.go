@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,6 +116,57 @@ func (g *gate) Sync(ctx context.Context, _ uint32, _ fsm.Assignment) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// stuckSyncer is a BackupSyncer whose syncs never finish by themselves: a
+// primary that will never send the marker. It counts the syncs under way and
+// those cancelled.
+type stuckSyncer struct{ active, cancelled atomic.Int64 }
+
+func (g *stuckSyncer) Sync(ctx context.Context, _ uint32, _ fsm.Assignment) error {
+	g.active.Add(1)
+	defer g.active.Add(-1)
+	<-ctx.Done()
+	g.cancelled.Add(1)
+	return ctx.Err()
+}
+
+// TestCluster_SyncCancelledWhenItsRoleGoesAway: a member's full syncs whose
+// role goes away (here: the moves to a joiner, undone by draining it) are
+// cancelled. Left waiting for a marker no primary will send, they held the
+// member's few sync slots for good, and the member never synced again (seen
+// on a standby site whose local-backup syncs, started before it learned it
+// was standby, starved its remote-copy syncs).
+func TestCluster_SyncCancelledWhenItsRoleGoesAway(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	cl := c.Client()
+	ctx := cluster.Context(t, 60*time.Second)
+	g := &stuckSyncer{}
+	joiner := c.AddMember(func(cfg *server.Config) { cfg.Syncer = g })
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if g.active.Load() == 0 {
+			return fmt.Errorf("%s runs no sync yet", joiner.ID)
+		}
+		return nil
+	})
+	t.Logf("%s waits for %d syncs", joiner.ID, g.active.Load())
+	if _, err := cl.Drain(ctx, joiner.ID); err != nil {
+		t.Fatal(err)
+	}
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		for i, a := range c.Assignments() {
+			if a.Primary == joiner.ID || a.LocalBackup == joiner.ID || a.Incoming == joiner.ID {
+				return fmt.Errorf("bucket %d still uses %s: %+v", i, joiner.ID, a)
+			}
+		}
+		if n := g.active.Load(); n != 0 {
+			return fmt.Errorf("%d syncs of %s still wait, though it holds no role", n, joiner.ID)
+		}
+		return nil
+	})
+	if g.cancelled.Load() == 0 {
+		t.Fatal("no sync was cancelled")
 	}
 }
 

@@ -106,8 +106,13 @@ type BackupSyncer interface {
 }
 
 // syncLoop runs the member side of full sync: for every bucket this member
-// is the local backup or the incoming member of and has not synced yet, run
-// the syncer, then report the result to the leader in batches.
+// is the local backup or the incoming member of (on a standby site: the
+// primary holding the remote backup of) and has not synced yet, run the
+// syncer, then report the result to the leader in batches. A sync whose
+// role goes away before it finishes (its bucket moved on, or the site
+// changed mode, so no primary will send the marker it waits for) is
+// cancelled: at most syncConcurrency run at once, and one left waiting for
+// good would hold its slot for good.
 func (s *Server) syncLoop() {
 	defer s.wg.Done()
 	syncer := s.cfg.Syncer
@@ -115,48 +120,60 @@ func (s *Server) syncLoop() {
 		bucket uint32
 		epoch  uint64
 	}
+	type run struct{ cancel context.CancelFunc } // a started job, until reported
 	var (
 		mu      sync.Mutex
-		running = map[job]bool{} // started and not yet reported
+		running = map[job]*run{} // started and not yet reported
 		done    []*pb.BucketEpoch
 		wake    = make(chan struct{}, 1)
 	)
-	sem := make(chan struct{}, 16)
+	sem := make(chan struct{}, syncConcurrency)
 	for {
 		_, changed := s.fsm.Watch()
 		as, _ := s.fsm.Buckets()
 		standby := s.fsm.Standby()
 		for i, a := range as {
 			j := job{uint32(i), a.Epoch}
-			if !needsSync(a, s.cfg.MemberID, standby) {
+			if !repl.NeedsSync(a, s.cfg.MemberID, standby) {
 				continue
 			}
 			mu.Lock()
-			started := running[j]
-			running[j] = true
+			started := running[j] != nil
+			var me *run
+			if !started {
+				me = &run{}
+				running[j] = me
+			}
 			mu.Unlock()
 			if started {
 				continue
 			}
+			ctx, cancel := context.WithCancel(s.ctx)
+			me.cancel = cancel
 			s.wg.Add(1)
 			go func(j job, a fsm.Assignment) {
 				defer s.wg.Done()
+				defer cancel()
+				var err error
 				select {
 				case sem <- struct{}{}:
-				case <-s.stop:
-					return
+					err = syncer.Sync(ctx, j.bucket, a)
+					<-sem
+				case <-ctx.Done():
+					err = ctx.Err()
 				}
-				err := syncer.Sync(s.ctx, j.bucket, a)
-				<-sem
 				mu.Lock()
-				if err != nil {
-					delete(running, j) // try again on the next change or tick
-				} else {
+				switch {
+				case err == nil:
 					done = append(done, &pb.BucketEpoch{Bucket: j.bucket, Epoch: j.epoch})
+				case running[j] == me:
+					delete(running, j) // try again on the next change or tick
 				}
 				mu.Unlock()
 				switch {
 				case err == nil || s.ctx.Err() != nil:
+				case ctx.Err() != nil:
+					s.logger.Debug("full sync no longer needed", "bucket", j.bucket, "epoch", j.epoch)
 				case errors.Is(err, repl.ErrSuperseded): // a newer assignment has its own sync
 					s.logger.Debug("full sync superseded", "bucket", j.bucket)
 				default:
@@ -177,11 +194,14 @@ func (s *Server) syncLoop() {
 			done = append(batch, done...)
 			mu.Unlock()
 		}
-		// Forget finished jobs whose bucket has moved on, so memory stays
-		// bounded by the buckets this member backs up.
+		// Cancel and forget jobs whose bucket has moved on or whose role
+		// this member no longer holds, so memory stays bounded by the
+		// buckets this member backs up and no sync waits for a marker that
+		// will not come.
 		mu.Lock()
-		for j := range running {
-			if a := as[j.bucket]; a.Epoch != j.epoch || !holdsCopy(a, s.cfg.MemberID, standby) {
+		for j, r := range running {
+			if a := as[j.bucket]; a.Epoch != j.epoch || !repl.HoldsCopy(a, s.cfg.MemberID, standby) {
+				r.cancel()
 				delete(running, j)
 			}
 		}
@@ -196,25 +216,8 @@ func (s *Server) syncLoop() {
 	}
 }
 
-// needsSync reports whether member must run a full sync of the bucket a: as
-// its local backup or incoming member, or, on a standby site (where nothing
-// is synced within the site), as the primary that holds the active site's
-// remote backup of it.
-func needsSync(a fsm.Assignment, member string, standby bool) bool {
-	if standby {
-		return a.Primary == member && !a.RemoteCopySynced
-	}
-	return (a.LocalBackup == member && !a.BackupSynced) || (a.Incoming == member && !a.IncomingSynced)
-}
-
-// holdsCopy reports whether member receives a full sync of bucket a in one of
-// the roles of needsSync.
-func holdsCopy(a fsm.Assignment, member string, standby bool) bool {
-	if standby {
-		return a.Primary == member
-	}
-	return a.LocalBackup == member || a.Incoming == member
-}
+// syncConcurrency bounds the full syncs a member waits for at once.
+const syncConcurrency = 16
 
 // reportSynced sends finished syncs to the leader; false if it must be
 // retried.

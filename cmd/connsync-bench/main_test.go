@@ -280,12 +280,14 @@ func TestScenariosOnProcesses(t *testing.T) {
 // TestSiteFailoverOnProcesses runs site-failover at a tiny size: two sites
 // of three connsyncd processes and a witness, 20 ms apart.
 //
-// KNOWN OPEN BUG (2026-11-27): run inside TestScenariosOnProcesses, beside
-// that test's still-running three-member site, this step failed 3 runs in 8:
-// the standby site's copies stalled at 2,731 of 4,096 buckets (one member's
-// share) for the whole 2-minute wait. As its own test (that site stopped) it
-// passed 7 of 7, and 12 standalone `connsync-bench site-failover` starts did
-// not stall. Not diagnosed. docs/BENCHMARKS.md.
+// It found two bugs (2026-11-27) that stalled the standby site short of a
+// synced copy of every bucket, seen 3 runs in 8 beside another test's
+// running site: a standby member refused a remote full sync when its own
+// state machine lagged the member of its site the sender follows (the
+// sender never sends it again), and full syncs whose role had gone away
+// held a member's sync slots for good. Each has its own test
+// (TestRemote_ReceiverLaggingItsOwnSiteTakesTheCopy,
+// TestCluster_SyncCancelledWhenItsRoleGoesAway).
 func TestSiteFailoverOnProcesses(t *testing.T) {
 	ctx, bin := processTest(t)
 	var out, errs bytes.Buffer

@@ -50,10 +50,11 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 					stale++
 					return
 				}
-				if !r.holdsRemote(as, w.bucket) {
+				if !r.holdsRemote(as, w) {
 					batchRefused++
 					return
 				}
+				r.noteRecvEpoch(w)
 				if w.marker {
 					r.noteMarker(w.bucket, w.epoch)
 				} else if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
@@ -68,8 +69,7 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 				}
 				return
 			}
-			for e := r.recvEpoch[w.bucket].Load(); w.epoch > e && !r.recvEpoch[w.bucket].CompareAndSwap(e, w.epoch); e = r.recvEpoch[w.bucket].Load() {
-			}
+			r.noteRecvEpoch(w)
 			if w.marker {
 				r.noteMarker(w.bucket, w.epoch)
 				return
@@ -93,13 +93,33 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	}
 }
 
-// holdsRemote reports whether this member, on a standby site, holds bucket
-// b's remote backup (it is the bucket's primary there). The sender's epochs
-// are the other site's, so they are not compared with this site's: a
-// standby site takes the active site's stream, and once it is activated
-// (SetSiteModeOp) it refuses it whole, whatever its epochs.
-func (r *Replicator) holdsRemote(as []fsm.Assignment, b uint32) bool {
-	return b < r.table.Buckets() && int(b) < len(as) && as[b].Primary == r.self
+// holdsRemote reports whether this member, on a standby site, holds the
+// remote backup of w's bucket: it is the bucket's primary there. A record on
+// a stream from the other site carries this site's epoch of the bucket as the
+// sender read it from this site's table (repl.Peer), so it is compared with
+// this member's: a newer epoch means this member's state machine lags the
+// member the sender follows, and the sender saw this member named primary at
+// that epoch, so the record is taken (refusing it would lose it for good:
+// the sender sends a full sync once per (bucket, target, epoch)). Once this
+// site is activated (SetSiteModeOp) the stream is refused whole.
+func (r *Replicator) holdsRemote(as []fsm.Assignment, w *wireRecord) bool {
+	switch {
+	case w.bucket >= r.table.Buckets():
+		return false
+	case int(w.bucket) >= len(as):
+		return w.epoch > 0 // this member's state machine has not got the table yet
+	}
+	a := as[w.bucket]
+	return a.Primary == r.self || w.epoch > a.Epoch
+}
+
+// noteRecvEpoch records that a record of w's epoch was taken for its bucket,
+// so that replanning does not drop the bucket before this member's state
+// machine has caught up with that epoch.
+func (r *Replicator) noteRecvEpoch(w *wireRecord) {
+	e := &r.recvEpoch[w.bucket]
+	for cur := e.Load(); w.epoch > cur && !e.CompareAndSwap(cur, w.epoch); cur = e.Load() {
+	}
 }
 
 // accepts decides whether this member applies a record sent by member from.

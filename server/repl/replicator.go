@@ -450,19 +450,38 @@ func (r *Replicator) Sync(ctx context.Context, b uint32, a fsm.Assignment) error
 	}
 }
 
-// waiting returns the buckets this member backs up without having their
-// full sync yet.
+// waiting returns the buckets this member is to get a full sync of (as
+// NeedsSync says) and has not had its marker for yet.
 func (r *Replicator) waiting() map[uint32]uint64 {
 	as := *r.assign.Load()
+	standby := r.cfg.View.Standby()
 	r.markMu.Lock()
 	defer r.markMu.Unlock()
 	out := map[uint32]uint64{}
 	for i, a := range as {
-		if (a.LocalBackup == r.self && !a.BackupSynced) || (a.Incoming == r.self && !a.IncomingSynced) {
-			if r.markers[uint32(i)] < a.Epoch {
-				out[uint32(i)] = a.Epoch
-			}
+		if NeedsSync(a, r.self, standby) && r.markers[uint32(i)] < a.Epoch {
+			out[uint32(i)] = a.Epoch
 		}
 	}
 	return out
+}
+
+// NeedsSync reports whether member must run a full sync of the bucket a: as
+// its local backup or incoming member, or, on a standby site (where nothing
+// is synced within the site), as the primary that holds the active site's
+// remote backup of it.
+func NeedsSync(a fsm.Assignment, member string, standby bool) bool {
+	if standby {
+		return a.Primary == member && !a.RemoteCopySynced
+	}
+	return (a.LocalBackup == member && !a.BackupSynced) || (a.Incoming == member && !a.IncomingSynced)
+}
+
+// HoldsCopy reports whether member receives a full sync of bucket a in one of
+// the roles of NeedsSync.
+func HoldsCopy(a fsm.Assignment, member string, standby bool) bool {
+	if standby {
+		return a.Primary == member
+	}
+	return a.LocalBackup == member || a.Incoming == member
 }

@@ -99,6 +99,17 @@ func (r *Replicator) newSender(target string, remote bool) *sender {
 	return s
 }
 
+// epochOf is the epoch s's records of a bucket planned p carry: this
+// site's epoch on a local stream, the other site's (as this member read it
+// from that site's table) on a stream to a remote backup, which compares it
+// with its own (holdsRemote).
+func (s *sender) epochOf(p plan) uint64 {
+	if s.remote {
+		return p.remoteEpoch
+	}
+	return p.epoch
+}
+
 func (s *sender) signal() {
 	select {
 	case s.wake <- struct{}{}:
@@ -349,7 +360,7 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 		if !ok || rec.Pending {
 			continue
 		}
-		w = wireRecord{bucket: it.bucket, epoch: p.epoch, key: it.key, rec: rec}
+		w = wireRecord{bucket: it.bucket, epoch: s.epochOf(p), key: it.key, rec: rec}
 		buf = appendRecord(buf, &w)
 		f.keys = append(f.keys, it.qkey)
 		if f.minMark == 0 || it.mark < f.minMark {
@@ -378,7 +389,7 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 		for job.next < len(job.items) && count < s.maxRecords && len(buf) < s.maxBytes {
 			it := job.items[job.next]
 			job.next++
-			w = wireRecord{bucket: job.bucket, epoch: p.epoch, key: it.Key, rec: it.Record}
+			w = wireRecord{bucket: job.bucket, epoch: s.epochOf(p), key: it.Key, rec: it.Record}
 			before := len(buf)
 			buf = appendRecord(buf, &w)
 			job.bytes += uint64(len(buf) - before)
