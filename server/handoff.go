@@ -17,7 +17,9 @@ import (
 // one is cut off, before its lease runs out.
 //
 // So a bucket this member becomes primary of at epoch e is pending until
-// every other alive member has applied index e (asked with GetActive; a
+// every other alive member, and every member that was alive when this
+// member saw the takeover (one drained and removed at once may still act,
+// cut off, under its lease), has applied index e (asked with GetActive; a
 // member that has applied e knows it is not the bucket's primary at an
 // older epoch), a few milliseconds when they are reachable, or until
 // MemberLease + MemberLease/4 + HeartbeatInterval after this member saw the
@@ -67,6 +69,11 @@ type handoffGate struct {
 	epoch    uint64
 	since    uint64 // the takeover's index (Assignment.Since)
 	deadline time.Time
+	// ask is the other members alive when the takeover was seen: each must
+	// have applied epoch (or the deadline pass), also once it has left the
+	// site meanwhile (drained and removed at once, it may still act under
+	// its lease, cut off).
+	ask []string
 }
 
 func newHandoff(s *Server) *handoff { return &handoff{s: s, gates: map[uint32]handoffGate{}} }
@@ -103,6 +110,13 @@ func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
 	// after its leader last confirmed its leadership, which was before the
 	// leader that committed the flip was elected.
 	deadline := time.Now().Add(h.s.cfg.MemberLease + h.s.cfg.freshLimit() + h.s.cfg.HeartbeatInterval)
+	var ask []string // the alive others, read once if a gate is set
+	newGate := func(a fsm.Assignment) handoffGate {
+		if ask == nil {
+			ask = h.aliveOthers()
+		}
+		return handoffGate{epoch: a.Epoch, since: a.Since, deadline: deadline, ask: ask}
+	}
 	for i, a := range as {
 		b := uint32(i)
 		g, gated := h.gates[b]
@@ -115,46 +129,76 @@ func (h *handoff) updateLocked(as []fsm.Assignment, applied uint64) {
 		case !gated && h.prev != nil && i < len(h.prev) && h.prev[i].Primary == self && h.prev[i].Since == a.Since:
 			// primary since before the last view: nothing new
 		default: // a takeover, or another one while pending
-			h.gates[b] = handoffGate{epoch: a.Epoch, since: a.Since, deadline: deadline}
+			h.gates[b] = newGate(a)
 		}
 	}
 	h.prev, h.processed = as, applied
 }
 
-// release ends the gates whose epoch every other alive member has applied,
-// and those whose deadline has passed. It reports whether any ended.
-func (h *handoff) release(ctx context.Context) bool {
-	h.mu.Lock()
-	idle := len(h.gates) == 0
-	h.mu.Unlock()
-	if idle {
-		return false
-	}
-	// Ask them all at once: one that cannot be reached costs its timeout
-	// once, not once per member behind it.
-	var ask []fsm.Member
+// aliveOthers returns the IDs of the site's other alive (or draining)
+// members.
+func (h *handoff) aliveOthers() []string {
+	out := []string{}
 	for _, m := range h.s.fsm.Members() {
 		if m.ID != h.s.cfg.MemberID && active(m.State) {
-			ask = append(ask, m)
+			out = append(out, m.ID)
 		}
 	}
-	got := make([]uint64, len(ask))
-	var wg sync.WaitGroup
-	for i, m := range ask {
+	return out
+}
+
+// release ends the gates whose epoch every other alive member, and every
+// member alive when the gate was set, has applied, and those whose deadline
+// has passed. It reports whether any ended.
+func (h *handoff) release(ctx context.Context) bool {
+	alive := h.aliveOthers()
+	h.mu.Lock()
+	if len(h.gates) == 0 {
+		h.mu.Unlock()
+		return false
+	}
+	ids := map[string]bool{}
+	for _, id := range alive {
+		ids[id] = true
+	}
+	for _, g := range h.gates {
+		for _, id := range g.ask {
+			ids[id] = true
+		}
+	}
+	h.mu.Unlock()
+	// Ask them all at once: one that cannot be reached costs its timeout
+	// once, not once per member behind it.
+	var (
+		mu      sync.Mutex
+		applied = map[string]uint64{}
+		wg      sync.WaitGroup
+	)
+	for id := range ids {
+		m, _ := h.s.fsm.Member(id)
 		wg.Add(1)
-		go func() { defer wg.Done(); got[i] = h.appliedOf(ctx, m.GRPCAddr) }()
+		go func() {
+			defer wg.Done()
+			a := h.appliedOf(ctx, m.GRPCAddr)
+			mu.Lock()
+			applied[id] = a
+			mu.Unlock()
+		}()
 	}
 	wg.Wait()
-	reached := ^uint64(0) // the least applied index of the alive others
-	for _, a := range got {
-		reached = min(reached, a)
+	least := func(ids []string, bound uint64) uint64 {
+		for _, id := range ids {
+			bound = min(bound, applied[id])
+		}
+		return bound
 	}
+	reachedAlive := least(alive, ^uint64(0))
 	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	released := false
 	for b, g := range h.gates {
-		if g.epoch <= reached || now.After(g.deadline) {
+		if g.epoch <= least(g.ask, reachedAlive) || now.After(g.deadline) {
 			delete(h.gates, b)
 			released = true
 		}

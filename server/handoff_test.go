@@ -129,3 +129,45 @@ func TestHandoff_ChainedTakeoverWaitsForEveryAliveMember(t *testing.T) {
 		t.Fatal("still pending after every other alive member applied 529")
 	}
 }
+
+// A member drained and removed (LEFT) while a takeover of one of its
+// buckets is pending, cut off and acting under its lease, is still waited
+// for: the gate asks the members alive when it was set. It used to ask only
+// the members alive now.
+func TestHandoff_RemovedMemberStillWaitedFor(t *testing.T) {
+	m1, addr1 := serveFakeActive(t)
+	f := fsm.New()
+	apply := func(index uint64, op *ipb.Op) {
+		t.Helper()
+		r := f.ApplyEntry(index, &ipb.Entry{TimeUnixNano: time.Now().UnixNano(), Proposals: []*ipb.Proposal{{Ops: []*ipb.Op{op}}}})
+		if err := r[0][0].Err; err != nil {
+			t.Fatalf("entry %d: %v", index, err)
+		}
+	}
+	apply(1, &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: "s", BucketCount: 1}}})
+	for i, m := range []struct{ id, addr string }{{"m0", "127.0.0.1:1"}, {"m1", addr1}} {
+		apply(uint64(2+i), &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{
+			Member: &pb.Member{Id: m.id, Site: "s", GrpcAddr: m.addr}}}})
+	}
+	apply(10, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
+		{Bucket: 0, Primary: "m1", LocalBackup: "m0", BackupSynced: true}}}}})
+	apply(20, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
+		{Bucket: 0, PrevRevision: 10, Primary: "m0"}}}}}) // m1 drained
+
+	s := &Server{cfg: Config{MemberID: "m0", MemberLease: 500 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
+		fsm: f, peers: newPeerConns(TCPNetwork{})}
+	h := newHandoff(s)
+	h.update()
+	apply(21, setMemberStateOp("m1", pb.MemberState_MEMBER_STATE_LEFT)) // and removed at once
+	h.update()
+	m1.applied.Store(15) // cut off before the drain, acting
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if h.release(ctx) || !h.pending(0, 20) {
+		t.Fatal("m0 may act while m1, removed but cut off under its lease, has not applied 20")
+	}
+	m1.applied.Store(21)
+	if !h.release(ctx) || h.pending(0, 20) {
+		t.Fatal("still pending after m1 applied 20")
+	}
+}
