@@ -60,7 +60,7 @@ func dualSiteWith(t *testing.T, n int, witness bool, more func(*server.Config)) 
 	if witness {
 		hub.Delay([]string{"w"}, append(append([]string(nil), aIDs...), bIDs...), wanDelay)
 		var err error
-		w, err = server.NewWitness(server.WitnessConfig{Bind: reserve("w"), MaxLease: time.Second, Network: hub.Node("w")})
+		w, err = server.NewWitness(server.WitnessConfig{Bind: reserve("w"), MaxLease: time.Second, DataDir: t.TempDir(), Network: hub.Node("w")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,7 +32,11 @@ const (
 
 // leaseAcceptor is one acceptor's state. It is kept in memory: a new one
 // (a restarted witness, a new site leader) grants nothing to a new holder
-// until a whole lease has passed, since it may have forgotten a grant.
+// until a whole lease has passed, since it may have forgotten a grant. A
+// witness with a data directory also records each new holder and epoch
+// (persist) before it answers, so that a restarted witness still refuses a
+// superseded site (a site leader's acceptor starts from its state machine's
+// record instead).
 type leaseAcceptor struct {
 	mu      sync.Mutex
 	maxDur  time.Duration
@@ -40,6 +44,7 @@ type leaseAcceptor struct {
 	holder  string
 	epoch   uint64
 	expires time.Time
+	persist func(holder string, epoch uint64) error // nil: memory only
 }
 
 func newLeaseAcceptor(maxDur time.Duration) *leaseAcceptor {
@@ -76,6 +81,11 @@ func (a *leaseAcceptor) grant(req *pb.GrantSiteLeaseRequest, now time.Time) (*pb
 		return refuse("site %s holds the lease (epoch %d) for %v more", a.holder, a.epoch, a.expires.Sub(now))
 	case req.Epoch == a.epoch:
 		return refuse("epoch %d was granted to %s; ask above it", a.epoch, a.holder)
+	}
+	if a.persist != nil && (req.Site != a.holder || req.Epoch != a.epoch) {
+		if err := a.persist(req.Site, req.Epoch); err != nil {
+			return refuse("this acceptor cannot record the grant: %v", err)
+		}
 	}
 	a.holder, a.epoch, a.expires = req.Site, req.Epoch, now.Add(d)
 	return &pb.GrantSiteLeaseResponse{Granted: true, Holder: a.holder, Epoch: a.epoch}, nil
@@ -190,20 +200,26 @@ func (s *Server) siteLeaseLoop(ctx context.Context) {
 	defer s.wg.Done()
 	l := &s.siteLease
 	l.mu.Lock()
-	l.acceptor = newLeaseAcceptor(s.cfg.SiteLease)
+	acc := newLeaseAcceptor(s.cfg.SiteLease)
 	// A new leader's acceptor has forgotten what the last one granted; it
 	// knows at least the epoch its own site recorded holding (expired): so
 	// a deposed site asking with an older last epoch is still told it was
 	// superseded, even if this acceptor is the one its majority needs.
 	if st := s.fsm.Stats(); !st.Standby && st.LeaseEpoch > 0 {
-		l.acceptor.holder, l.acceptor.epoch = s.cfg.Site, st.LeaseEpoch
+		acc.holder, acc.epoch = s.cfg.Site, st.LeaseEpoch
 	}
+	l.acceptor = acc
 	l.until, l.epoch = time.Time{}, 0
 	l.standbySince = time.Time{}
 	l.mu.Unlock()
 	defer func() {
+		// The leadership loop does not wait for this loop to end: after a
+		// quick loss and regain of leadership the next term's loop may run
+		// already, and its acceptor is not this one's to clear.
 		l.mu.Lock()
-		l.acceptor, l.until = nil, time.Time{}
+		if l.acceptor == acc {
+			l.acceptor, l.until = nil, time.Time{}
+		}
 		l.mu.Unlock()
 	}()
 	t := time.NewTicker(s.cfg.SiteLease / 5)

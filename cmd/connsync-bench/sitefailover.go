@@ -91,7 +91,7 @@ func startTwoSites(ctx context.Context, bin string, members int, delay time.Dura
 	if err != nil {
 		return ts, err
 	}
-	ts.witness = exec.CommandContext(ctx, bin, "-witness", "-grpc-bind", w[0], "-log-level", "warn")
+	ts.witness = exec.CommandContext(ctx, bin, "-witness", "-grpc-bind", w[0], "-data-dir", filepath.Join(dir, "witness"), "-log-level", "warn")
 	ts.witness.Stdout, ts.witness.Stderr = logf, logf
 	if err := ts.witness.Start(); err != nil {
 		logf.Close()

@@ -60,7 +60,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.BoolVar(&o.dev, "dev", false, "run a single-member site on 127.0.0.1 with a temporary data dir")
 	fs.StringVar(&c.MemberID, "member-id", "", "this member's ID, unique in its site (required)")
 	fs.StringVar(&c.Site, "site", "", "the site this member belongs to (required)")
-	fs.StringVar(&c.DataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required)")
+	fs.StringVar(&c.DataDir, "data-dir", "", "directory for the Raft log, stable store and snapshots (required); with -witness, for its record of the last grant")
 	fs.StringVar(&c.GRPCBind, "grpc-bind", c.GRPCBind, "address the gRPC API listens on")
 	fs.StringVar(&c.GRPCAdvertise, "grpc-advertise", "", "gRPC address other members and clients use (default: grpc-bind)")
 	fs.StringVar(&c.RaftBind, "raft-bind", c.RaftBind, "address Raft listens on")
@@ -241,7 +241,12 @@ func runWitness(o *options) error {
 	if o.dev || o.join != "" || o.cfg.Bootstrap {
 		return errors.New("-witness runs only the site-lease acceptor: drop -dev, -join and -bootstrap")
 	}
-	w, err := server.NewWitness(server.WitnessConfig{Bind: o.cfg.GRPCBind, MaxLease: 2 * o.cfg.SiteLease, Logger: o.cfg.Logger})
+	if o.cfg.DataDir == "" {
+		o.cfg.Logger.Warn("witness without -data-dir: its grants are kept in memory only; restarted, it cannot tell a site that was superseded (docs/SITES.md)")
+	} else if err := os.MkdirAll(o.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("data-dir: %w", err)
+	}
+	w, err := server.NewWitness(server.WitnessConfig{Bind: o.cfg.GRPCBind, MaxLease: 2 * o.cfg.SiteLease, DataDir: o.cfg.DataDir, Logger: o.cfg.Logger})
 	if err != nil {
 		return err
 	}
