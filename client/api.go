@@ -124,6 +124,34 @@ func (c *Client) ReleaseLock(ctx context.Context, key *pb.ConnKey, member string
 	})
 }
 
+// AcquireLockBatch takes leases on many keys for member in one Raft entry,
+// all for ttl; one result per key, in order.
+func (c *Client) AcquireLockBatch(ctx context.Context, keys []*pb.ConnKey, member string, ttl time.Duration) (res []*pb.LockResult, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewLockServiceClient(cc).AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Header: h, Keys: keys, MemberId: member, Ttl: durationpb.New(ttl)}, o...)
+		res = r.GetResults()
+		return err
+	})
+	return res, err
+}
+
+// ReleaseLockBatch frees many of member's locks in one Raft entry; one
+// status per lock, in order.
+func (c *Client) ReleaseLockBatch(ctx context.Context, locks []*pb.HeldLock, member string) (res []*pb.ItemStatus, err error) {
+	if member, err = c.member(ctx, member); err != nil {
+		return nil, err
+	}
+	err = c.write(ctx, func(ctx context.Context, cc *grpc.ClientConn, h *pb.RequestHeader, o ...grpc.CallOption) error {
+		r, err := pb.NewLockServiceClient(cc).ReleaseLockBatch(ctx, &pb.ReleaseLockBatchRequest{Header: h, Locks: locks, MemberId: member}, o...)
+		res = r.GetResults()
+		return err
+	})
+	return res, err
+}
+
 // GetLock reads the lock on key; NOT_FOUND if free.
 func (c *Client) GetLock(ctx context.Context, key *pb.ConnKey, consistency pb.ReadConsistency) (lock *pb.Lock, err error) {
 	err = c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn, o ...grpc.CallOption) error {

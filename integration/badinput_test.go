@@ -104,6 +104,42 @@ func TestCluster_BadInputIsInvalidArgument(t *testing.T) {
 				_, err := locks.AcquireLock(ctx, &pb.AcquireLockRequest{Key: good, MemberId: "m1", Ttl: durationpb.New(2 * time.Hour)})
 				return err
 			}},
+			call{"keys[1]", func(ctx context.Context) error { // the same connection twice
+				_, err := locks.AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Keys: []*pb.ConnKey{good, good}, MemberId: "m1", Ttl: durationpb.New(time.Second)})
+				return err
+			}},
+			call{"keys[1].dst_port", func(ctx context.Context) error {
+				_, err := locks.AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Keys: []*pb.ConnKey{good, badKeys["key.dst_port"]}, MemberId: "m1", Ttl: durationpb.New(time.Second)})
+				return err
+			}},
+			call{"keys", func(ctx context.Context) error {
+				_, err := locks.AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Keys: manyKeys, MemberId: "m1", Ttl: durationpb.New(time.Second)})
+				return err
+			}},
+			call{"ttl", func(ctx context.Context) error {
+				_, err := locks.AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Keys: []*pb.ConnKey{good}, MemberId: "m1"})
+				return err
+			}},
+			call{"member_id", func(ctx context.Context) error {
+				_, err := locks.AcquireLockBatch(ctx, &pb.AcquireLockBatchRequest{Keys: []*pb.ConnKey{good}, MemberId: "ghost", Ttl: durationpb.New(time.Second)})
+				return err
+			}},
+			call{"locks", func(ctx context.Context) error {
+				_, err := locks.ReleaseLockBatch(ctx, &pb.ReleaseLockBatchRequest{MemberId: "m1"})
+				return err
+			}},
+			call{"locks[1].token", func(ctx context.Context) error {
+				_, err := locks.ReleaseLockBatch(ctx, &pb.ReleaseLockBatchRequest{Locks: []*pb.HeldLock{{Key: good, Token: 5}, {Key: key(2)}}, MemberId: "m1"})
+				return err
+			}},
+			call{"locks[0].key", func(ctx context.Context) error {
+				_, err := locks.ReleaseLockBatch(ctx, &pb.ReleaseLockBatchRequest{Locks: []*pb.HeldLock{{Token: 5}}, MemberId: "m1"})
+				return err
+			}},
+			call{"member_id", func(ctx context.Context) error {
+				_, err := locks.ReleaseLockBatch(ctx, &pb.ReleaseLockBatchRequest{Locks: []*pb.HeldLock{{Key: good, Token: 5}}, MemberId: "no spaces!"})
+				return err
+			}},
 			call{"header.seq", func(ctx context.Context) error {
 				_, err := own.Claim(ctx, &pb.ClaimRequest{Header: &pb.RequestHeader{ClientId: 7}, Key: good, MemberId: "m1"})
 				return err

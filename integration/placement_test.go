@@ -134,10 +134,10 @@ func (g *stuckSyncer) Sync(ctx context.Context, _ uint32, _ fsm.Assignment) erro
 
 // TestCluster_SyncCancelledWhenItsRoleGoesAway: a member's full syncs whose
 // role goes away (here: the moves to a joiner, undone by draining it) are
-// cancelled. Left waiting for a marker no primary will send, they held the
-// member's few sync slots for good, and the member never synced again (seen
-// on a standby site whose local-backup syncs, started before it learned it
-// was standby, starved its remote-copy syncs).
+// cancelled through their context, as BackupSyncer's contract allows. The
+// replicator's own Sync also gives up once the bucket's epoch moves on; a
+// syncer that does not (this test's) held the member's few sync slots for
+// good, and the member never synced again.
 func TestCluster_SyncCancelledWhenItsRoleGoesAway(t *testing.T) {
 	c := cluster.New(t, 3, cluster.Options{})
 	cl := c.Client()

@@ -130,6 +130,63 @@ func TestCluster_FollowerForwardsWrites(t *testing.T) {
 	}
 }
 
+// TestCluster_LockBatches: AcquireLockBatch and ReleaseLockBatch through a
+// follower (forwarded to the leader). Each item behaves as its single call
+// would: fresh keys are granted with growing tokens, a key another member
+// holds is refused with its holder named; releases need the current token.
+func TestCluster_LockBatches(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	c.WaitForLeader(10 * time.Second)
+	f := c.Followers()[0]
+	cl, err := client.New(client.Config{Addrs: []string{f.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := cluster.Context(t, 30*time.Second)
+	held, err := cl.AcquireLock(ctx, key(3), "m2", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []*pb.ConnKey{key(1), key(2), key(3), key(4)}
+	res, err := cl.AcquireLockBatch(ctx, keys, "", 30*time.Second)
+	if err != nil {
+		t.Fatalf("acquire batch via follower: %v", err)
+	}
+	if len(res) != len(keys) {
+		t.Fatalf("%d results for %d keys", len(res), len(keys))
+	}
+	var last uint64
+	var mine []*pb.HeldLock
+	for i, r := range res {
+		if i == 2 {
+			if codes.Code(r.Status.GetCode()) != codes.FailedPrecondition || r.Lock.GetMemberId() != "m2" || r.Lock.GetToken() != held.Token {
+				t.Fatalf("key held by m2: %v, want FAILED_PRECONDITION naming m2's lock (token %d)", r, held.Token)
+			}
+			continue
+		}
+		if r.Status.GetCode() != 0 || r.Lock.GetMemberId() != f.ID || r.Lock.GetToken() <= max(last, held.Token) {
+			t.Fatalf("item %d: %v, want granted to %s with a token above %d", i, r, f.ID, max(last, held.Token))
+		}
+		last = r.Lock.GetToken()
+		mine = append(mine, &pb.HeldLock{Key: keys[i], Token: last})
+	}
+	mine[0].Token++ // not the current token: refused alone
+	st, err := cl.ReleaseLockBatch(ctx, mine, "")
+	if err != nil {
+		t.Fatalf("release batch: %v", err)
+	}
+	if codes.Code(st[0].GetCode()) != codes.FailedPrecondition || st[1].GetCode() != 0 || st[2].GetCode() != 0 {
+		t.Fatalf("release results %v, want the first refused (wrong token), the others done", st)
+	}
+	for i, k := range []*pb.ConnKey{key(1), key(2), key(4)} {
+		_, err := cl.GetLock(ctx, k, linear)
+		if free := status.Code(err) == codes.NotFound; free != (i > 0) {
+			t.Fatalf("lock %d after the release batch: %v (free %v, want %v)", i, err, free, i > 0)
+		}
+	}
+}
+
 // TestCluster_NoQuorumIsUnavailable stops two of three members: writes fail
 // with UNAVAILABLE (or time out) and nothing is half-applied.
 func TestCluster_NoQuorumIsUnavailable(t *testing.T) {

@@ -109,10 +109,12 @@ type BackupSyncer interface {
 // is the local backup or the incoming member of (on a standby site: the
 // primary holding the remote backup of) and has not synced yet, run the
 // syncer, then report the result to the leader in batches. A sync whose
-// role goes away before it finishes (its bucket moved on, or the site
-// changed mode, so no primary will send the marker it waits for) is
-// cancelled: at most syncConcurrency run at once, and one left waiting for
-// good would hold its slot for good.
+// role goes away before it finishes (its bucket's epoch moved on: a role
+// change or a change of the site's mode) is cancelled through its context:
+// at most syncConcurrency run at once, and one that kept waiting for a
+// marker no primary will send would hold its slot for good (the
+// replicator's Sync also gives up then, ErrSuperseded; a job still
+// waiting for a slot does not).
 func (s *Server) syncLoop() {
 	defer s.wg.Done()
 	syncer := s.cfg.Syncer

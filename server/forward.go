@@ -36,6 +36,8 @@ var leaderMethods = map[string]bool{
 	pb.LockService_AcquireLock_FullMethodName:            true,
 	pb.LockService_RenewLock_FullMethodName:              true,
 	pb.LockService_ReleaseLock_FullMethodName:            true,
+	pb.LockService_AcquireLockBatch_FullMethodName:       true,
+	pb.LockService_ReleaseLockBatch_FullMethodName:       true,
 	pb.OperatorService_Join_FullMethodName:               true,
 	pb.OperatorService_RemoveMember_FullMethodName:       true,
 	pb.OperatorService_TransferLeadership_FullMethodName: true,

@@ -17,6 +17,8 @@ var writeMethods = []string{
 	pb.LockService_AcquireLock_FullMethodName,
 	pb.LockService_RenewLock_FullMethodName,
 	pb.LockService_ReleaseLock_FullMethodName,
+	pb.LockService_AcquireLockBatch_FullMethodName,
+	pb.LockService_ReleaseLockBatch_FullMethodName,
 	pb.OperatorService_Join_FullMethodName,
 	pb.OperatorService_RemoveMember_FullMethodName,
 	pb.OperatorService_TransferLeadership_FullMethodName,

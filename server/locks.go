@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	ipb "github.com/connsync/connsync/api/connsync/raftlog/v1"
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
 )
@@ -114,4 +116,92 @@ func (l *lockService) GetLock(ctx context.Context, req *pb.GetLockRequest) (*pb.
 	}
 	return &pb.GetLockResponse{Lock: lockProto(k, fsm.Result{Epoch: lk.Token, MemberID: lk.MemberID,
 		Expires: lk.Expires, TTL: lk.TTL})}, nil
+}
+
+// uniqueKeys parses a batch's keys (list names the list, item(i) its i-th
+// key) and refuses one given twice: a batch that acquired a key twice would
+// fail its own second item.
+func uniqueKeys(list string, keys []*pb.ConnKey, item func(i int) string) ([]fsm.Key, error) {
+	if len(keys) == 0 {
+		return nil, invalid(list, "at least one is required")
+	}
+	if len(keys) > MaxBatchKeys {
+		return nil, invalid(list, "%d items, at most %d per call", len(keys), MaxBatchKeys)
+	}
+	out := make([]fsm.Key, len(keys))
+	seen := make(map[fsm.Key]int, len(keys))
+	for i, pk := range keys {
+		k, err := fsm.ParseKey(pk, item(i))
+		if err != nil {
+			return nil, err
+		}
+		if j, dup := seen[k]; dup {
+			return nil, invalid(item(i), "is the same connection as %s", item(j))
+		}
+		seen[k], out[i] = i, k
+	}
+	return out, nil
+}
+
+func (l *lockService) AcquireLockBatch(ctx context.Context, req *pb.AcquireLockBatchRequest) (*pb.AcquireLockBatchResponse, error) {
+	keys, err := uniqueKeys("keys", req.Keys, func(i int) string { return fmt.Sprintf("keys[%d]", i) })
+	if err != nil {
+		return nil, err
+	}
+	ttl, err := checkTTL("ttl", req.Ttl)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.s.checkMember(ctx, "member_id", req.MemberId, req.Header); err != nil {
+		return nil, err
+	}
+	ops := make([]*ipb.Op, len(keys))
+	for i, k := range keys {
+		ops[i] = acquireLockOp(k, req.MemberId, ttl)
+	}
+	res, err := l.s.write(ctx, req.Header, ops...)
+	if err != nil {
+		return nil, err
+	}
+	if err := unknownMember(res); err != nil {
+		return nil, err
+	}
+	out := &pb.AcquireLockBatchResponse{Results: make([]*pb.LockResult, len(res))}
+	for i, r := range res {
+		out.Results[i] = &pb.LockResult{Status: itemStatus(r.Err)}
+		if r.MemberID != "" {
+			out.Results[i].Lock = lockProto(keys[i], r)
+		}
+	}
+	return out, nil
+}
+
+func (l *lockService) ReleaseLockBatch(ctx context.Context, req *pb.ReleaseLockBatchRequest) (*pb.ReleaseLockBatchResponse, error) {
+	pks := make([]*pb.ConnKey, len(req.Locks))
+	for i, h := range req.Locks {
+		pks[i] = h.GetKey()
+	}
+	keys, err := uniqueKeys("locks", pks, func(i int) string { return fmt.Sprintf("locks[%d].key", i) })
+	if err != nil {
+		return nil, err
+	}
+	if err := checkMemberID("member_id", req.MemberId); err != nil {
+		return nil, err
+	}
+	ops := make([]*ipb.Op, len(keys))
+	for i, k := range keys {
+		if req.Locks[i].Token == 0 {
+			return nil, invalid(fmt.Sprintf("locks[%d].token", i), "is required (the token returned by AcquireLock)")
+		}
+		ops[i] = releaseLockOp(k, req.MemberId, req.Locks[i].Token)
+	}
+	res, err := l.s.write(ctx, req.Header, ops...)
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.ReleaseLockBatchResponse{Results: make([]*pb.ItemStatus, len(res))}
+	for i, r := range res {
+		out.Results[i] = itemStatus(r.Err)
+	}
+	return out, nil
 }

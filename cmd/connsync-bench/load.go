@@ -221,19 +221,52 @@ func runClaims(ctx context.Context, c *proccluster.Cluster, l loadFlags, rep *re
 const lockTTL = 30 * time.Second
 
 // runLocks is the locks scenario: one unit is AcquireLock then ReleaseLock
-// of a fresh key.
+// of a fresh key, or with -batch N, AcquireLockBatch of N fresh keys then
+// ReleaseLockBatch of those granted (N cycles).
 func runLocks(ctx context.Context, c *proccluster.Cluster, l loadFlags, rep *reporter) (record, error) {
 	fn := func(ctx context.Context, w *worker) (time.Duration, int, int, error) {
-		k := nextKey()
+		if l.batch == 1 {
+			k := nextKey()
+			t := time.Now()
+			lock, err := w.cl.AcquireLock(ctx, k, w.member, lockTTL)
+			if err != nil {
+				return time.Since(t), 0, 0, fmt.Errorf("acquire: %w", err)
+			}
+			if err := w.cl.ReleaseLock(ctx, k, w.member, lock.GetToken()); err != nil {
+				return time.Since(t), 0, 0, fmt.Errorf("release: %w", err)
+			}
+			return time.Since(t), 1, 0, nil
+		}
+		keys := make([]*pb.ConnKey, l.batch)
+		for i := range keys {
+			keys[i] = nextKey()
+		}
 		t := time.Now()
-		lock, err := w.cl.AcquireLock(ctx, k, w.member, lockTTL)
+		res, err := w.cl.AcquireLockBatch(ctx, keys, w.member, lockTTL)
 		if err != nil {
 			return time.Since(t), 0, 0, fmt.Errorf("acquire: %w", err)
 		}
-		if err := w.cl.ReleaseLock(ctx, k, w.member, lock.GetToken()); err != nil {
-			return time.Since(t), 0, 0, fmt.Errorf("release: %w", err)
+		held := make([]*pb.HeldLock, 0, len(res))
+		for i, r := range res {
+			if codes.Code(r.GetStatus().GetCode()) == codes.OK {
+				held = append(held, &pb.HeldLock{Key: keys[i], Token: r.GetLock().GetToken()})
+			}
 		}
-		return time.Since(t), 1, 0, nil
+		if len(held) == 0 {
+			return time.Since(t), 0, len(keys), nil
+		}
+		st, err := w.cl.ReleaseLockBatch(ctx, held, w.member)
+		d := time.Since(t)
+		if err != nil {
+			return d, 0, 0, fmt.Errorf("release: %w", err)
+		}
+		ok := 0
+		for _, s := range st {
+			if codes.Code(s.GetCode()) == codes.OK {
+				ok++
+			}
+		}
+		return d, ok, len(keys) - ok, nil
 	}
 	st, err := drive(ctx, c, l, rep, "locks", "cycles", fn)
 	if err != nil {
@@ -242,8 +275,8 @@ func runLocks(ctx context.Context, c *proccluster.Cluster, l loadFlags, rep *rep
 	fig := record{{"scenario", "locks"}, {"locks_per_sec", round(float64(st.ok)/st.wall.Seconds(), 1)}}
 	fig = append(fig, latencyFigures(st.lat)...)
 	return append(fig,
-		field{"clients", l.clients}, field{"batch", 1}, field{"members", len(c.Members())}, field{"via", l.via},
+		field{"clients", l.clients}, field{"batch", l.batch}, field{"members", len(c.Members())}, field{"via", l.via},
 		field{"duration_s", l.duration.Seconds()}, field{"wall_s", round(st.wall.Seconds(), 3)},
-		field{"cycles", st.ok}, field{"errors", st.unitErrs},
+		field{"cycles", st.ok}, field{"rpcs", 2 * st.units}, field{"errors", st.unitErrs}, field{"cycle_errors", st.itemErrs},
 	), nil
 }

@@ -368,7 +368,7 @@ func (l *loadFlags) validate() error {
 	case l.batch < 1:
 		return fmt.Errorf("-batch must be >= 1 (got %d)", l.batch)
 	case l.batch > maxBatch:
-		return fmt.Errorf("-batch must be <= %d, the most keys one ClaimBatch takes (got %d)", maxBatch, l.batch)
+		return fmt.Errorf("-batch must be <= %d, the most keys one batch call takes (got %d)", maxBatch, l.batch)
 	case l.via != viaLeader && l.via != viaMember:
 		return fmt.Errorf("-via must be %q or %q (got %q)", viaLeader, viaMember, l.via)
 	}
@@ -408,16 +408,15 @@ func newLocksCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "locks",
 		Short: "Lock cycles (acquire + release) per second and their latency",
 		Long: `locks drives -clients closed-loop clients for -duration; each acquires a lock
-on a fresh connection key and releases it with the granted token, one RPC each.
+on a fresh connection key and releases it with the granted token, one RPC each
+(-batch 1: AcquireLock, ReleaseLock), or -batch locks per RPC (AcquireLockBatch
+of fresh keys, then ReleaseLockBatch of those granted).
 Figures: locks_per_sec (completed cycles / wall time), p50_ms and p99_ms of a
-cycle (nearest rank). The lock API has no batch call, so -batch must be 1.`,
+unit (one cycle, or one batch of cycles; nearest rank).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
 			if err := g.validate(1, "locks", ""); err != nil {
 				return err
-			}
-			if l.batch != 1 {
-				return fmt.Errorf("-batch must be 1 for locks (got %d): LockService has no batch call, every acquire and release is one RPC", l.batch)
 			}
 			return l.validate()
 		},
@@ -427,7 +426,7 @@ cycle (nearest rank). The lock API has no batch call, so -batch must be 1.`,
 			})
 		},
 	}
-	l.register(cmd, "locks per RPC: only 1 (the lock API has no batch call)")
+	l.register(cmd, "locks per RPC: 1 sends AcquireLock and ReleaseLock, more send AcquireLockBatch and ReleaseLockBatch")
 	return cmd
 }
 

@@ -72,7 +72,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"-members", "0", "claims"}, "-members must be >= 1"},
 		{[]string{"-members", "100", "claims"}, "-members must be <= 32"},
 		{[]string{"-connsyncd", "/does/not/exist", "claims"}, "-connsyncd /does/not/exist"},
-		{[]string{"locks", "-batch", "8"}, "-batch must be 1 for locks"},
+		{[]string{"locks", "-batch", "0"}, "-batch must be >= 1"},
 		{[]string{"failover", "-kill", "everyone"}, "-kill must be member or leader"},
 		{[]string{"failover", "-trials", "0"}, "-trials must be >= 1"},
 		{[]string{"failover", "-members", "2"}, "-members must be >= 3 for failover"},
@@ -280,14 +280,12 @@ func TestScenariosOnProcesses(t *testing.T) {
 // TestSiteFailoverOnProcesses runs site-failover at a tiny size: two sites
 // of three connsyncd processes and a witness, 20 ms apart.
 //
-// It found two bugs (2026-11-27) that stalled the standby site short of a
+// It found a bug (2026-11-27) that stalled the standby site short of a
 // synced copy of every bucket, seen 3 runs in 8 beside another test's
 // running site: a standby member refused a remote full sync when its own
-// state machine lagged the member of its site the sender follows (the
-// sender never sends it again), and full syncs whose role had gone away
-// held a member's sync slots for good. Each has its own test
-// (TestRemote_ReceiverLaggingItsOwnSiteTakesTheCopy,
-// TestCluster_SyncCancelledWhenItsRoleGoesAway).
+// state machine lagged the member of its site the sender follows, and the
+// sender never sends it again
+// (TestRemote_ReceiverLaggingItsOwnSiteTakesTheCopy).
 func TestSiteFailoverOnProcesses(t *testing.T) {
 	ctx, bin := processTest(t)
 	var out, errs bytes.Buffer

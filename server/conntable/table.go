@@ -333,13 +333,20 @@ func (t *Table) Snapshot(b uint32) []Item {
 }
 
 // Drop forgets bucket b entirely (this member holds no role for it any more).
-func (t *Table) Drop(b uint32) {
+func (t *Table) Drop(b uint32) { t.DropUnless(b, nil) }
+
+// DropUnless is Drop, unless keep (if not nil), called under the bucket's
+// lock, says to keep it: a check made there cannot race with an Apply of the
+// bucket, which takes the same lock.
+func (t *Table) DropUnless(b uint32, keep func() bool) {
 	bk := t.bucket(b)
 	if bk == nil {
 		return
 	}
 	bk.mu.Lock()
-	bk.small, bk.large, bk.tombs = nil, nil, nil
+	if keep == nil || !keep() {
+		bk.small, bk.large, bk.tombs = nil, nil, nil
+	}
 	bk.mu.Unlock()
 }
 

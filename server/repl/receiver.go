@@ -33,6 +33,7 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	if v := md.Get(mdSite); len(v) > 0 && v[0] != "" && v[0] != r.cfg.View.Site() {
 		remote = true
 	}
+	remoteEpochs := len(md.Get(mdRemoteEpochs)) > 0 // the records carry this site's epochs
 	var refused, stale uint64
 	for {
 		req, err := st.Recv()
@@ -50,11 +51,13 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 					stale++
 					return
 				}
-				if !r.holdsRemote(as, w) {
+				if !r.holdsRemote(as, w, remoteEpochs) {
 					batchRefused++
 					return
 				}
-				r.noteRecvEpoch(w)
+				if remoteEpochs {
+					r.noteRecvEpoch(w)
+				}
 				if w.marker {
 					r.noteMarker(w.bucket, w.epoch)
 				} else if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
@@ -94,23 +97,24 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 }
 
 // holdsRemote reports whether this member, on a standby site, holds the
-// remote backup of w's bucket: it is the bucket's primary there. A record on
-// a stream from the other site carries this site's epoch of the bucket as the
-// sender read it from this site's table (repl.Peer), so it is compared with
-// this member's: a newer epoch means this member's state machine lags the
-// member the sender follows, and the sender saw this member named primary at
-// that epoch, so the record is taken (refusing it would lose it for good:
-// the sender sends a full sync once per (bucket, target, epoch)). Once this
-// site is activated (SetSiteModeOp) the stream is refused whole.
-func (r *Replicator) holdsRemote(as []fsm.Assignment, w *wireRecord) bool {
+// remote backup of w's bucket: it is the bucket's primary there. On a
+// stream whose records carry this site's epochs (remoteEpochs: the sender
+// stamps each with this site's epoch of the bucket as it read it from this
+// site's table, or 0 for a member it no longer names), a newer epoch than
+// this member's own means its state machine lags the member the sender
+// follows, where the sender saw it named primary at that epoch: the record
+// is taken (refusing it would lose it for good: the sender sends a full
+// sync once per (bucket, target, epoch)). Once this site is activated
+// (SetSiteModeOp) the stream is refused whole.
+func (r *Replicator) holdsRemote(as []fsm.Assignment, w *wireRecord, remoteEpochs bool) bool {
 	switch {
 	case w.bucket >= r.table.Buckets():
 		return false
 	case int(w.bucket) >= len(as):
-		return w.epoch > 0 // this member's state machine has not got the table yet
+		return remoteEpochs && w.epoch > 0 // this member's state machine has not got the table yet
 	}
 	a := as[w.bucket]
-	return a.Primary == r.self || w.epoch > a.Epoch
+	return a.Primary == r.self || (remoteEpochs && w.epoch > a.Epoch)
 }
 
 // noteRecvEpoch records that a record of w's epoch was taken for its bucket,

@@ -123,3 +123,21 @@ func TestRemote_ReceiverLaggingItsOwnSiteTakesTheCopy(t *testing.T) {
 		t.Fatal("bucket 0 was dropped by a replan on a table older than its records")
 	}
 }
+
+// A record queued for a remote backup before its bucket moved to another
+// member of that site carries epoch 0 on the old member's stream: taken
+// only by a member whose own table names it, never on the strength of an
+// epoch the sender read for the new member.
+func TestRemote_RecordToAnOldTargetCarriesNoEpoch(t *testing.T) {
+	s := &sender{target: "b1", remote: true}
+	if e := s.epochOf(plan{epoch: 40, remote: "b1", remoteEpoch: 8}); e != 8 {
+		t.Fatalf("record to the bucket's remote backup: epoch %d, want the standby site's 8", e)
+	}
+	if e := s.epochOf(plan{epoch: 40, remote: "b2", remoteEpoch: 9}); e != 0 {
+		t.Fatalf("record to a member the bucket moved away from: epoch %d, want 0", e)
+	}
+	local := &sender{target: "a2"}
+	if e := local.epochOf(plan{epoch: 40, remote: "b2", remoteEpoch: 9}); e != 40 {
+		t.Fatalf("local record: epoch %d, want this site's 40", e)
+	}
+}

@@ -21,6 +21,10 @@
 // repeats harmless). Every record carries its bucket's epoch: a backup
 // refuses a record whose epoch is older than the one its state machine has,
 // or equal to it but from a member that is not the primary (fencing, S2).
+// On a stream to the other site's remote backup a record carries the
+// receiving site's epoch instead (see holdsRemote); fencing across sites is
+// by site mode (a standby site takes the stream, an activated one refuses
+// it whole).
 //
 // # Full sync
 //
@@ -274,7 +278,9 @@ func (r *Replicator) replan() {
 			}
 		case a.LocalBackup == r.self || a.Incoming == r.self:
 		case int(b) < len(r.recvEpoch) && a.Epoch >= r.recvEpoch[b].Load():
-			r.table.Drop(b)
+			// Checked again under the bucket's lock: a record of a newer
+			// epoch noted (noteRecvEpoch) and applied since is kept.
+			r.table.DropUnless(b, func() bool { return r.recvEpoch[b].Load() > a.Epoch })
 		}
 		plans[i] = p
 	}

@@ -21,6 +21,11 @@ const (
 	mdMember      = "connsync-member"
 	mdIncarnation = "connsync-incarnation"
 	mdSite        = "connsync-site"
+	// mdRemoteEpochs marks a stream to the other site whose records carry
+	// the receiving site's epochs (epochOf); a receiver compares them with
+	// its own only on such a stream (an older sender's carry its own
+	// site's).
+	mdRemoteEpochs = "connsync-remote-epochs"
 )
 
 // A stream to the other site crosses a WAN link (tens of ms each way): it
@@ -102,12 +107,17 @@ func (r *Replicator) newSender(target string, remote bool) *sender {
 // epochOf is the epoch s's records of a bucket planned p carry: this
 // site's epoch on a local stream, the other site's (as this member read it
 // from that site's table) on a stream to a remote backup, which compares it
-// with its own (holdsRemote).
+// with its own (holdsRemote) — 0 if that member is no longer the bucket's
+// remote backup there (a record queued before the bucket moved), so that
+// it is taken only by a member whose own table names it.
 func (s *sender) epochOf(p plan) uint64 {
-	if s.remote {
-		return p.remoteEpoch
+	switch {
+	case !s.remote:
+		return p.epoch
+	case p.remote != s.target:
+		return 0
 	}
-	return p.epoch
+	return p.remoteEpoch
 }
 
 func (s *sender) signal() {
@@ -229,7 +239,7 @@ func (s *sender) stream() error {
 	ctx, cancel := context.WithCancel(r.ctx)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, mdMember, r.self, mdSite, r.cfg.View.Site(),
-		mdIncarnation, strconv.FormatUint(r.cfg.View.Incarnation(), 10))
+		mdIncarnation, strconv.FormatUint(r.cfg.View.Incarnation(), 10), mdRemoteEpochs, "1")
 	var opts []grpc.CallOption
 	if s.remote && r.cfg.RemoteCompression {
 		opts = append(opts, grpc.UseCompressor(gzip.Name))

@@ -535,6 +535,338 @@ func (x *GetLockResponse) GetLock() *Lock {
 	return nil
 }
 
+type AcquireLockBatchRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// At most 10000 keys, each at most once.
+	Keys []*ConnKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Acquiring member; "" means the member that received the request.
+	MemberId string `protobuf:"bytes,3,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	// Lease length of every lock, > 0 and at most 1 hour.
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireLockBatchRequest) Reset() {
+	*x = AcquireLockBatchRequest{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireLockBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireLockBatchRequest) ProtoMessage() {}
+
+func (x *AcquireLockBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireLockBatchRequest.ProtoReflect.Descriptor instead.
+func (*AcquireLockBatchRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AcquireLockBatchRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *AcquireLockBatchRequest) GetKeys() []*ConnKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *AcquireLockBatchRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+func (x *AcquireLockBatchRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+type AcquireLockBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per key, in request order.
+	Results       []*LockResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcquireLockBatchResponse) Reset() {
+	*x = AcquireLockBatchResponse{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcquireLockBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcquireLockBatchResponse) ProtoMessage() {}
+
+func (x *AcquireLockBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcquireLockBatchResponse.ProtoReflect.Descriptor instead.
+func (*AcquireLockBatchResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AcquireLockBatchResponse) GetResults() []*LockResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// LockResult is the outcome of one item of AcquireLockBatch: status.code 0
+// and the granted lock, or the error and, when another member holds the
+// lock, that lock.
+type LockResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *ItemStatus            `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	Lock          *Lock                  `protobuf:"bytes,2,opt,name=lock,proto3" json:"lock,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LockResult) Reset() {
+	*x = LockResult{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LockResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LockResult) ProtoMessage() {}
+
+func (x *LockResult) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LockResult.ProtoReflect.Descriptor instead.
+func (*LockResult) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *LockResult) GetStatus() *ItemStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *LockResult) GetLock() *Lock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+type ReleaseLockBatchRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *RequestHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// At most 10000 locks, each key at most once.
+	Locks []*HeldLock `protobuf:"bytes,2,rep,name=locks,proto3" json:"locks,omitempty"`
+	// Releasing member; "" means the member that received the request.
+	MemberId      string `protobuf:"bytes,3,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLockBatchRequest) Reset() {
+	*x = ReleaseLockBatchRequest{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLockBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLockBatchRequest) ProtoMessage() {}
+
+func (x *ReleaseLockBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLockBatchRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseLockBatchRequest) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReleaseLockBatchRequest) GetHeader() *RequestHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *ReleaseLockBatchRequest) GetLocks() []*HeldLock {
+	if x != nil {
+		return x.Locks
+	}
+	return nil
+}
+
+func (x *ReleaseLockBatchRequest) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
+// HeldLock names a lock its holder releases: the key and the token
+// AcquireLock returned.
+type HeldLock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           *ConnKey               `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Token         uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldLock) Reset() {
+	*x = HeldLock{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldLock) ProtoMessage() {}
+
+func (x *HeldLock) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldLock.ProtoReflect.Descriptor instead.
+func (*HeldLock) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HeldLock) GetKey() *ConnKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *HeldLock) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+type ReleaseLockBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One status per lock, in request order.
+	Results       []*ItemStatus `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLockBatchResponse) Reset() {
+	*x = ReleaseLockBatchResponse{}
+	mi := &file_connsync_v1_locks_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLockBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLockBatchResponse) ProtoMessage() {}
+
+func (x *ReleaseLockBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_connsync_v1_locks_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLockBatchResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseLockBatchResponse) Descriptor() ([]byte, []int) {
+	return file_connsync_v1_locks_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReleaseLockBatchResponse) GetResults() []*ItemStatus {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_connsync_v1_locks_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_locks_proto_rawDesc = "" +
@@ -572,12 +904,34 @@ const file_connsync_v1_locks_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\v2\x14.connsync.v1.ConnKeyR\x03key\x12>\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x1c.connsync.v1.ReadConsistencyR\vconsistency\"8\n" +
 	"\x0fGetLockResponse\x12%\n" +
-	"\x04lock\x18\x01 \x01(\v2\x11.connsync.v1.LockR\x04lock2\xc3\x02\n" +
+	"\x04lock\x18\x01 \x01(\v2\x11.connsync.v1.LockR\x04lock\"\xc1\x01\n" +
+	"\x17AcquireLockBatchRequest\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.connsync.v1.RequestHeaderR\x06header\x12(\n" +
+	"\x04keys\x18\x02 \x03(\v2\x14.connsync.v1.ConnKeyR\x04keys\x12\x1b\n" +
+	"\tmember_id\x18\x03 \x01(\tR\bmemberId\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"M\n" +
+	"\x18AcquireLockBatchResponse\x121\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.connsync.v1.LockResultR\aresults\"d\n" +
+	"\n" +
+	"LockResult\x12/\n" +
+	"\x06status\x18\x01 \x01(\v2\x17.connsync.v1.ItemStatusR\x06status\x12%\n" +
+	"\x04lock\x18\x02 \x01(\v2\x11.connsync.v1.LockR\x04lock\"\x97\x01\n" +
+	"\x17ReleaseLockBatchRequest\x122\n" +
+	"\x06header\x18\x01 \x01(\v2\x1a.connsync.v1.RequestHeaderR\x06header\x12+\n" +
+	"\x05locks\x18\x02 \x03(\v2\x15.connsync.v1.HeldLockR\x05locks\x12\x1b\n" +
+	"\tmember_id\x18\x03 \x01(\tR\bmemberId\"H\n" +
+	"\bHeldLock\x12&\n" +
+	"\x03key\x18\x01 \x01(\v2\x14.connsync.v1.ConnKeyR\x03key\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\"M\n" +
+	"\x18ReleaseLockBatchResponse\x121\n" +
+	"\aresults\x18\x01 \x03(\v2\x17.connsync.v1.ItemStatusR\aresults2\x85\x04\n" +
 	"\vLockService\x12P\n" +
 	"\vAcquireLock\x12\x1f.connsync.v1.AcquireLockRequest\x1a .connsync.v1.AcquireLockResponse\x12J\n" +
 	"\tRenewLock\x12\x1d.connsync.v1.RenewLockRequest\x1a\x1e.connsync.v1.RenewLockResponse\x12P\n" +
 	"\vReleaseLock\x12\x1f.connsync.v1.ReleaseLockRequest\x1a .connsync.v1.ReleaseLockResponse\x12D\n" +
-	"\aGetLock\x12\x1b.connsync.v1.GetLockRequest\x1a\x1c.connsync.v1.GetLockResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
+	"\aGetLock\x12\x1b.connsync.v1.GetLockRequest\x1a\x1c.connsync.v1.GetLockResponse\x12_\n" +
+	"\x10AcquireLockBatch\x12$.connsync.v1.AcquireLockBatchRequest\x1a%.connsync.v1.AcquireLockBatchResponse\x12_\n" +
+	"\x10ReleaseLockBatch\x12$.connsync.v1.ReleaseLockBatchRequest\x1a%.connsync.v1.ReleaseLockBatchResponseB9Z7github.com/connsync/connsync/api/connsync/v1;connsyncv1b\x06proto3"
 
 var (
 	file_connsync_v1_locks_proto_rawDescOnce sync.Once
@@ -591,53 +945,74 @@ func file_connsync_v1_locks_proto_rawDescGZIP() []byte {
 	return file_connsync_v1_locks_proto_rawDescData
 }
 
-var file_connsync_v1_locks_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_connsync_v1_locks_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_connsync_v1_locks_proto_goTypes = []any{
-	(*Lock)(nil),                  // 0: connsync.v1.Lock
-	(*AcquireLockRequest)(nil),    // 1: connsync.v1.AcquireLockRequest
-	(*AcquireLockResponse)(nil),   // 2: connsync.v1.AcquireLockResponse
-	(*RenewLockRequest)(nil),      // 3: connsync.v1.RenewLockRequest
-	(*RenewLockResponse)(nil),     // 4: connsync.v1.RenewLockResponse
-	(*ReleaseLockRequest)(nil),    // 5: connsync.v1.ReleaseLockRequest
-	(*ReleaseLockResponse)(nil),   // 6: connsync.v1.ReleaseLockResponse
-	(*GetLockRequest)(nil),        // 7: connsync.v1.GetLockRequest
-	(*GetLockResponse)(nil),       // 8: connsync.v1.GetLockResponse
-	(*ConnKey)(nil),               // 9: connsync.v1.ConnKey
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*RequestHeader)(nil),         // 12: connsync.v1.RequestHeader
-	(ReadConsistency)(0),          // 13: connsync.v1.ReadConsistency
+	(*Lock)(nil),                     // 0: connsync.v1.Lock
+	(*AcquireLockRequest)(nil),       // 1: connsync.v1.AcquireLockRequest
+	(*AcquireLockResponse)(nil),      // 2: connsync.v1.AcquireLockResponse
+	(*RenewLockRequest)(nil),         // 3: connsync.v1.RenewLockRequest
+	(*RenewLockResponse)(nil),        // 4: connsync.v1.RenewLockResponse
+	(*ReleaseLockRequest)(nil),       // 5: connsync.v1.ReleaseLockRequest
+	(*ReleaseLockResponse)(nil),      // 6: connsync.v1.ReleaseLockResponse
+	(*GetLockRequest)(nil),           // 7: connsync.v1.GetLockRequest
+	(*GetLockResponse)(nil),          // 8: connsync.v1.GetLockResponse
+	(*AcquireLockBatchRequest)(nil),  // 9: connsync.v1.AcquireLockBatchRequest
+	(*AcquireLockBatchResponse)(nil), // 10: connsync.v1.AcquireLockBatchResponse
+	(*LockResult)(nil),               // 11: connsync.v1.LockResult
+	(*ReleaseLockBatchRequest)(nil),  // 12: connsync.v1.ReleaseLockBatchRequest
+	(*HeldLock)(nil),                 // 13: connsync.v1.HeldLock
+	(*ReleaseLockBatchResponse)(nil), // 14: connsync.v1.ReleaseLockBatchResponse
+	(*ConnKey)(nil),                  // 15: connsync.v1.ConnKey
+	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
+	(*RequestHeader)(nil),            // 18: connsync.v1.RequestHeader
+	(ReadConsistency)(0),             // 19: connsync.v1.ReadConsistency
+	(*ItemStatus)(nil),               // 20: connsync.v1.ItemStatus
 }
 var file_connsync_v1_locks_proto_depIdxs = []int32{
-	9,  // 0: connsync.v1.Lock.key:type_name -> connsync.v1.ConnKey
-	10, // 1: connsync.v1.Lock.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 2: connsync.v1.Lock.ttl:type_name -> google.protobuf.Duration
-	12, // 3: connsync.v1.AcquireLockRequest.header:type_name -> connsync.v1.RequestHeader
-	9,  // 4: connsync.v1.AcquireLockRequest.key:type_name -> connsync.v1.ConnKey
-	11, // 5: connsync.v1.AcquireLockRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 0: connsync.v1.Lock.key:type_name -> connsync.v1.ConnKey
+	16, // 1: connsync.v1.Lock.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 2: connsync.v1.Lock.ttl:type_name -> google.protobuf.Duration
+	18, // 3: connsync.v1.AcquireLockRequest.header:type_name -> connsync.v1.RequestHeader
+	15, // 4: connsync.v1.AcquireLockRequest.key:type_name -> connsync.v1.ConnKey
+	17, // 5: connsync.v1.AcquireLockRequest.ttl:type_name -> google.protobuf.Duration
 	0,  // 6: connsync.v1.AcquireLockResponse.lock:type_name -> connsync.v1.Lock
-	12, // 7: connsync.v1.RenewLockRequest.header:type_name -> connsync.v1.RequestHeader
-	9,  // 8: connsync.v1.RenewLockRequest.key:type_name -> connsync.v1.ConnKey
-	11, // 9: connsync.v1.RenewLockRequest.ttl:type_name -> google.protobuf.Duration
+	18, // 7: connsync.v1.RenewLockRequest.header:type_name -> connsync.v1.RequestHeader
+	15, // 8: connsync.v1.RenewLockRequest.key:type_name -> connsync.v1.ConnKey
+	17, // 9: connsync.v1.RenewLockRequest.ttl:type_name -> google.protobuf.Duration
 	0,  // 10: connsync.v1.RenewLockResponse.lock:type_name -> connsync.v1.Lock
-	12, // 11: connsync.v1.ReleaseLockRequest.header:type_name -> connsync.v1.RequestHeader
-	9,  // 12: connsync.v1.ReleaseLockRequest.key:type_name -> connsync.v1.ConnKey
-	9,  // 13: connsync.v1.GetLockRequest.key:type_name -> connsync.v1.ConnKey
-	13, // 14: connsync.v1.GetLockRequest.consistency:type_name -> connsync.v1.ReadConsistency
+	18, // 11: connsync.v1.ReleaseLockRequest.header:type_name -> connsync.v1.RequestHeader
+	15, // 12: connsync.v1.ReleaseLockRequest.key:type_name -> connsync.v1.ConnKey
+	15, // 13: connsync.v1.GetLockRequest.key:type_name -> connsync.v1.ConnKey
+	19, // 14: connsync.v1.GetLockRequest.consistency:type_name -> connsync.v1.ReadConsistency
 	0,  // 15: connsync.v1.GetLockResponse.lock:type_name -> connsync.v1.Lock
-	1,  // 16: connsync.v1.LockService.AcquireLock:input_type -> connsync.v1.AcquireLockRequest
-	3,  // 17: connsync.v1.LockService.RenewLock:input_type -> connsync.v1.RenewLockRequest
-	5,  // 18: connsync.v1.LockService.ReleaseLock:input_type -> connsync.v1.ReleaseLockRequest
-	7,  // 19: connsync.v1.LockService.GetLock:input_type -> connsync.v1.GetLockRequest
-	2,  // 20: connsync.v1.LockService.AcquireLock:output_type -> connsync.v1.AcquireLockResponse
-	4,  // 21: connsync.v1.LockService.RenewLock:output_type -> connsync.v1.RenewLockResponse
-	6,  // 22: connsync.v1.LockService.ReleaseLock:output_type -> connsync.v1.ReleaseLockResponse
-	8,  // 23: connsync.v1.LockService.GetLock:output_type -> connsync.v1.GetLockResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	18, // 16: connsync.v1.AcquireLockBatchRequest.header:type_name -> connsync.v1.RequestHeader
+	15, // 17: connsync.v1.AcquireLockBatchRequest.keys:type_name -> connsync.v1.ConnKey
+	17, // 18: connsync.v1.AcquireLockBatchRequest.ttl:type_name -> google.protobuf.Duration
+	11, // 19: connsync.v1.AcquireLockBatchResponse.results:type_name -> connsync.v1.LockResult
+	20, // 20: connsync.v1.LockResult.status:type_name -> connsync.v1.ItemStatus
+	0,  // 21: connsync.v1.LockResult.lock:type_name -> connsync.v1.Lock
+	18, // 22: connsync.v1.ReleaseLockBatchRequest.header:type_name -> connsync.v1.RequestHeader
+	13, // 23: connsync.v1.ReleaseLockBatchRequest.locks:type_name -> connsync.v1.HeldLock
+	15, // 24: connsync.v1.HeldLock.key:type_name -> connsync.v1.ConnKey
+	20, // 25: connsync.v1.ReleaseLockBatchResponse.results:type_name -> connsync.v1.ItemStatus
+	1,  // 26: connsync.v1.LockService.AcquireLock:input_type -> connsync.v1.AcquireLockRequest
+	3,  // 27: connsync.v1.LockService.RenewLock:input_type -> connsync.v1.RenewLockRequest
+	5,  // 28: connsync.v1.LockService.ReleaseLock:input_type -> connsync.v1.ReleaseLockRequest
+	7,  // 29: connsync.v1.LockService.GetLock:input_type -> connsync.v1.GetLockRequest
+	9,  // 30: connsync.v1.LockService.AcquireLockBatch:input_type -> connsync.v1.AcquireLockBatchRequest
+	12, // 31: connsync.v1.LockService.ReleaseLockBatch:input_type -> connsync.v1.ReleaseLockBatchRequest
+	2,  // 32: connsync.v1.LockService.AcquireLock:output_type -> connsync.v1.AcquireLockResponse
+	4,  // 33: connsync.v1.LockService.RenewLock:output_type -> connsync.v1.RenewLockResponse
+	6,  // 34: connsync.v1.LockService.ReleaseLock:output_type -> connsync.v1.ReleaseLockResponse
+	8,  // 35: connsync.v1.LockService.GetLock:output_type -> connsync.v1.GetLockResponse
+	10, // 36: connsync.v1.LockService.AcquireLockBatch:output_type -> connsync.v1.AcquireLockBatchResponse
+	14, // 37: connsync.v1.LockService.ReleaseLockBatch:output_type -> connsync.v1.ReleaseLockBatchResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_locks_proto_init() }
@@ -652,7 +1027,7 @@ func file_connsync_v1_locks_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connsync_v1_locks_proto_rawDesc), len(file_connsync_v1_locks_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

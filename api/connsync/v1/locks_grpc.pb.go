@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	LockService_AcquireLock_FullMethodName = "/connsync.v1.LockService/AcquireLock"
-	LockService_RenewLock_FullMethodName   = "/connsync.v1.LockService/RenewLock"
-	LockService_ReleaseLock_FullMethodName = "/connsync.v1.LockService/ReleaseLock"
-	LockService_GetLock_FullMethodName     = "/connsync.v1.LockService/GetLock"
+	LockService_AcquireLock_FullMethodName      = "/connsync.v1.LockService/AcquireLock"
+	LockService_RenewLock_FullMethodName        = "/connsync.v1.LockService/RenewLock"
+	LockService_ReleaseLock_FullMethodName      = "/connsync.v1.LockService/ReleaseLock"
+	LockService_GetLock_FullMethodName          = "/connsync.v1.LockService/GetLock"
+	LockService_AcquireLockBatch_FullMethodName = "/connsync.v1.LockService/AcquireLockBatch"
+	LockService_ReleaseLockBatch_FullMethodName = "/connsync.v1.LockService/ReleaseLockBatch"
 )
 
 // LockServiceClient is the client API for LockService service.
@@ -46,6 +48,14 @@ type LockServiceClient interface {
 	ReleaseLock(ctx context.Context, in *ReleaseLockRequest, opts ...grpc.CallOption) (*ReleaseLockResponse, error)
 	// GetLock reads the lock on a key. NOT_FOUND if free or expired.
 	GetLock(ctx context.Context, in *GetLockRequest, opts ...grpc.CallOption) (*GetLockResponse, error)
+	// AcquireLockBatch acquires many locks for one member, all with one TTL, in
+	// one Raft entry. Input is validated as a whole (INVALID_ARGUMENT writes
+	// nothing); each item succeeds or fails as AcquireLock would, reported per
+	// item.
+	AcquireLockBatch(ctx context.Context, in *AcquireLockBatchRequest, opts ...grpc.CallOption) (*AcquireLockBatchResponse, error)
+	// ReleaseLockBatch releases many locks of one member in one Raft entry,
+	// each as ReleaseLock would, reported per item.
+	ReleaseLockBatch(ctx context.Context, in *ReleaseLockBatchRequest, opts ...grpc.CallOption) (*ReleaseLockBatchResponse, error)
 }
 
 type lockServiceClient struct {
@@ -96,6 +106,26 @@ func (c *lockServiceClient) GetLock(ctx context.Context, in *GetLockRequest, opt
 	return out, nil
 }
 
+func (c *lockServiceClient) AcquireLockBatch(ctx context.Context, in *AcquireLockBatchRequest, opts ...grpc.CallOption) (*AcquireLockBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AcquireLockBatchResponse)
+	err := c.cc.Invoke(ctx, LockService_AcquireLockBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *lockServiceClient) ReleaseLockBatch(ctx context.Context, in *ReleaseLockBatchRequest, opts ...grpc.CallOption) (*ReleaseLockBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReleaseLockBatchResponse)
+	err := c.cc.Invoke(ctx, LockService_ReleaseLockBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // LockServiceServer is the server API for LockService service.
 // All implementations must embed UnimplementedLockServiceServer
 // for forward compatibility.
@@ -117,6 +147,14 @@ type LockServiceServer interface {
 	ReleaseLock(context.Context, *ReleaseLockRequest) (*ReleaseLockResponse, error)
 	// GetLock reads the lock on a key. NOT_FOUND if free or expired.
 	GetLock(context.Context, *GetLockRequest) (*GetLockResponse, error)
+	// AcquireLockBatch acquires many locks for one member, all with one TTL, in
+	// one Raft entry. Input is validated as a whole (INVALID_ARGUMENT writes
+	// nothing); each item succeeds or fails as AcquireLock would, reported per
+	// item.
+	AcquireLockBatch(context.Context, *AcquireLockBatchRequest) (*AcquireLockBatchResponse, error)
+	// ReleaseLockBatch releases many locks of one member in one Raft entry,
+	// each as ReleaseLock would, reported per item.
+	ReleaseLockBatch(context.Context, *ReleaseLockBatchRequest) (*ReleaseLockBatchResponse, error)
 	mustEmbedUnimplementedLockServiceServer()
 }
 
@@ -138,6 +176,12 @@ func (UnimplementedLockServiceServer) ReleaseLock(context.Context, *ReleaseLockR
 }
 func (UnimplementedLockServiceServer) GetLock(context.Context, *GetLockRequest) (*GetLockResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetLock not implemented")
+}
+func (UnimplementedLockServiceServer) AcquireLockBatch(context.Context, *AcquireLockBatchRequest) (*AcquireLockBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AcquireLockBatch not implemented")
+}
+func (UnimplementedLockServiceServer) ReleaseLockBatch(context.Context, *ReleaseLockBatchRequest) (*ReleaseLockBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReleaseLockBatch not implemented")
 }
 func (UnimplementedLockServiceServer) mustEmbedUnimplementedLockServiceServer() {}
 func (UnimplementedLockServiceServer) testEmbeddedByValue()                     {}
@@ -232,6 +276,42 @@ func _LockService_GetLock_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _LockService_AcquireLockBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AcquireLockBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LockServiceServer).AcquireLockBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LockService_AcquireLockBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LockServiceServer).AcquireLockBatch(ctx, req.(*AcquireLockBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _LockService_ReleaseLockBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReleaseLockBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LockServiceServer).ReleaseLockBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: LockService_ReleaseLockBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LockServiceServer).ReleaseLockBatch(ctx, req.(*ReleaseLockBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // LockService_ServiceDesc is the grpc.ServiceDesc for LockService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +334,14 @@ var LockService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetLock",
 			Handler:    _LockService_GetLock_Handler,
+		},
+		{
+			MethodName: "AcquireLockBatch",
+			Handler:    _LockService_AcquireLockBatch_Handler,
+		},
+		{
+			MethodName: "ReleaseLockBatch",
+			Handler:    _LockService_ReleaseLockBatch_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
