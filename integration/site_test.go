@@ -94,9 +94,10 @@ func TestCluster_RestartCatchesUp(t *testing.T) {
 	}
 }
 
-// TestCluster_FollowerForwardsWrites sends writes to a follower only: they
-// are forwarded to the leader, and an empty member ID means the follower.
-func TestCluster_FollowerForwardsWrites(t *testing.T) {
+// followerClient starts a site of three and returns a follower and a
+// client that talks to it alone (closed when the test ends).
+func followerClient(t *testing.T) (*cluster.Member, *client.Client) {
+	t.Helper()
 	c := cluster.New(t, 3, cluster.Options{})
 	c.WaitForLeader(10 * time.Second)
 	f := c.Followers()[0]
@@ -104,7 +105,14 @@ func TestCluster_FollowerForwardsWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
+	t.Cleanup(func() { cl.Close() })
+	return f, cl
+}
+
+// TestCluster_FollowerForwardsWrites sends writes to a follower only: they
+// are forwarded to the leader, and an empty member ID means the follower.
+func TestCluster_FollowerForwardsWrites(t *testing.T) {
+	f, cl := followerClient(t)
 	ctx := cluster.Context(t, 30*time.Second)
 	claim, err := cl.Claim(ctx, key(7), "")
 	if err != nil {
@@ -135,14 +143,7 @@ func TestCluster_FollowerForwardsWrites(t *testing.T) {
 // would: fresh keys are granted with growing tokens, a key another member
 // holds is refused with its holder named; releases need the current token.
 func TestCluster_LockBatches(t *testing.T) {
-	c := cluster.New(t, 3, cluster.Options{})
-	c.WaitForLeader(10 * time.Second)
-	f := c.Followers()[0]
-	cl, err := client.New(client.Config{Addrs: []string{f.Addr()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	f, cl := followerClient(t)
 	ctx := cluster.Context(t, 30*time.Second)
 	held, err := cl.AcquireLock(ctx, key(3), "m2", 30*time.Second)
 	if err != nil {

@@ -79,6 +79,27 @@ func serveFakeActive(t *testing.T) (*fakeActive, string) {
 	return f, ln.Addr().String()
 }
 
+// handoffFSM returns a state machine of a one-bucket site with members
+// (ID, gRPC address) registered at entries 2, 3, ..., and a function that
+// applies one op as the entry at an index.
+func handoffFSM(t *testing.T, members [][2]string) (*fsm.FSM, func(index uint64, op *ipb.Op)) {
+	t.Helper()
+	f := fsm.New()
+	apply := func(index uint64, op *ipb.Op) {
+		t.Helper()
+		r := f.ApplyEntry(index, &ipb.Entry{TimeUnixNano: time.Now().UnixNano(), Proposals: []*ipb.Proposal{{Ops: []*ipb.Op{op}}}})
+		if err := r[0][0].Err; err != nil {
+			t.Fatalf("entry %d: %v", index, err)
+		}
+	}
+	apply(1, &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: "s", BucketCount: 1}}})
+	for i, m := range members {
+		apply(uint64(2+i), &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{
+			Member: &pb.Member{Id: m[0], Site: "s", GrpcAddr: m[1]}}}})
+	}
+	return f, apply
+}
+
 // A chain of takeovers with the first primary cut off (chaos seed 9255): m1
 // acts under a lease granted before it was cut off; m1 -> m0 at 520 (a move
 // that needs nothing more from m1: its sync to m0 had finished, or m0 was its
@@ -89,19 +110,7 @@ func serveFakeActive(t *testing.T) (*fakeActive, string) {
 func TestHandoff_ChainedTakeoverWaitsForEveryAliveMember(t *testing.T) {
 	m0, addr0 := serveFakeActive(t)
 	m1, addr1 := serveFakeActive(t)
-	f := fsm.New()
-	apply := func(index uint64, op *ipb.Op) {
-		t.Helper()
-		r := f.ApplyEntry(index, &ipb.Entry{TimeUnixNano: time.Now().UnixNano(), Proposals: []*ipb.Proposal{{Ops: []*ipb.Op{op}}}})
-		if err := r[0][0].Err; err != nil {
-			t.Fatalf("entry %d: %v", index, err)
-		}
-	}
-	apply(1, &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: "s", BucketCount: 1}}})
-	for i, m := range []struct{ id, addr string }{{"m0", addr0}, {"m1", addr1}, {"m3", "127.0.0.1:1"}} {
-		apply(uint64(2+i), &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{
-			Member: &pb.Member{Id: m.id, Site: "s", GrpcAddr: m.addr}}}})
-	}
+	f, apply := handoffFSM(t, [][2]string{{"m0", addr0}, {"m1", addr1}, {"m3", "127.0.0.1:1"}})
 	move := func(index, prevRev uint64, primary, backup string) {
 		apply(index, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
 			{Bucket: 0, PrevRevision: prevRev, Primary: primary, LocalBackup: backup, BackupSynced: true}}}}})
@@ -136,19 +145,7 @@ func TestHandoff_ChainedTakeoverWaitsForEveryAliveMember(t *testing.T) {
 // the members alive now.
 func TestHandoff_RemovedMemberStillWaitedFor(t *testing.T) {
 	m1, addr1 := serveFakeActive(t)
-	f := fsm.New()
-	apply := func(index uint64, op *ipb.Op) {
-		t.Helper()
-		r := f.ApplyEntry(index, &ipb.Entry{TimeUnixNano: time.Now().UnixNano(), Proposals: []*ipb.Proposal{{Ops: []*ipb.Op{op}}}})
-		if err := r[0][0].Err; err != nil {
-			t.Fatalf("entry %d: %v", index, err)
-		}
-	}
-	apply(1, &ipb.Op{Op: &ipb.Op_InitSite{InitSite: &ipb.InitSiteOp{Site: "s", BucketCount: 1}}})
-	for i, m := range []struct{ id, addr string }{{"m0", "127.0.0.1:1"}, {"m1", addr1}} {
-		apply(uint64(2+i), &ipb.Op{Op: &ipb.Op_RegisterMember{RegisterMember: &ipb.RegisterMemberOp{
-			Member: &pb.Member{Id: m.id, Site: "s", GrpcAddr: m.addr}}}})
-	}
+	f, apply := handoffFSM(t, [][2]string{{"m0", "127.0.0.1:1"}, {"m1", addr1}})
 	apply(10, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
 		{Bucket: 0, Primary: "m1", LocalBackup: "m0", BackupSynced: true}}}}})
 	apply(20, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
