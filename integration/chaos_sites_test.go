@@ -25,7 +25,7 @@ const chaosSitesQuickSeeds = 1
 // chaosSitesRegressionSeeds are long-run two-site seeds that found bugs
 // (docs/CHAOS.md); the CI set runs them too. Their schedules depend on
 // timing, so each bug also has a test with its faults fixed.
-var chaosSitesRegressionSeeds = []uint64{520, 521, 529, 606}
+var chaosSitesRegressionSeeds = []uint64{520, 521, 529, 606, 701, 757}
 
 // TestChaos_Sites runs randomized fault schedules against two in-process
 // sites of three members each and a witness (witness policy, 50 ms each
@@ -244,6 +244,20 @@ func TestChaos_SitesActiveLeaderCrashAfterStandbyRestart(t *testing.T) {
 // last epoch refuses b (superseded), and b goes standby. S5 at the end.
 func TestChaos_SitesDeposedSiteDoesNotReturn(t *testing.T) {
 	runFixedSitesChaos(t, 520, 1500*time.Millisecond, &siteHandover{}, &siteIsolation{}, &siteIsolation{})
+}
+
+// TestChaos_SitesStandbyRebalanceKeepsCopies is the shape of long-run seeds
+// 701 and 757: the active site a is cut off and b takes over; the cut heals
+// and b's leader crashes. a's acceptor, which granted a a higher epoch
+// meanwhile (its lone attempt), tells b's new leader it was superseded: both
+// sites go standby, and b takes the lease back seconds later. Meanwhile b
+// rebalanced onto its restarted member: on a standby site a move completes
+// at once, and the buckets it moved, their copies (b's own, from its active
+// days) left behind, were activated empty. A standby site now moves a
+// bucket for balance only while an active site reaches it, or if the site
+// never changed mode and the bucket holds no synced copy.
+func TestChaos_SitesStandbyRebalanceKeepsCopies(t *testing.T) {
+	runFixedSitesChaos(t, 757, 2*time.Second, &siteIsolation{}, &siteMemberCrash{leaderOfB: true})
 }
 
 // runFixedSitesChaos runs a two-site schedule of exactly faults, each held
@@ -499,6 +513,7 @@ func (f *standbySiteCrash) heal(e *siteEnv) error {
 // the active site's leader) and restarts it from its data directory on heal.
 type siteMemberCrash struct {
 	activeLeader bool // always the active site's leader (a test's fixed fault)
+	leaderOfB    bool // always site b's leader (a test's fixed fault)
 	site         int
 	victim       *cluster.Member
 }
@@ -512,6 +527,9 @@ func (f *siteMemberCrash) inject(e *siteEnv) error {
 		if l := e.sites[act].Leader(); l != nil {
 			f.site, c, f.victim = act, e.sites[act], l
 		}
+	}
+	if l := e.sites[1].Leader(); f.leaderOfB && l != nil {
+		f.site, c, f.victim = 1, e.sites[1], l
 	}
 	if e.anyDown() {
 		f.victim = nil

@@ -214,17 +214,18 @@ func (s *Server) eligible(skip map[string]bool) []placement.Member {
 func (s *Server) place(ctx context.Context) error {
 	gone := s.goneMembers()
 	steps := []struct {
-		reason string
-		plan   func(cur []placement.Bucket, el []placement.Member) []placement.Change
+		reason   string
+		optional bool // a move for balance only, that no failure asks for
+		plan     func(cur []placement.Bucket, el []placement.Member) []placement.Change
 	}{
-		{"failover of gone members", func(cur []placement.Bucket, el []placement.Member) []placement.Change {
+		{"failover of gone members", false, func(cur []placement.Bucket, el []placement.Member) []placement.Change {
 			c, _ := placement.Failover(cur, gone, el)
 			return c
 		}},
-		{"assign", placement.Assign},
-		{"complete moves", placement.Flip},
-		{"rebalance", s.rebalancePlan},
-		{"rebalance backups", func(cur []placement.Bucket, el []placement.Member) []placement.Change {
+		{"assign", false, placement.Assign},
+		{"complete moves", false, placement.Flip},
+		{"rebalance", true, s.rebalancePlan},
+		{"rebalance backups", true, func(cur []placement.Bucket, el []placement.Member) []placement.Change {
 			if !s.cfg.AutoRebalance {
 				return nil
 			}
@@ -247,13 +248,41 @@ func (s *Server) place(ctx context.Context) error {
 				pc[i].Synced, pc[i].IncomingSynced = true, pc[i].Incoming != ""
 			}
 		}
-		if changes := step.plan(pc, el); len(changes) > 0 {
+		changes := step.plan(pc, el)
+		if st := s.fsm.Stats(); step.optional && st.Standby && !s.peerActiveAndReachable() {
+			// A standby site's move takes a bucket's remote copy away from
+			// the member holding it; the new primary gets it again only from
+			// an active site that reaches it. Without one, a move for balance
+			// alone loses the copy if this site has to take over (chaos seeds
+			// 701, 757: both sites standby for a moment, a restarted member
+			// got buckets from members holding them, and the site activated
+			// them empty). A bucket may hold data without its copy flagged
+			// synced once the site has changed mode (the change clears the
+			// flags, not the tables); a site that never did holds nothing
+			// where the flag is clear, and places freely (its formation).
+			changes = slices.DeleteFunc(changes, func(c placement.Change) bool {
+				a := cur[c.Bucket]
+				movesPrimary := c.To.Primary != a.Primary || (c.To.IncomingPrimary && c.To.Incoming != "")
+				return movesPrimary && (a.RemoteCopySynced || st.SiteEpoch > 0)
+			})
+		}
+		if len(changes) > 0 {
 			if err := s.reassign(ctx, step.reason, nil, changes, cur); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// peerActiveAndReachable reports whether this member's link reaches the other
+// site and that site is active: the one that sends remote copies.
+func (s *Server) peerActiveAndReachable() bool {
+	if s.siteLink == nil || !s.siteLink.isUp() {
+		return false
+	}
+	p, _ := s.siteLink.watch()
+	return p != nil && !p.Standby
 }
 
 // rebalancePlan is placement.Rebalance, limited to the buckets of draining
