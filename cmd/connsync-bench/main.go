@@ -645,7 +645,7 @@ func newAllCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Command {
 		Short: "Every scenario on one site, and each figure against its target",
 		Long: `all starts one site and runs memory (1,000,000 connections), persistence
 (1,000,000 connections, 3 failovers), replicate (100,000 deltas/s for 10 s),
-replicate at full speed, claims (64 clients, batches of 8), locks (64 clients),
+replicate at full speed, claims (64 clients, batches of 8), locks (64 clients, batches of 32),
 failover of a member (10 trials) and of the leader (5), and lock-takeover (5);
 then, on sites of their own, replicate to a standby site (-sites 2), site-failover
 (5 trials) and selective-sync; it prints each one's figures, then a table of every
