@@ -100,6 +100,16 @@ func handoffFSM(t *testing.T, members [][2]string) (*fsm.FSM, func(index uint64,
 	return f, apply
 }
 
+// gateOn returns member self's handoff gates over f, set from f's view
+// (lease 500 ms, heartbeat 50 ms; the other members asked over TCP).
+func gateOn(f *fsm.FSM, self string) *handoff {
+	s := &Server{cfg: Config{MemberID: self, MemberLease: 500 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
+		fsm: f, peers: newPeerConns(TCPNetwork{})}
+	h := newHandoff(s)
+	h.update()
+	return h
+}
+
 // A chain of takeovers with the first primary cut off (chaos seed 9255): m1
 // acts under a lease granted before it was cut off; m1 -> m0 at 520 (a move
 // that needs nothing more from m1: its sync to m0 had finished, or m0 was its
@@ -122,10 +132,7 @@ func TestHandoff_ChainedTakeoverWaitsForEveryAliveMember(t *testing.T) {
 		t.Fatalf("bucket 0: %+v, want m3 primary since 529, taken from m0", a)
 	}
 
-	s := &Server{cfg: Config{MemberID: "m3", MemberLease: 500 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
-		fsm: f, peers: newPeerConns(TCPNetwork{})}
-	h := newHandoff(s)
-	h.update()
+	h := gateOn(f, "m3")
 	m0.applied.Store(529) // the previous primary has applied the flip
 	m1.applied.Store(512) // the one before it is cut off, still acting
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -151,10 +158,7 @@ func TestHandoff_RemovedMemberStillWaitedFor(t *testing.T) {
 	apply(20, &ipb.Op{Op: &ipb.Op_Reassign{Reassign: &ipb.ReassignOp{Buckets: []*ipb.BucketChange{
 		{Bucket: 0, PrevRevision: 10, Primary: "m0"}}}}}) // m1 drained
 
-	s := &Server{cfg: Config{MemberID: "m0", MemberLease: 500 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
-		fsm: f, peers: newPeerConns(TCPNetwork{})}
-	h := newHandoff(s)
-	h.update()
+	h := gateOn(f, "m0")
 	apply(21, setMemberStateOp("m1", pb.MemberState_MEMBER_STATE_LEFT)) // and removed at once
 	h.update()
 	m1.applied.Store(15) // cut off before the drain, acting
