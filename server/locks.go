@@ -118,33 +118,25 @@ func (l *lockService) GetLock(ctx context.Context, req *pb.GetLockRequest) (*pb.
 		Expires: lk.Expires, TTL: lk.TTL})}, nil
 }
 
-// uniqueKeys parses a batch's keys (list names the list, item(i) its i-th
-// key) and refuses one given twice: a batch that acquired a key twice would
-// fail its own second item.
-func uniqueKeys(list string, keys []*pb.ConnKey, item func(i int) string) ([]fsm.Key, error) {
-	if len(keys) == 0 {
-		return nil, invalid(list, "at least one is required")
+// uniqueKeys is parseKeyList that also refuses a key given twice: a batch
+// that acquired a key twice would fail its own second item.
+func uniqueKeys(list, noun string, keys []*pb.ConnKey, item func(i int) string) ([]fsm.Key, error) {
+	out, err := parseKeyList(list, noun, keys, item)
+	if err != nil {
+		return nil, err
 	}
-	if len(keys) > MaxBatchKeys {
-		return nil, invalid(list, "%d items, at most %d per call", len(keys), MaxBatchKeys)
-	}
-	out := make([]fsm.Key, len(keys))
-	seen := make(map[fsm.Key]int, len(keys))
-	for i, pk := range keys {
-		k, err := fsm.ParseKey(pk, item(i))
-		if err != nil {
-			return nil, err
-		}
+	seen := make(map[fsm.Key]int, len(out))
+	for i, k := range out {
 		if j, dup := seen[k]; dup {
 			return nil, invalid(item(i), "is the same connection as %s", item(j))
 		}
-		seen[k], out[i] = i, k
+		seen[k] = i
 	}
 	return out, nil
 }
 
 func (l *lockService) AcquireLockBatch(ctx context.Context, req *pb.AcquireLockBatchRequest) (*pb.AcquireLockBatchResponse, error) {
-	keys, err := uniqueKeys("keys", req.Keys, func(i int) string { return fmt.Sprintf("keys[%d]", i) })
+	keys, err := uniqueKeys("keys", "key", req.Keys, func(i int) string { return fmt.Sprintf("keys[%d]", i) })
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +173,7 @@ func (l *lockService) ReleaseLockBatch(ctx context.Context, req *pb.ReleaseLockB
 	for i, h := range req.Locks {
 		pks[i] = h.GetKey()
 	}
-	keys, err := uniqueKeys("locks", pks, func(i int) string { return fmt.Sprintf("locks[%d].key", i) })
+	keys, err := uniqueKeys("locks", "lock", pks, func(i int) string { return fmt.Sprintf("locks[%d].key", i) })
 	if err != nil {
 		return nil, err
 	}

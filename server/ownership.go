@@ -58,16 +58,22 @@ func (s *Server) checkMember(ctx context.Context, field, id string, h *pb.Reques
 
 // parseKeys validates a batch of keys as a whole.
 func parseKeys(keys []*pb.ConnKey) ([]fsm.Key, error) {
+	return parseKeyList("keys", "key", keys, func(i int) string { return fmt.Sprintf("keys[%d]", i) })
+}
+
+// parseKeyList validates a batch's keys as a whole: list names the list,
+// noun one of its items, and item(i) the i-th key's field.
+func parseKeyList(list, noun string, keys []*pb.ConnKey, item func(i int) string) ([]fsm.Key, error) {
 	if len(keys) == 0 {
-		return nil, invalid("keys", "at least one key is required")
+		return nil, invalid(list, "at least one %s is required", noun)
 	}
 	if len(keys) > MaxBatchKeys {
-		return nil, invalid("keys", "%d keys, at most %d per call", len(keys), MaxBatchKeys)
+		return nil, invalid(list, "%d %ss, at most %d per call", len(keys), noun, MaxBatchKeys)
 	}
 	out := make([]fsm.Key, len(keys))
 	for i, k := range keys {
 		var err error
-		if out[i], err = fsm.ParseKey(k, fmt.Sprintf("keys[%d]", i)); err != nil {
+		if out[i], err = fsm.ParseKey(k, item(i)); err != nil {
 			return nil, err
 		}
 	}

@@ -249,7 +249,7 @@ func (s *Server) place(ctx context.Context) error {
 			}
 		}
 		changes := step.plan(pc, el)
-		if st := s.fsm.Stats(); step.optional && st.Standby && !s.peerActiveAndReachable() {
+		if step.optional && s.fsm.Standby() && !s.peerActiveAndReachable() {
 			// A standby site's move takes a bucket's remote copy away from
 			// the member holding it; the new primary gets it again only from
 			// an active site that reaches it. Without one, a move for balance
@@ -260,10 +260,11 @@ func (s *Server) place(ctx context.Context) error {
 			// synced once the site has changed mode (the change clears the
 			// flags, not the tables); a site that never did holds nothing
 			// where the flag is clear, and places freely (its formation).
+			changedMode := s.fsm.Stats().SiteEpoch > 0
 			changes = slices.DeleteFunc(changes, func(c placement.Change) bool {
 				a := cur[c.Bucket]
 				movesPrimary := c.To.Primary != a.Primary || (c.To.IncomingPrimary && c.To.Incoming != "")
-				return movesPrimary && (a.RemoteCopySynced || st.SiteEpoch > 0)
+				return movesPrimary && (a.RemoteCopySynced || changedMode)
 			})
 		}
 		if len(changes) > 0 {
