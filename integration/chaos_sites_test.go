@@ -90,9 +90,10 @@ type sitesSpec struct {
 // sitesResult is what a two-site schedule injected and what its checkers
 // found.
 type sitesResult struct {
-	injected   []string
-	across     chaos.ActivationReport
-	violations []string
+	injected    []string
+	across      chaos.ActivationReport
+	violations  []string
+	wentStandby [2]int // how often each site was seen going from active to standby
 }
 
 // runSitesChaos runs one two-site schedule and checks it.
@@ -177,8 +178,11 @@ func runSitesChaos(t *testing.T, spec sitesSpec) *sitesResult {
 			t.Errorf("site %s: logs differ: %v", c.Members[0].Config.Site, err)
 		}
 	}
-	for _, o := range obs {
+	for i, o := range obs {
 		o.stop()
+		o.mu.Lock()
+		res.wentStandby[i] = o.wentStandby
+		o.mu.Unlock()
 	}
 	across.stop()
 	dp.closeAll()
@@ -260,9 +264,24 @@ func TestChaos_SitesStandbyRebalanceKeepsCopies(t *testing.T) {
 	runFixedSitesChaos(t, 757, 2*time.Second, &siteIsolation{}, &siteMemberCrash{leaderOfB: true})
 }
 
+// TestChaos_SitesPeerSelfGrantDoesNotDepose is the same schedule, checked
+// for what went wrong first: b, active, must not go standby because a's own
+// acceptor granted a (cut off, asking alone) an epoch above b's. Believing
+// it left both sites standby, and b, failing its crashed member over while
+// standby, promoted members that had dropped their backups on going standby
+// (the CI run of 1ae6a34 lost 14 confirmed connections that way). a's
+// acceptor is no majority; b stays active and renews once its new leader's
+// acceptor is ready.
+func TestChaos_SitesPeerSelfGrantDoesNotDepose(t *testing.T) {
+	r := runFixedSitesChaos(t, 757, 2*time.Second, &siteIsolation{}, &siteMemberCrash{leaderOfB: true})
+	if r.wentStandby[1] != 0 {
+		t.Errorf("site b went from active to standby %d times; want 0 (only a's own acceptor named a)", r.wentStandby[1])
+	}
+}
+
 // runFixedSitesChaos runs a two-site schedule of exactly faults, each held
 // for hold, and fails t on any violation or on a fault not injected.
-func runFixedSitesChaos(t *testing.T, seed uint64, hold time.Duration, faults ...siteFault) {
+func runFixedSitesChaos(t *testing.T, seed uint64, hold time.Duration, faults ...siteFault) *sitesResult {
 	t.Helper()
 	r := runSitesChaos(t, sitesSpec{seed: seed, faults: faults, hold: hold})
 	for _, v := range r.violations {
@@ -275,6 +294,7 @@ func runFixedSitesChaos(t *testing.T, seed uint64, hold time.Duration, faults ..
 	if !slices.Equal(r.injected, want) {
 		t.Errorf("injected %v, want every fault: %v", r.injected, want)
 	}
+	return r
 }
 
 // waitOneSiteActive waits until one site acts for every bucket with a

@@ -270,6 +270,9 @@ type observer struct {
 	// ownLast is ownActed when the site last went standby (it acts for
 	// nothing while standby).
 	ownLast map[uint32]int64
+	// wentStandby counts the polls that found the site standby after one
+	// that found it active.
+	wentStandby int
 }
 
 // watch is what the in-process and the multi-process observers share: the
@@ -394,8 +397,11 @@ func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby
 			o.wiped[uint32(b)] = append(o.wiped[uint32(b)], now)
 		}
 	}
-	if standby && !o.lastStandby && o.ownActed != nil {
-		o.ownLast = o.ownActed()
+	if standby && !o.lastStandby && o.last != nil {
+		o.wentStandby++
+		if o.ownActed != nil {
+			o.ownLast = o.ownActed()
+		}
 	}
 	o.last, o.lastStandby = as, standby
 }

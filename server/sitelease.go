@@ -443,25 +443,26 @@ func (s *Server) deposed(st fsm.Stats, other string, naming int) bool {
 // askSiteLease asks the three acceptors for the lease at epoch (last: see
 // GrantSiteLeaseRequest.last_epoch) and returns how many granted it, another
 // site acceptors report holding it ("" if none) with how many of them did,
-// and whether one refused because another site was granted an epoch above
-// last.
+// and whether the witness or this site's acceptor refused because another
+// site was granted an epoch above last.
 func (s *Server) askSiteLease(ctx context.Context, epoch, last uint64) (granted int, other string, naming int, superseded bool) {
 	req := &pb.GrantSiteLeaseRequest{Site: s.cfg.Site, Epoch: epoch, DurationMs: s.cfg.SiteLease.Milliseconds(), LastEpoch: last}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.SiteLease/2) // a round must end well inside a lease
 	defer cancel()
 	type answer struct {
-		resp *pb.GrantSiteLeaseResponse
-		err  error
+		resp     *pb.GrantSiteLeaseResponse
+		err      error
+		fromPeer bool // the other site's acceptor
 	}
 	answers := make(chan answer, 3)
-	remote := func(addrs []string) {
+	remote := func(addrs []string, fromPeer bool) {
 		var last error
 		for _, addr := range addrs {
 			conn, err := s.peers.get(addr)
 			if err == nil {
 				var r *pb.GrantSiteLeaseResponse
 				if r, err = pb.NewSiteLeaseServiceClient(conn).GrantSiteLease(ctx, req); err == nil {
-					answers <- answer{r, nil}
+					answers <- answer{r, nil, fromPeer}
 					return
 				}
 			}
@@ -470,15 +471,15 @@ func (s *Server) askSiteLease(ctx context.Context, epoch, last uint64) (granted 
 				break
 			}
 		}
-		answers <- answer{nil, last}
+		answers <- answer{nil, last, fromPeer}
 	}
-	go remote(s.cfg.PeerSite)
-	go remote(s.cfg.Witness)
+	go remote(s.cfg.PeerSite, true)
+	go remote(s.cfg.Witness, false)
 	if a := s.siteLease.acceptorNow(); a != nil {
 		r, err := a.grant(req, time.Now())
-		answers <- answer{r, err}
+		answers <- answer{r, err, false}
 	} else {
-		answers <- answer{nil, fmt.Errorf("not the leader")}
+		answers <- answer{nil, fmt.Errorf("not the leader"), false}
 	}
 	for range 3 {
 		a := <-answers
@@ -491,7 +492,15 @@ func (s *Server) askSiteLease(ctx context.Context, epoch, last uint64) (granted 
 			other = a.resp.Holder
 			naming++
 		}
-		superseded = superseded || a.resp.Superseded
+		// The other site's acceptor grants its own leader whenever asked,
+		// so its word that it granted its own site a higher epoch proves no
+		// majority: a site cut off asks its own acceptor alone, at a higher
+		// epoch every round. Going standby on it left both sites standby
+		// (chaos seed 757: site a, cut off, had granted itself epochs above
+		// b's; b, active, lost its leader, and b's new leader was told it
+		// was superseded). A majority that granted the other site includes
+		// the witness or this site's acceptor, which say so themselves.
+		superseded = superseded || (a.resp.Superseded && !a.fromPeer)
 		s.siteLease.mu.Lock()
 		s.siteLease.seen = max(s.siteLease.seen, a.resp.Epoch)
 		s.siteLease.mu.Unlock()
