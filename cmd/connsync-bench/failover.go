@@ -253,6 +253,7 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	}
 
 	setPhase("SIGKILL %s, waiting for its %d buckets", tr.victim, len(want))
+	beforeKill(ctx, tr.victim)
 	t0 := time.Now()
 	if err := c.Kill(victim); err != nil {
 		return tr, err

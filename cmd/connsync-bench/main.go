@@ -125,6 +125,7 @@ type globalOpts struct {
 	logLevel   string   // the members' -log-level
 	profile    string   // -profile DIR: members' CPU profiles
 	profileFor time.Duration
+	profileAt  string // start: from the scenario's start; kill: from its first SIGKILL
 }
 
 // reporter returns the command's reporter.
@@ -153,6 +154,8 @@ func (g *globalOpts) validate(minMembers int, scenario, why string) error {
 		return fmt.Errorf("-members must be <= %d (got %d): every member is a process on this machine", maxMembers, g.members)
 	case g.members < minMembers:
 		return fmt.Errorf("-members must be >= %d for %s (got %d): %s", minMembers, scenario, g.members, why)
+	case g.profileAt != "start" && g.profileAt != "kill":
+		return fmt.Errorf("-profile-at must be start or kill (got %q)", g.profileAt)
 	}
 	if g.connsyncd != "" {
 		fi, err := os.Stat(g.connsyncd)
@@ -192,6 +195,7 @@ Flags may be written -name or --name.`,
 	pf.StringVar(&g.plot, "plot", "", "write an SVG chart per scenario into this directory (failover time distributions, replication lag over time)")
 	pf.StringVar(&g.profile, "profile", "", "save every member's CPU profile over the scenario's first -profile-for into this directory (go tool pprof)")
 	pf.DurationVar(&g.profileFor, "profile-for", 5*time.Second, "how long -profile profiles")
+	pf.StringVar(&g.profileAt, "profile-at", "start", "when -profile starts: start (the scenario's start) or kill (the surviving members, from the scenario's first SIGKILL of a member: failover, persistence)")
 	pf.StringVar(&g.logLevel, "member-log-level", "warn", "the members' -log-level (their logs are in the temporary directory; see -keep)")
 	pf.BoolVar(&g.keep, "keep", false, "keep the temporary directory (members' data and logs) and print its path")
 	root.AddCommand(newClaimsCommand(g, stdout, stderr), newLocksCommand(g, stdout, stderr), newFailoverCommand(g, stdout, stderr),
@@ -296,8 +300,15 @@ func scenarioRun(cmd *cobra.Command, g *globalOpts, stdout, stderr io.Writer, fn
 	if err == nil {
 		var fig record
 		wait := func() {}
-		if g.profile != "" { // the members' CPU over the scenario's first seconds
-			wait = profileMembers(ctx, s.c, g.profile, cmd.Name(), g.profileFor, rep)
+		switch {
+		case g.profile == "":
+		case g.profileAt == "kill": // the survivors' CPU from the first SIGKILL
+			var once sync.Once
+			ctx = withBeforeKill(ctx, func(victim string) {
+				once.Do(func() { wait = profileMembers(ctx, s.c, g.profile, cmd.Name(), g.profileFor, rep, victim) })
+			})
+		default: // the members' CPU over the scenario's first seconds
+			wait = profileMembers(ctx, s.c, g.profile, cmd.Name(), g.profileFor, rep, "")
 		}
 		fig, err = fn(ctx, s.c, rep)
 		wait() // its events before the figures, which must be the last line

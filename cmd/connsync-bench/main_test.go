@@ -71,6 +71,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"claims", "surplus"}, `unexpected argument "surplus"`},
 		{[]string{"-members", "0", "claims"}, "-members must be >= 1"},
 		{[]string{"-members", "100", "claims"}, "-members must be <= 32"},
+		{[]string{"-profile-at", "end", "failover"}, "-profile-at must be start or kill"},
 		{[]string{"-connsyncd", "/does/not/exist", "claims"}, "-connsyncd /does/not/exist"},
 		{[]string{"locks", "-batch", "0"}, "-batch must be >= 1"},
 		{[]string{"failover", "-kill", "everyone"}, "-kill must be member or leader"},

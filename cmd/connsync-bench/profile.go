@@ -13,13 +13,16 @@ import (
 	"github.com/connsync/connsync/internal/proccluster"
 )
 
-// profileMembers fetches a CPU profile of every member for d, starting now
-// (connsyncd's /debug/pprof/profile, served with -metrics-addr and -pprof),
-// into dir/NAME-MEMBER.pprof; wait returns once all are written and says
-// where. Read them with `go tool pprof -top CONNSYNCD FILE`.
-func profileMembers(ctx context.Context, c *proccluster.Cluster, dir, name string, d time.Duration, rep *reporter) (wait func()) {
+// profileMembers fetches a CPU profile of every member but skip for d,
+// starting now (connsyncd's /debug/pprof/profile, served with -metrics-addr
+// and -pprof), into dir/NAME-MEMBER.pprof; wait returns once all are written
+// and says where. Read them with `go tool pprof -top CONNSYNCD FILE`.
+func profileMembers(ctx context.Context, c *proccluster.Cluster, dir, name string, d time.Duration, rep *reporter, skip string) (wait func()) {
 	var wg sync.WaitGroup
 	for _, m := range c.Members() {
+		if m.ID == skip {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -63,4 +66,21 @@ func fetchProfile(ctx context.Context, addr string, d time.Duration, path string
 		return err
 	}
 	return f.Close()
+}
+
+// beforeKillKey carries the hook a scenario calls just before it SIGKILLs a
+// member (withBeforeKill).
+type beforeKillKey struct{}
+
+// withBeforeKill returns ctx carrying f, which beforeKill calls with the
+// victim's ID.
+func withBeforeKill(ctx context.Context, f func(victim string)) context.Context {
+	return context.WithValue(ctx, beforeKillKey{}, f)
+}
+
+// beforeKill calls ctx's hook (withBeforeKill), if any, for victim.
+func beforeKill(ctx context.Context, victim string) {
+	if f, ok := ctx.Value(beforeKillKey{}).(func(string)); ok {
+		f(victim)
+	}
 }
