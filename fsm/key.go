@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/cespare/xxhash/v2"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 )
@@ -138,7 +140,10 @@ func KeyFromBytes(b []byte) (Key, error) {
 		return "", errBadKey
 	}
 	zlen := int(b[2])
-	if zlen > MaxZoneLen || len(b) != 3+zlen+2*(alen+2) {
+	if zlen > MaxZoneLen || len(b) != 3+zlen+2*(alen+2) || !utf8.Valid(b[3:3+zlen]) {
+		// The zone is a protobuf string, which must be UTF-8: ParseKey
+		// gets only such zones, and a key with another could not be sent
+		// to a firewall.
 		return "", errBadKey
 	}
 	k := Key(b)
@@ -194,6 +199,41 @@ func (k Key) Proto() *pb.ConnKey {
 		SrcIp: k.addr(0).String(), SrcPort: uint32(k.port(0)),
 		DstIp: k.addr(1).String(), DstPort: uint32(k.port(1)),
 	}
+}
+
+// AppendProto appends the wire encoding of ProtoDirection(reversed) to b, as
+// proto.Marshal writes it, without building the message or allocating: the
+// failover path encodes every state of a bucket this way.
+func (k Key) AppendProto(b []byte, reversed bool) []byte {
+	src, dst := 0, 1
+	if reversed {
+		src, dst = 1, 0
+	}
+	if n := int(k[2]); n > 0 {
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendString(b, string(k[3:3+n]))
+	}
+	if p := k.Protocol(); p != 0 {
+		b = protowire.AppendTag(b, 2, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(p))
+	}
+	b = k.appendEndpoint(b, 3, src)
+	return k.appendEndpoint(b, 5, dst)
+}
+
+// appendEndpoint appends endpoint i's address (field num, text) and port
+// (field num+1, omitted when 0).
+func (k Key) appendEndpoint(b []byte, num protowire.Number, i int) []byte {
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	at := len(b)
+	b = append(b, 0) // the text's length: at most 45 bytes, one varint byte
+	b = k.addr(i).AppendTo(b)
+	b[at] = byte(len(b) - at - 1)
+	if p := k.port(i); p != 0 {
+		b = protowire.AppendTag(b, num+1, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(p))
+	}
+	return b
 }
 
 // ProtoDirection is Proto, with the endpoints swapped if reversed: the key

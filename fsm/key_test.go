@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	pb "github.com/connsync/connsync/api/connsync/v1"
 )
 
@@ -360,11 +362,40 @@ func FuzzKeyFromBytes(f *testing.F) {
 		if k2 != k {
 			t.Fatalf("KeyFromBytes accepted %x but ParseKey(Proto()) gives %x", b, []byte(k2))
 		}
+		checkAppendProto(t, k)
 		_ = k.String()
 		if bk := k.Bucket(DefaultBucketCount); bk >= DefaultBucketCount {
 			t.Fatalf("Bucket = %d", bk)
 		}
 	})
+}
+
+// AppendProto must write exactly what proto.Marshal writes for
+// ProtoDirection, in both directions: the firewall decodes it as a ConnKey.
+func TestKey_AppendProtoIsTheMarshalledKey(t *testing.T) {
+	for _, k := range []Key{
+		mustParse(t, "", 6, "10.0.0.2", 80, "10.0.0.1", 1000),
+		mustParse(t, "vrf1", 17, "2001:db8::ff", 53, "2001:db8::1", 5353),
+		mustParse(t, "", 1, "::ffff:1.2.3.4", 0, "5.6.7.8", 0),
+		mustParse(t, "", 0, "10.0.0.1", 7, "10.0.0.1", 0),
+		mustParse(t, strings.Repeat("x", MaxZoneLen), 132, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", 65535, "::", 2),
+	} {
+		checkAppendProto(t, k)
+	}
+}
+
+func checkAppendProto(t *testing.T, k Key) {
+	t.Helper()
+	for _, rev := range []bool{false, true} {
+		want, err := proto.Marshal(k.ProtoDirection(rev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix := []byte{0xAA}
+		if got := k.AppendProto(prefix, rev); string(got[1:]) != string(want) || got[0] != 0xAA {
+			t.Fatalf("%s (reversed %v): AppendProto = %x, proto.Marshal = %x", k, rev, got[1:], want)
+		}
+	}
 }
 
 func TestKey_DirectionRoundTrip(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -169,8 +170,10 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 }
 
 // states returns a bucket's records as the firewall's ConnStates.
-func (r *Replicator) states(b uint32) []*pb.ConnState {
-	items := r.table.Snapshot(b)
+func (r *Replicator) states(b uint32) []*pb.ConnState { return connStates(r.table.Snapshot(b)) }
+
+// connStates builds the ConnStates of items.
+func connStates(items []conntable.Item) []*pb.ConnState {
 	out := make([]*pb.ConnState, len(items))
 	sts := make([]pb.ConnState, len(items)) // one allocation for the bucket
 	for i, it := range items {
@@ -235,19 +238,67 @@ func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataP
 	}
 }
 
+// sendActivation tells the firewall that bucket b is active at epoch, with
+// its states, in messages of at most activationChunk states. Each message is
+// encoded here (appendActivation) and sent as a message of unknown fields,
+// which protobuf writes as they are: the failover path builds no ConnState
+// or ConnKey per state.
 func (r *Replicator) sendActivation(st pb.DataPlaneService_WatchActivationsServer, b uint32, epoch uint64) error {
-	states := r.states(b)
+	items := r.table.Snapshot(b)
+	var buf, scratch []byte
 	for {
-		n := min(len(states), activationChunk)
-		msg := &pb.WatchActivationsResponse{Bucket: b, Epoch: epoch, Active: true, States: states[:n], More: n < len(states)}
-		if err := st.Send(msg); err != nil {
+		n := min(len(items), activationChunk)
+		buf, scratch = appendActivation(buf[:0], scratch, b, epoch, items[:n], n < len(items))
+		msg := &pb.WatchActivationsResponse{}
+		msg.ProtoReflect().SetUnknown(protoreflect.RawFields(buf))
+		if err := st.Send(msg); err != nil { // encodes msg (a copy of buf) before it returns
 			return err
 		}
-		states = states[n:]
-		if len(states) == 0 {
+		items = items[n:]
+		if len(items) == 0 {
 			return nil
 		}
 	}
+}
+
+// appendActivation appends to dst the wire encoding of the message
+// WatchActivationsResponse{Bucket: b, Epoch: epoch, Active: true, States:
+// items as ConnStates, More: more}, exactly as proto.Marshal writes it;
+// scratch is a buffer for one key, returned for reuse.
+func appendActivation(dst, scratch []byte, b uint32, epoch uint64, items []conntable.Item, more bool) ([]byte, []byte) {
+	if b != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(b))
+	}
+	if epoch != 0 {
+		dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, epoch)
+	}
+	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, 1)
+	for _, it := range items {
+		// A ConnState: key (1), version (2), then the fields the firewall
+		// sent, which the table holds encoded (see states).
+		scratch = it.Key.AppendProto(scratch[:0], it.Reversed)
+		n := 1 + protowire.SizeBytes(len(scratch)) + len(it.State)
+		if it.Version != 0 {
+			n += 1 + protowire.SizeVarint(it.Version)
+		}
+		dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(n))
+		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, scratch)
+		if it.Version != 0 {
+			dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+			dst = protowire.AppendVarint(dst, it.Version)
+		}
+		dst = append(dst, it.State...)
+	}
+	if more {
+		dst = protowire.AppendTag(dst, 5, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, 1)
+	}
+	return dst, scratch
 }
 
 func sortedBuckets(m map[uint32]uint64) []uint32 {
