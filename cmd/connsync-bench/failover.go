@@ -36,6 +36,7 @@ type trial struct {
 	leader      bool
 	buckets     int           // buckets the victim was primary of
 	took        time.Duration // SIGKILL -> the last of them reported active at its new primary
+	first       time.Duration // SIGKILL -> the first of them reported active (the rest is delivery)
 	withoutCopy int           // of them, taken over by a member that held no synced copy
 	settle      time.Duration // restart -> site settled again
 }
@@ -79,7 +80,7 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 		}
 		trials = append(trials, tr)
 		rep.event("trial", field{"trial", i + 1}, field{"victim", tr.victim}, field{"leader", tr.leader},
-			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"without_copy", tr.withoutCopy},
+			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"first_ms", ms(tr.first)}, field{"without_copy", tr.withoutCopy},
 			field{"settle_s", round(tr.settle.Seconds(), 2)})
 	}
 	stop()
@@ -273,8 +274,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	tr.first = takeoverTimeout
 	for b, at := range got {
-		tr.took = max(tr.took, at.Sub(t0))
+		tr.took, tr.first = max(tr.took, at.Sub(t0)), min(tr.first, at.Sub(t0))
 		if a, p := want[b], by[b]; !(a.LocalBackup == p && a.BackupSynced) && !(a.Incoming == p && a.IncomingSynced) {
 			tr.withoutCopy++
 		}

@@ -80,3 +80,37 @@ func BenchmarkActivationStates(b *testing.B) {
 		}
 	}
 }
+
+// Full syncs yield to a firewall's activations for at most maxSyncYield in
+// a row, and go on as soon as the last activation is sent.
+func TestSyncsYield_WhileActivatingAndBounded(t *testing.T) {
+	r := &Replicator{senders: map[string]*sender{}}
+	s := &sender{wake: make(chan struct{}, 1)}
+	r.senders["m2"] = s
+	if r.syncsYield() {
+		t.Fatal("full syncs yield with no activation being sent")
+	}
+	r.activating.Add(1)
+	if !r.syncsYield() {
+		t.Fatal("full syncs do not yield while an activation is sent")
+	}
+	r.yieldMu.Lock()
+	r.yieldSince = r.yieldSince.Add(-maxSyncYield)
+	r.yieldMu.Unlock()
+	if r.syncsYield() {
+		t.Fatalf("full syncs still yield after %v of activations", maxSyncYield)
+	}
+	r.activationSent()
+	if r.syncsYield() {
+		t.Fatal("full syncs yield after the last activation was sent")
+	}
+	select {
+	case <-s.wake:
+	default:
+		t.Fatal("the sender was not woken when the last activation was sent")
+	}
+	r.activating.Add(1)
+	if !r.syncsYield() {
+		t.Fatal("a new activation after the bound was reset does not make full syncs yield")
+	}
+}

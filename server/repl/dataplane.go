@@ -214,20 +214,8 @@ func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataP
 				delete(told, b)
 			}
 		}
-		for _, b := range sortedBuckets(active) {
-			e := active[b]
-			old, ok := told[b]
-			switch {
-			case !ok:
-				if err := r.sendActivation(st, b, e); err != nil {
-					return err
-				}
-			case old != e:
-				if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
-					return err
-				}
-			}
-			told[b] = e
+		if err := r.sendActivations(st, active, told); err != nil {
+			return err
 		}
 		select {
 		case <-st.Context().Done():
@@ -236,6 +224,38 @@ func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataP
 		case <-tick.C:
 		}
 	}
+}
+
+// sendActivations tells the firewall of the buckets in active that told
+// does not have at their epoch, and records them in told. Full syncs yield
+// while it sends states (syncsYield).
+func (r *Replicator) sendActivations(st pb.DataPlaneService_WatchActivationsServer, active, told map[uint32]uint64) error {
+	sending := false
+	defer func() {
+		if sending {
+			r.activationSent()
+		}
+	}()
+	for _, b := range sortedBuckets(active) {
+		e := active[b]
+		old, ok := told[b]
+		switch {
+		case !ok:
+			if !sending {
+				sending = true
+				r.activating.Add(1)
+			}
+			if err := r.sendActivation(st, b, e); err != nil {
+				return err
+			}
+		case old != e:
+			if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
+				return err
+			}
+		}
+		told[b] = e
+	}
+	return nil
 }
 
 // sendActivation tells the firewall that bucket b is active at epoch, with

@@ -163,6 +163,13 @@ type Replicator struct {
 	delayer  *delayer
 	refused  atomic.Uint64
 
+	// activating counts the WatchActivations streams sending a bucket's
+	// states to the firewall: full syncs wait while it is above 0 (see
+	// nextBatch), at most maxSyncYield at a time.
+	activating atomic.Int32
+	yieldMu    sync.Mutex
+	yieldSince time.Time // when full syncs began waiting; zero: not waiting
+
 	wake       chan struct{} // replanning
 	lastActing bool          // Run's goroutine only
 	ctx        context.Context

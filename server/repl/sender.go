@@ -382,7 +382,7 @@ func (s *sender) nextBatch() *pb.ReplicateRequest {
 		s.queue = append(s.queue[:0], s.queue[s.head:]...)
 		s.head = 0
 	}
-	for len(s.syncs) > 0 && count < s.maxRecords && len(buf) < s.maxBytes {
+	for len(s.syncs) > 0 && count < s.maxRecords && len(buf) < s.maxBytes && !r.syncsYield() {
 		job := s.firstPendingSync()
 		if job == nil {
 			break
@@ -457,4 +457,43 @@ func (s *sender) status() (*pb.ReplicationStream, []*pb.FullSync) {
 		syncs = append(syncs, fs)
 	}
 	return st, syncs
+}
+
+// maxSyncYield bounds how long full syncs wait for activations (syncsYield).
+const maxSyncYield = time.Second
+
+// syncsYield reports whether full syncs wait: while a new primary sends
+// activated buckets' states to its firewall (a failover), the two compete
+// for the same CPU, and the firewall waits for the last state of the last
+// bucket before it serves it. The backups' copies come right after; a full
+// sync already waits that long when it starts behind other buckets. Never
+// more than maxSyncYield in a row, so a firewall that reads slowly cannot
+// hold the backups' copies back.
+func (r *Replicator) syncsYield() bool {
+	if r.activating.Load() == 0 {
+		return false
+	}
+	r.yieldMu.Lock()
+	defer r.yieldMu.Unlock()
+	now := time.Now()
+	if r.yieldSince.IsZero() {
+		r.yieldSince = now
+	}
+	return now.Sub(r.yieldSince) < maxSyncYield
+}
+
+// activationSent ends one activation's delivery; when none is left, the
+// senders are woken to go on with their full syncs.
+func (r *Replicator) activationSent() {
+	if r.activating.Add(-1) > 0 {
+		return
+	}
+	r.yieldMu.Lock()
+	r.yieldSince = time.Time{}
+	r.yieldMu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.senders {
+		s.signal()
+	}
 }
