@@ -252,27 +252,18 @@ func TestChaos_SitesDeposedSiteDoesNotReturn(t *testing.T) {
 
 // TestChaos_SitesStandbyRebalanceKeepsCopies is the shape of long-run seeds
 // 701 and 757: the active site a is cut off and b takes over; the cut heals
-// and b's leader crashes. a's acceptor, which granted a a higher epoch
-// meanwhile (its lone attempt), tells b's new leader it was superseded: both
-// sites go standby, and b takes the lease back seconds later. Meanwhile b
-// rebalanced onto its restarted member: on a standby site a move completes
-// at once, and the buckets it moved, their copies (b's own, from its active
-// days) left behind, were activated empty. A standby site now moves a
-// bucket for balance only while an active site reaches it, or if the site
-// never changed mode and the bucket holds no synced copy.
+// and b's leader crashes. a's own acceptor, which granted a (cut off, asking
+// alone) a higher epoch meanwhile, told b's new leader it was superseded:
+// both sites went standby, and b took the lease back seconds later. While
+// standby, b lost copies two ways: it rebalanced onto its restarted member
+// (a move completes at once on a standby site, the copies left behind), and
+// it failed its crashed member over to members that had dropped their
+// backups on going standby (the CI run of 1ae6a34: 14 confirmed connections
+// lost). A standby site now moves a bucket for balance only while an active
+// site reaches it, or if the site never changed mode and the bucket holds
+// no synced copy; and the other site's acceptor alone no longer deposes an
+// active site, so b must never go standby here. S1 and S5 are checked.
 func TestChaos_SitesStandbyRebalanceKeepsCopies(t *testing.T) {
-	runFixedSitesChaos(t, 757, 2*time.Second, &siteIsolation{}, &siteMemberCrash{leaderOfB: true})
-}
-
-// TestChaos_SitesPeerSelfGrantDoesNotDepose is the same schedule, checked
-// for what went wrong first: b, active, must not go standby because a's own
-// acceptor granted a (cut off, asking alone) an epoch above b's. Believing
-// it left both sites standby, and b, failing its crashed member over while
-// standby, promoted members that had dropped their backups on going standby
-// (the CI run of 1ae6a34 lost 14 confirmed connections that way). a's
-// acceptor is no majority; b stays active and renews once its new leader's
-// acceptor is ready.
-func TestChaos_SitesPeerSelfGrantDoesNotDepose(t *testing.T) {
 	r := runFixedSitesChaos(t, 757, 2*time.Second, &siteIsolation{}, &siteMemberCrash{leaderOfB: true})
 	if r.wentStandby[1] != 0 {
 		t.Errorf("site b went from active to standby %d times; want 0 (only a's own acceptor named a)", r.wentStandby[1])
