@@ -209,9 +209,9 @@ func (k Key) AppendProto(b []byte, reversed bool) []byte {
 	if reversed {
 		src, dst = 1, 0
 	}
-	if n := int(k[2]); n > 0 {
+	if z := k.Zone(); z != "" {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, string(k[3:3+n]))
+		b = protowire.AppendString(b, z)
 	}
 	if p := k.Protocol(); p != 0 {
 		b = protowire.AppendTag(b, 2, protowire.VarintType)

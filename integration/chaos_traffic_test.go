@@ -397,8 +397,10 @@ func (o *observer) noteWiped(as []fsm.Assignment, alive map[string]bool, standby
 			o.wiped[uint32(b)] = append(o.wiped[uint32(b)], now)
 		}
 	}
-	if standby && !o.lastStandby && o.last != nil {
-		o.wentStandby++
+	if standby && !o.lastStandby {
+		if o.last != nil { // not the first poll
+			o.wentStandby++
+		}
 		if o.ownActed != nil {
 			o.ownLast = o.ownActed()
 		}
