@@ -5,6 +5,10 @@ import (
 	"fmt"
 )
 
+// ErrStaleSnapshot is returned by FSM.Restore for a snapshot older than the
+// state already applied.
+var ErrStaleSnapshot = errors.New("fsm: snapshot is older than the applied state")
+
 // Code identifies a domain error. Codes are persisted in idempotency sessions
 // and snapshots: never renumber them.
 type Code uint32

@@ -131,6 +131,9 @@ type FSM struct {
 	// changed is closed (and replaced) after an entry that changed members
 	// or assignments is applied, and after a Restore: see Watch.
 	changed chan struct{}
+	// staleRefused counts snapshots Restore refused as older than the
+	// applied state, and staleAt is the applied index of the last refusal.
+	staleRefused, staleAt uint64
 }
 
 // New returns an empty FSM.
@@ -366,6 +369,18 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 
 // Restore implements raft.FSM: it builds a fresh state from the snapshot and
 // swaps it in whole.
+//
+// It refuses (ErrStaleSnapshot, state untouched) a snapshot whose applied
+// index is below the one already applied. Raft restores at start-up into an
+// empty state machine, so the refusal only meets a leader's InstallSnapshot:
+// hashicorp/raft v1.7.3 sends its latest snapshot when a follower fails the
+// previous-log check below the leader's first log entry, and that snapshot
+// can be older than what the follower applied and compacted away. Installing
+// it would move Raft's applied index back over entries the follower no
+// longer has, and the next commit panics ("failed to get log";
+// hashicorp/raft#697). Refused, the install fails before Raft records it;
+// the leader retries, and the member asks it for a newer snapshot
+// (StaleRestores, HeartbeatRequest.snapshot_wanted).
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	st, err := readSnapshot(rc)
@@ -373,8 +388,22 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.applied < f.st.applied {
+		f.staleRefused++
+		f.staleAt = f.st.applied
+		return fmt.Errorf("%w: it ends at index %d, this member applied %d", ErrStaleSnapshot, st.applied, f.st.applied)
+	}
 	f.st = st
 	f.notify()
-	f.mu.Unlock()
 	return nil
+}
+
+// StaleRestores returns how many snapshots Restore refused as stale, and the
+// applied index at the last refusal: a snapshot ending there or later would
+// be taken.
+func (f *FSM) StaleRestores() (count, applied uint64) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.staleRefused, f.staleAt
 }

@@ -499,3 +499,37 @@ func FuzzRestore(f *testing.F) {
 		_ = g.Lookup(Key([]byte{4, 6, 0, 10, 0, 0, 1, 0, 1, 10, 0, 0, 2, 0, 2}))
 	})
 }
+
+// TestFSM_RestoreRefusesStaleSnapshot: a snapshot older than the applied
+// state (a leader's old snapshot sent to a follower that applied further,
+// hashicorp/raft#697) is refused with the state untouched and counted; one at
+// or past the applied index is taken.
+func TestFSM_RestoreRefusesStaleSnapshot(t *testing.T) {
+	f, idx := newSite(t, "m1")
+	old := persist(t, f) // ends at idx-1
+	oldApplied := f.AppliedIndex()
+	expectOK(t, apply1(t, f, idx, t0, claimOp(tcpKey(t, 1), "m1")))
+	before := snapshotBytes(t, f)
+	err := f.Restore(io.NopCloser(bytes.NewReader(old)))
+	if !errors.Is(err, ErrStaleSnapshot) {
+		t.Fatalf("Restore of a snapshot ending at %d into a state at %d = %v, want ErrStaleSnapshot", oldApplied, idx, err)
+	}
+	if !bytes.Equal(snapshotBytes(t, f), before) {
+		t.Fatal("refused Restore changed the state")
+	}
+	if n, at := f.StaleRestores(); n != 1 || at != idx {
+		t.Fatalf("StaleRestores = %d, %d; want 1, %d", n, at, idx)
+	}
+	// The same state is taken (raft re-installs after a restart), and a
+	// fresh state machine takes the old one.
+	if err := f.Restore(io.NopCloser(bytes.NewReader(before))); err != nil {
+		t.Fatalf("Restore of a snapshot at the applied index: %v", err)
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(old))); err != nil || g.AppliedIndex() != oldApplied {
+		t.Fatalf("Restore into an empty FSM = %v (applied %d), want nil (%d)", err, g.AppliedIndex(), oldApplied)
+	}
+	if n, _ := g.StaleRestores(); n != 0 {
+		t.Fatalf("empty FSM counted %d stale restores", n)
+	}
+}

@@ -267,6 +267,10 @@ type observer struct {
 	// and when the other site last acted for bucket b (0: never).
 	ownActed   func() map[uint32]int64
 	otherActed func(b uint32) int64
+	// staleRefused: snapshots each state machine (one per member process)
+	// refused as older than its applied state (hashicorp/raft#697). Written
+	// by the poll loop only; read after stop.
+	staleRefused map[*fsm.FSM]uint64
 	// ownLast is ownActed when the site last went standby (it acts for
 	// nothing while standby).
 	ownLast map[uint32]int64
@@ -311,7 +315,7 @@ func (w *watch) stop() {
 }
 
 func startObserver(c *cluster.Cluster) *observer {
-	o := &observer{watch: newWatch(), wiped: map[uint32][]int64{}}
+	o := &observer{watch: newWatch(), wiped: map[uint32][]int64{}, staleRefused: map[*fsm.FSM]uint64{}}
 	go func() {
 		defer close(o.done)
 		tick := time.NewTicker(3 * time.Millisecond)
@@ -333,6 +337,9 @@ func startObserver(c *cluster.Cluster) *observer {
 					set[a.Bucket] = a.Epoch
 				}
 				o.act.Observe(m.ID, chaos.Now(), set)
+				if n, _ := m.Server.FSM().StaleRestores(); n > 0 {
+					o.staleRefused[m.Server.FSM()] = n
+				}
 				r := m.Server.Raft()
 				if r.State() == raft.Leader {
 					o.terms.Leader(r.CurrentTerm(), m.ID)
@@ -678,4 +685,14 @@ func (d *dataPlane) closeAll() {
 	for id := range d.streams {
 		d.drop(id)
 	}
+}
+
+// staleSnapshots is how many snapshots the members refused as stale; call
+// it after stop.
+func (o *observer) staleSnapshots() int {
+	n := 0
+	for _, c := range o.staleRefused {
+		n += int(c)
+	}
+	return n
 }

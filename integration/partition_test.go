@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,6 +118,140 @@ func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
 	if got := c.Members[0].Server.FSM().Stats().Claims; got != n {
 		t.Fatalf("after a full restart: %d claims, want %d", got, n)
 	}
+}
+
+// TestCluster_StaleSnapshotRefused reproduces the state behind
+// hashicorp/raft#697, which the chaos suite hit as a follower panic: the
+// leader cannot find the entry before a follower's next one and falls back to
+// its latest snapshot, which is older than what the follower applied and
+// compacted away. Installed, it would move the follower's applied index back
+// over entries it no longer has (its state machine goes back in time, and the
+// next commit panics). The follower must refuse it, ask for a newer one in
+// its heartbeats, and the leader must take one, so the follower catches up.
+// The leader's missing entry is injected by hiding already-applied entries
+// from its log store; the rest is the real path.
+func TestCluster_StaleSnapshotRefused(t *testing.T) {
+	hidden := map[string]*atomic.Uint64{}
+	for i := range 3 {
+		hidden[fmt.Sprintf("m%d", i)] = new(atomic.Uint64)
+	}
+	c := cluster.New(t, 3, cluster.Options{Tweak: func(cfg *server.Config) {
+		cfg.SnapshotThreshold = 1 << 40 // snapshots only when the test (or a follower) asks
+		cfg.TrailingLogs = 8
+		h := hidden[cfg.MemberID]
+		if h == nil {
+			t.Fatalf("member %q: the test expects IDs m0..m2", cfg.MemberID)
+		}
+		cfg.WrapLogStore = func(ls raft.LogStore) raft.LogStore { return &hidingStore{LogStore: ls, upTo: h} }
+	}})
+	leader := c.WaitForLeader(10 * time.Second)
+	cl := c.Client()
+	ctx := cluster.Context(t, 60*time.Second)
+	claims := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			if _, err := cl.Claim(ctx, key(i), "m0"); err != nil {
+				t.Fatalf("claim %d: %v", i, err)
+			}
+		}
+	}
+	lastSnap := func(m *cluster.Member) uint64 {
+		idx, _ := strconv.ParseUint(m.Server.Raft().Stats()["last_snapshot_index"], 10, 64)
+		return idx
+	}
+	claims(0, 20)
+	if err := leader.Server.Raft().Snapshot().Error(); err != nil {
+		t.Fatalf("leader snapshot: %v", err)
+	}
+	old := lastSnap(leader)
+	claims(20, 120)
+	c.WaitConverged(30 * time.Second)
+	followers := c.Followers()
+	applied := map[string]uint64{}
+	for _, f := range followers {
+		if err := f.Server.Raft().Snapshot().Error(); err != nil {
+			t.Fatalf("%s snapshot: %v", f.ID, err)
+		}
+		applied[f.ID] = f.Server.FSM().AppliedIndex()
+		if first, _ := f.Server.Raft().Stats()["last_snapshot_index"]; first == "" {
+			t.Fatalf("%s has no snapshot", f.ID)
+		}
+	}
+	// Watch the followers' state machines: they must never go back.
+	stop := make(chan struct{})
+	back := make(chan string, 1)
+	go func() {
+		for {
+			for _, f := range followers {
+				if got := f.Server.FSM().AppliedIndex(); got < applied[f.ID] {
+					select {
+					case back <- fmt.Sprintf("%s's state machine went back from index %d to %d", f.ID, applied[f.ID], got):
+					default:
+					}
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	defer close(stop)
+	// Hide the leader's applied entries until a follower has refused its
+	// old snapshot (entries it has applied are never read for applying).
+	h := hidden[leader.ID]
+	wentBack := func() {
+		t.Helper()
+		select {
+		case msg := <-back:
+			t.Fatal(msg)
+		default:
+		}
+	}
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		wentBack()
+		h.Store(leader.Server.Raft().AppliedIndex())
+		for _, f := range followers {
+			if n, _ := f.Server.FSM().StaleRestores(); n > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("no follower refused the leader's snapshot at %d yet", old)
+	})
+	// The leader takes a newer snapshot on the follower's word, and the
+	// site goes on committing with the entries still hidden.
+	cluster.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		if got := lastSnap(leader); got <= old {
+			return fmt.Errorf("leader's last snapshot is still at %d", got)
+		}
+		return nil
+	})
+	claims(120, 140)
+	h.Store(0)
+	claims(140, 160)
+	c.WaitConverged(30 * time.Second)
+	wentBack()
+	for _, f := range followers {
+		n, at := f.Server.FSM().StaleRestores()
+		t.Logf("%s refused %d stale snapshots (applied %d at the last)", f.ID, n, at)
+	}
+	if got := leader.Server.FSM().Stats().Claims; got != 160 {
+		t.Fatalf("%d claims, want 160", got)
+	}
+}
+
+// hidingStore answers ErrLogNotFound for the entries up to upTo (0: none).
+type hidingStore struct {
+	raft.LogStore
+	upTo *atomic.Uint64
+}
+
+func (s *hidingStore) GetLog(index uint64, l *raft.Log) error {
+	if index <= s.upTo.Load() {
+		return raft.ErrLogNotFound
+	}
+	return s.LogStore.GetLog(index, l)
 }
 
 // TestCluster_LeaderCutOffWithNonvoterConfirmsNothing cuts the leader off

@@ -134,8 +134,8 @@ type Config struct {
 
 	// Network is the transport for Raft and member-to-member gRPC (nil = TCP).
 	Network Network
-	// WrapLogStore, if set, wraps the Raft log store (raft-boltdb under
-	// Raft's log cache); tests use it to inject a slow disk.
+	// WrapLogStore, if set, wraps the Raft log store (Raft's log cache over
+	// raft-boltdb); tests use it to inject a slow disk or a missing entry.
 	WrapLogStore func(raft.LogStore) raft.LogStore
 	// TweakGossip, if set, adjusts the gossip pool's configuration (probe
 	// and gossip intervals) after connsyncd has filled it in; tests under

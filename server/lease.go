@@ -36,6 +36,10 @@ type leaseKeeper struct {
 	sent       map[uint64]time.Time // seq -> send time, for beats in flight
 	seq        uint64
 	rejoin     chan struct{} // signalled when the leader says this member is failed or unknown
+	// staleSeen is the state machine's count of refused stale snapshots
+	// last seen; the member asks for a snapshot until staleUntil.
+	staleSeen  uint64
+	staleUntil time.Time
 }
 
 func newLeaseKeeper(s *Server) *leaseKeeper {
@@ -160,7 +164,7 @@ func (l *leaseKeeper) stream() error {
 		}
 		l.mu.Unlock()
 		req := &pb.HeartbeatRequest{MemberId: s.cfg.MemberID, Incarnation: s.incarnation, Seq: seq,
-			AppliedIndex: s.fsm.AppliedIndex()}
+			AppliedIndex: s.fsm.AppliedIndex(), SnapshotWanted: l.snapshotWanted(time.Now())}
 		if err := st.Send(req); err != nil {
 			return err
 		}

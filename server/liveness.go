@@ -484,6 +484,9 @@ func (m *memberService) Heartbeat(st pb.MemberService_HeartbeatServer) error {
 		case req.MemberId != id:
 			return invalid("member_id", "%q on a stream opened by %q", req.MemberId, id)
 		}
+		if req.SnapshotWanted != 0 && s.isReady() {
+			s.snapshots.want(req.SnapshotWanted)
+		}
 		if err := st.Send(s.live.beat(req)); err != nil {
 			return nil
 		}

@@ -52,6 +52,7 @@ type Server struct {
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
 	handoff     *handoff         // buckets taken over that it may not act for yet
+	snapshots   snapshotTaker    // snapshots followers ask for (stalesnap.go)
 	pool        *membership.Pool // gossip; nil without GossipBind
 	repl        replHolder       // connection-state replication
 
@@ -90,6 +91,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Syncer = replSyncer{s}
 	}
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
+	s.snapshots.s = s
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {
 		s.network = TCPNetwork{}
@@ -155,13 +157,13 @@ func (s *Server) startRaft() error {
 		return fmt.Errorf("server: open raft.db: %w", err)
 	}
 	s.store = store
-	var logStore raft.LogStore = store
-	if s.cfg.WrapLogStore != nil {
-		logStore = s.cfg.WrapLogStore(store)
-	}
-	logs, err := raft.NewLogCache(1024, logStore)
+	cache, err := raft.NewLogCache(1024, store)
 	if err != nil {
 		return err
+	}
+	var logs raft.LogStore = cache
+	if s.cfg.WrapLogStore != nil {
+		logs = s.cfg.WrapLogStore(cache)
 	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(s.cfg.DataDir, 2, s.logger.Named("snapshot"))
 	if err != nil {
@@ -552,11 +554,14 @@ func (s *Server) closeAll() error {
 		}
 		errs = append(errs, s.pool.Shutdown())
 	}
-	if s.proposer != nil {
-		s.proposer.close()
-	}
+	// Raft first: an entry it cannot commit (a leader whose followers
+	// refuse its entries but answer its heartbeats) holds a proposal until
+	// Raft fails it at shutdown, and the proposer waits for its proposals.
 	if s.raft != nil {
 		errs = append(errs, s.raft.Shutdown().Error())
+	}
+	if s.proposer != nil {
+		s.proposer.close()
 	}
 	if s.transport != nil {
 		errs = append(errs, s.transport.Close())

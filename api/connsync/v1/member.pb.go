@@ -27,9 +27,15 @@ type HeartbeatRequest struct {
 	Incarnation uint64                 `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	Seq         uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	// The member's applied Raft index.
-	AppliedIndex  uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex uint64 `protobuf:"varint,4,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Non-zero: the member refused a snapshot the leader sent as older than
+	// its applied state (it would have moved its applied index back over log
+	// entries it no longer has; hashicorp/raft#697). The leader takes a
+	// snapshot once its last one ends below this index, so the next install
+	// succeeds.
+	SnapshotWanted uint64 `protobuf:"varint,5,opt,name=snapshot_wanted,json=snapshotWanted,proto3" json:"snapshot_wanted,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
@@ -86,6 +92,13 @@ func (x *HeartbeatRequest) GetSeq() uint64 {
 func (x *HeartbeatRequest) GetAppliedIndex() uint64 {
 	if x != nil {
 		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetSnapshotWanted() uint64 {
+	if x != nil {
+		return x.SnapshotWanted
 	}
 	return 0
 }
@@ -571,12 +584,13 @@ var File_connsync_v1_member_proto protoreflect.FileDescriptor
 
 const file_connsync_v1_member_proto_rawDesc = "" +
 	"\n" +
-	"\x18connsync/v1/member.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\"\x88\x01\n" +
+	"\x18connsync/v1/member.proto\x12\vconnsync.v1\x1a\x17connsync/v1/types.proto\"\xb1\x01\n" +
 	"\x10HeartbeatRequest\x12\x1b\n" +
 	"\tmember_id\x18\x01 \x01(\tR\bmemberId\x12 \n" +
 	"\vincarnation\x18\x02 \x01(\x04R\vincarnation\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12#\n" +
-	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\"\x85\x02\n" +
+	"\rapplied_index\x18\x04 \x01(\x04R\fappliedIndex\x12'\n" +
+	"\x0fsnapshot_wanted\x18\x05 \x01(\x04R\x0esnapshotWanted\"\x85\x02\n" +
 	"\x11HeartbeatResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\agranted\x18\x02 \x01(\bR\agranted\x12\x16\n" +
