@@ -419,20 +419,9 @@ const BackupTolerance = 0.05
 // share (Targets over the buckets that have a backup, with a tolerance of
 // tolerance x share + 1) to members below it, never onto the bucket's
 // primary, preferring the receiver that holds the fewest backups of that
-// primary.
-//
-// Then it spreads each primary's backups over the other members in
-// proportion to their weight, with the same tolerance: when a primary fails
-// its buckets go to their backups, and one member taking them all does the
-// whole failover alone. Counts alone do not see it: members that joined one
-// by one can end with equal counts and each primary backed up by one other
-// member only (m1's backups all on m2, m2's on m3, m3's on m1). Such a move
-// never takes the receiver over its share of backups, so the two passes do
-// not undo each other.
-//
-// Moves are make-before-break (the receiver comes in as Incoming for the
-// backup role); at most maxMoves moves are under way after the plan (0: no
-// limit).
+// primary. Moves are make-before-break (the receiver comes in as Incoming for
+// the backup role); at most maxMoves moves are under way after the plan (0:
+// no limit).
 func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance float64) []Change {
 	t := newTally(cur, eligible)
 	if len(t.ids) < 2 {
@@ -477,85 +466,7 @@ func RebalanceBackups(cur []Bucket, eligible []Member, maxMoves int, tolerance f
 		t.set(bi, b)
 		inFlight++
 	}
-	// The passes below move a bucket of primary p only to a member below
-	// its share of p's backups, and only from a member above its share of
-	// all backups (fill) or of p's (spread): neither undoes the other.
-	share := t.pairShares()
-	pairGap := func(p, id string) float64 { return share(p, id) - float64(t.pairs[[2]string{p, id}]) }
-	// Fill: members under their share of backups (with tolerance) take
-	// backups from members above theirs. The pass above moves only from
-	// members over their share with tolerance, which can leave everyone
-	// else at the top of the tolerance and no room to spread pairs.
-	under := func(id string) bool {
-		return float64(t.backups[id]) < float64(target[id])*(1-tolerance)-1
-	}
-	inFlight = t.moveBackups(maxMoves, inFlight, func(p, q string) bool { return t.backups[q] > target[q] },
-		func(p, q, id string) (float64, bool) { return pairGap(p, id), under(id) && pairGap(p, id) > 0 })
-	// Spread: a primary's backups held by a member above its share of them
-	// (with tolerance) go to members below theirs that are not full.
-	full := func(id string) bool { return float64(t.backups[id]+1) > float64(target[id])*(1+tolerance)+1 }
-	t.moveBackups(maxMoves, inFlight, func(p, q string) bool { return -pairGap(p, q) > share(p, q)*tolerance+1 },
-		func(p, q, id string) (float64, bool) { return pairGap(p, id), !full(id) && pairGap(p, id) > 0 })
 	return t.result(cur)
-}
-
-// pairShares returns each member's share of a primary's backups: the
-// primary's buckets with a backup, over the other eligible members by
-// weight. Backup moves do not change a primary's count.
-func (t *tally) pairShares() func(p, id string) float64 {
-	withBackup := map[string]int{}
-	for _, b := range t.buckets {
-		if p, lb := future(b); lb != "" {
-			withBackup[p]++
-		}
-	}
-	total := 0.0
-	for _, id := range t.ids {
-		total += t.weight[id]
-	}
-	return func(p, id string) float64 {
-		others := total - t.weight[p] // 0 for a primary that is not eligible
-		if !t.eligible(p) {
-			others = total
-		}
-		return float64(withBackup[p]) * t.weight[id] / others
-	}
-}
-
-// moveBackups moves the backup q of each bucket of primary p (not moving,
-// both eligible) for which from(p, q) holds to the member id (not p or q)
-// for which to(p, q, id) is acceptable and ranks highest, ties broken by
-// rendezvous hash; it stops at maxMoves moves under way and returns the
-// count.
-func (t *tally) moveBackups(maxMoves, inFlight int, from func(p, q string) bool, to func(p, q, id string) (float64, bool)) int {
-	for i, b := range t.buckets {
-		bi := uint32(i)
-		if maxMoves > 0 && inFlight >= maxMoves {
-			break
-		}
-		p, q := b.Primary, b.LocalBackup
-		if b.moving() || q == "" || !t.eligible(p) || !t.eligible(q) || !from(p, q) {
-			continue
-		}
-		best, bestScore, bestRank := "", 0.0, uint64(0)
-		for _, id := range t.ids {
-			if id == p || id == q {
-				continue
-			}
-			score, ok := to(p, q, id)
-			r := rank(bi, id)
-			if ok && (best == "" || score > bestScore || (score == bestScore && r > bestRank)) {
-				best, bestScore, bestRank = id, score, r
-			}
-		}
-		if best == "" {
-			continue
-		}
-		b.Incoming, b.IncomingSynced, b.IncomingPrimary = best, false, false
-		t.set(bi, b)
-		inFlight++
-	}
-	return inFlight
 }
 
 // Flip completes the moves whose incoming member has synced. For the
