@@ -287,9 +287,11 @@ func (f *drainFault) heal(e *chaosEnv) error {
 	if f.victim == nil {
 		return nil
 	}
-	// An operator retries a removal refused for want of a leader (seed
-	// 13108: refused once under a delayed link, and the drained member,
-	// LEFT and still running, never counted as a member again).
+	// An operator retries a refused removal for a while (seed 13108: refused
+	// once for want of a leader under a delayed link; the drain then ended,
+	// and the member, LEFT and still running, never counted as a member
+	// again). A drain that has not ended by then (seed 14017: backups still
+	// moving) leaves the member DRAINING, which counts.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -299,7 +301,8 @@ func (f *drainFault) heal(e *chaosEnv) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("remove drained %s: still refused after 30 s: %w", f.victim.ID, err)
+			e.logf("remove drained %s refused for 30 s (%v); it stays, drained", f.victim.ID, err)
+			return nil
 		}
 		e.logf("remove drained %s refused (%v); retrying", f.victim.ID, err)
 		time.Sleep(200 * time.Millisecond) // an operator's retry, not a wait for a condition
