@@ -488,6 +488,35 @@ func TestCluster_BadEventsRefusedOneByOne(t *testing.T) {
 			t.Errorf("event %d refused with %q, want a message with %q", e.Index, e.Message, w)
 		}
 	}
+	// Every refused event is named, beyond the 16 with a message: a firewall
+	// resending only those named lost the rest (connsync-bench persistence
+	// on a loaded machine, a whole batch refused while a lease lapsed).
+	var many []*pb.ConnEvent
+	for i := 0; len(many) < 40; i++ { // 40 connections of buckets m is not primary of
+		if _, b := bucketOf(t, conn(i, 0)); as[b].Primary != m.ID {
+			many = append(many, &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: conn(i, 2)})
+		}
+	}
+	if err := st.Send(&pb.PublishRequest{Seq: 2, Events: append(many, &pb.ConnEvent{
+		Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: conn(mineI, 2)})}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	refused := 0
+	for _, e := range resp.Errors {
+		if int(e.Index) != refused || e.Code != int32(codes.FailedPrecondition) {
+			t.Fatalf("refusal %d: %v; want event %d, FailedPrecondition (answer %v)", refused, e, refused, resp)
+		}
+		if (e.Message != "") != (refused < 16) {
+			t.Errorf("refusal %d: message %q; want one on the first 16 only", refused, e.Message)
+		}
+		refused++
+	}
+	if resp.Refused != 40 || refused != 40 || resp.Accepted != 1 {
+		t.Fatalf("answer: %d accepted, %d refused, %d named; want 1, 40, 40", resp.Accepted, resp.Refused, refused)
+	}
 }
 
 // TestCluster_ActivationHandsOverBackedUpStates: when a primary stops, the

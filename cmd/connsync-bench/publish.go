@@ -190,6 +190,9 @@ func (p *publisher) publishOnce(ctx context.Context, evs []*pb.ConnEvent) (refus
 				return fmt.Errorf("publish to %s: %w", id, err)
 			}
 			if resp.Refused > 0 {
+				if int(resp.Refused) != len(resp.Errors) {
+					return fmt.Errorf("publish to %s: %d events refused but %d named: cannot tell which to send again", id, resp.Refused, len(resp.Errors))
+				}
 				mu.Lock()
 				for _, e := range resp.Errors {
 					refused = append(refused, list[e.Index])

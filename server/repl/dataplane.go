@@ -21,7 +21,7 @@ import (
 const (
 	MaxEventsPerBatch = 10000
 	MaxBlobBytes      = 1024
-	maxErrors         = 16 // refusals detailed per answer
+	maxErrorMessages  = 16 // refusals with a message per answer (every refusal is listed)
 	activationChunk   = 1000
 )
 
@@ -73,11 +73,19 @@ func (r *Replicator) Publish(st pb.DataPlaneService_PublishServer) error {
 	}
 }
 
+// refuse lists event i as refused. Every refusal is listed, so the firewall
+// knows each event to send again; only the first few carry a message.
+// (Listing only the first 16 lost the rest: a firewall resending what the
+// answer named dropped the others, and a whole batch refused while its
+// primary's lease lapsed on a loaded machine lost thousands of connections
+// in connsync-bench persistence.)
 func refuse(resp *pb.PublishResponse, i int, code codes.Code, format string, args ...any) {
 	resp.Refused++
-	if len(resp.Errors) < maxErrors {
-		resp.Errors = append(resp.Errors, &pb.EventError{Index: uint32(i), Code: int32(code), Message: fmt.Sprintf(format, args...)})
+	e := &pb.EventError{Index: uint32(i), Code: int32(code)}
+	if len(resp.Errors) < maxErrorMessages {
+		e.Message = fmt.Sprintf(format, args...)
 	}
+	resp.Errors = append(resp.Errors, e)
 }
 
 // publishBatch applies one batch of events, each on its own: a refused event

@@ -248,7 +248,8 @@ type PublishResponse struct {
 	Seq      uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	Accepted uint32                 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	Refused  uint32                 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
-	// The first few refusals.
+	// Every refused event, in batch order (refused entries): send each one
+	// again, to the primary of the moment. Only the first 16 carry a message.
 	Errors []*EventError `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
 	// Every event of the batches up to this seq that was due for replication
 	// has been acknowledged by the backups of its bucket (events held back by
