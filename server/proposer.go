@@ -133,7 +133,7 @@ func (pr *proposer) submit(batch []*pending) {
 	pr.wg.Add(1)
 	go func() {
 		defer pr.wg.Done()
-		if err := f.Error(); err != nil {
+		if err := awaitFuture(f, pr.stop); err != nil {
 			pr.finish(batch, nil, err)
 			return
 		}
@@ -154,5 +154,21 @@ func (pr *proposer) finish(batch []*pending, res []fsm.ProposalResult, err error
 		} else {
 			pd.done <- outcome{res: res[i]}
 		}
+	}
+}
+
+// awaitFuture waits for f's outcome, or until stop is closed (ErrShutdown).
+// Raft answers every future it has taken, but not one still in its buffered
+// apply queue when it shuts down (BatchApplyCh): waiting on f alone could
+// then last for ever, and a member shutting down waits for its loops (a new
+// leader's barrier hung a test's cleanup for 14 minutes).
+func awaitFuture(f raft.Future, stop <-chan struct{}) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-stop:
+		return ErrShutdown
 	}
 }

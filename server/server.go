@@ -338,9 +338,12 @@ func (s *Server) leaderSetup(ctx context.Context, ready chan struct{}) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		err := s.raft.Barrier(s.cfg.ApplyTimeout).Error()
+		err := awaitFuture(s.raft.Barrier(s.cfg.ApplyTimeout), ctx.Done())
 		if err == nil {
 			break
+		}
+		if ctx.Err() != nil {
+			return false
 		}
 		s.logger.Warn("barrier failed", "error", err)
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrRaftShutdown) {
@@ -554,9 +557,10 @@ func (s *Server) closeAll() error {
 		}
 		errs = append(errs, s.pool.Shutdown())
 	}
-	// Raft first: an entry it cannot commit (a leader whose followers
-	// refuse its entries but answer its heartbeats) holds a proposal until
-	// Raft fails it at shutdown, and the proposer waits for its proposals.
+	// Raft first, so the proposals it holds (an entry a leader cannot
+	// commit: its followers refuse its entries but answer its heartbeats)
+	// fail with Raft's own error; the proposer stops waiting for the rest
+	// (awaitFuture).
 	if s.raft != nil {
 		errs = append(errs, s.raft.Shutdown().Error())
 	}
