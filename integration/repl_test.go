@@ -519,19 +519,15 @@ func TestCluster_BadEventsRefusedOneByOne(t *testing.T) {
 	}
 }
 
-// TestCluster_ActivationHandsOverBackedUpStates: when a primary stops, the
-// member that takes a bucket over hands the bucket's backed-up states to its
-// firewall on WatchActivations, at once and complete.
-func TestCluster_ActivationHandsOverBackedUpStates(t *testing.T) {
-	c := cluster.New(t, 3, cluster.Options{})
-	fs := c.Followers()
+// backedUpBy picks a follower (the victim: stopping it starts no election)
+// and the member backing up most of its buckets (the heir; placement spreads
+// backups, but not necessarily over every pair), and returns n connections
+// of buckets with that primary and backup, by bucket.
+func backedUpBy(t *testing.T, c *cluster.Cluster, n int) (victim, heir *cluster.Member, idx []int, want map[uint32]map[fsm.Key]bool) {
+	t.Helper()
 	as := c.Assignments()
-	// The victim (a follower, so no election interferes) and the heir: the
-	// pair with the most buckets of the victim backed up by the heir
-	// (placement spreads backups, but not necessarily over every pair).
 	pairs := roleCounts(as)
-	var victim, heir *cluster.Member
-	for _, v := range fs {
+	for _, v := range c.Followers() {
 		for _, h := range c.Running() {
 			if h != v && (victim == nil || pairs[v.ID+"/"+h.ID] > pairs[victim.ID+"/"+heir.ID]) {
 				victim, heir = v, h
@@ -541,11 +537,10 @@ func TestCluster_ActivationHandsOverBackedUpStates(t *testing.T) {
 	if pairs[victim.ID+"/"+heir.ID] == 0 {
 		t.Fatalf("no follower's bucket has a backup: %v", pairs)
 	}
-	var idx []int
-	want := map[uint32]map[fsm.Key]bool{}
-	for i := 0; len(idx) < 500; i++ {
+	want = map[uint32]map[fsm.Key]bool{}
+	for i := 0; len(idx) < n; i++ {
 		if i == 1<<22 {
-			t.Fatalf("found %d of 500 connections with primary %s and backup %s (%v)", len(idx), victim.ID, heir.ID, pairs)
+			t.Fatalf("found %d of %d connections with primary %s and backup %s (%v)", len(idx), n, victim.ID, heir.ID, pairs)
 		}
 		k, b := bucketOf(t, conn(i, 0))
 		if as[b].Primary == victim.ID && as[b].LocalBackup == heir.ID {
@@ -556,6 +551,15 @@ func TestCluster_ActivationHandsOverBackedUpStates(t *testing.T) {
 			want[b][k] = true
 		}
 	}
+	return victim, heir, idx, want
+}
+
+// TestCluster_ActivationHandsOverBackedUpStates: when a primary stops, the
+// member that takes a bucket over hands the bucket's backed-up states to its
+// firewall on WatchActivations, at once and complete.
+func TestCluster_ActivationHandsOverBackedUpStates(t *testing.T) {
+	c := cluster.New(t, 3, cluster.Options{})
+	victim, heir, idx, want := backedUpBy(t, c, 500)
 	p := newPublisher(t, c)
 	if r := p.publish(idx, 3, pb.ConnEventType_CONN_EVENT_TYPE_CREATED); r != 0 {
 		t.Fatalf("%d refused", r)

@@ -97,6 +97,9 @@ type bucket struct {
 	small map[smallKey]entry // live connections with short keys
 	large map[fsm.Key]entry  // live connections with other keys
 	tombs map[fsm.Key]tombstone
+
+	idx     uint32    // the bucket's number
+	follows []*follow // feeds following the bucket (feed.go)
 }
 
 func (bk *bucket) live(k fsm.Key) (entry, bool) {
@@ -147,7 +150,11 @@ type Table struct {
 
 // New returns an empty table for n buckets.
 func New(n uint32) *Table {
-	return &Table{buckets: make([]bucket, n)}
+	t := &Table{buckets: make([]bucket, n)}
+	for i := range t.buckets {
+		t.buckets[i].idx = uint32(i)
+	}
+	return t
 }
 
 // Buckets returns the number of buckets.
@@ -189,6 +196,9 @@ func (t *Table) Apply(b uint32, k fsm.Key, r Record, now int64) bool {
 }
 
 func (bk *bucket) put(k fsm.Key, r Record, now int64) {
+	if len(bk.follows) > 0 {
+		bk.changed(k)
+	}
 	if r.Deleted {
 		bk.deleteLive(k)
 		if bk.tombs == nil {
@@ -310,6 +320,9 @@ func (t *Table) Release(b uint32, k fsm.Key) bool {
 	if e.vf&flagPending != 0 {
 		e.vf &^= flagPending
 		bk.setLive(k, e)
+		if len(bk.follows) > 0 {
+			bk.changed(k)
+		}
 	}
 	return true
 }
@@ -323,6 +336,10 @@ func (t *Table) Snapshot(b uint32) []Item {
 	}
 	bk.mu.Lock()
 	defer bk.mu.Unlock()
+	return bk.snapshot()
+}
+
+func (bk *bucket) snapshot() []Item {
 	out := make([]Item, 0, len(bk.small)+len(bk.large))
 	bk.each(func(k fsm.Key, e entry) {
 		if e.vf&flagPending == 0 {
@@ -346,6 +363,7 @@ func (t *Table) DropUnless(b uint32, keep func() bool) {
 	bk.mu.Lock()
 	if keep == nil || !keep() {
 		bk.small, bk.large, bk.tombs = nil, nil, nil
+		bk.dropped()
 	}
 	bk.mu.Unlock()
 }

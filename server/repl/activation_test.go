@@ -51,6 +51,33 @@ func TestAppendActivation_IsTheMarshalledMessage(t *testing.T) {
 	}
 }
 
+// appendMirror, likewise, writes what proto.Marshal writes for the mirror
+// message built the slow way.
+func TestAppendMirror_IsTheMarshalledMessage(t *testing.T) {
+	tb := conntable.New(1)
+	for i := 1; i < 40; i++ {
+		tb.Apply(0, testKey(t, i), conntable.Record{Version: uint64(i), State: "\x30\x01", Reversed: i%2 == 0}, 0)
+	}
+	items := tb.Snapshot(0)
+	states := connStates(items)
+	gone := []fsm.Key{testKey(t, 100), testKey(t, 101)}
+	closed := []*pb.ConnKey{gone[0].Proto(), gone[1].Proto()}
+	for _, c := range []struct {
+		bucket      uint32
+		reset, more bool
+		n, g        int
+	}{{0, true, true, len(items), 0}, {4095, false, false, 3, 2}, {7, true, false, 0, 0}, {1, false, true, 0, 1}} {
+		want, err := proto.Marshal(&pb.WatchActivationsResponse{Bucket: c.bucket, States: states[:c.n], More: c.more, Mirror: true, Replace: c.reset, Closed: closed[:c.g]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := appendMirror(nil, nil, c.bucket, c.reset, items[:c.n], gone[:c.g], c.more)
+		if string(got) != string(want) {
+			t.Fatalf("%+v: appendMirror differs from proto.Marshal (%d vs %d bytes)", c, len(got), len(want))
+		}
+	}
+}
+
 // BenchmarkActivationStates measures what a new primary does per state when
 // it tells the firewall a bucket is active: read the bucket's states from
 // the table and encode the chunks that WatchActivations sends

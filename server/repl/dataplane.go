@@ -198,29 +198,23 @@ func connStates(items []conntable.Item) []*pb.ConnState {
 	return out
 }
 
+// watchTick bounds how late a WatchActivations stream notices a lease that
+// ended (which changes nothing in the state machine).
+const watchTick = 25 * time.Millisecond
+
 // WatchActivations serves one DataPlaneService.WatchActivations stream.
-func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataPlaneService_WatchActivationsServer) error {
-	told := map[uint32]uint64{}                   // active buckets the firewall knows, with their epochs
-	tick := time.NewTicker(25 * time.Millisecond) // leases end without a state machine change
+func (r *Replicator) WatchActivations(req *pb.WatchActivationsRequest, st pb.DataPlaneService_WatchActivationsServer) error {
+	if req.Mirror {
+		return r.watchMirrored(st)
+	}
+	told := map[uint32]uint64{} // active buckets the firewall knows, with their epochs
+	tick := time.NewTicker(watchTick)
 	defer tick.Stop()
 	for {
 		_, changed := r.cfg.View.Watch()
-		as, _ := r.cfg.View.Assignments()
-		active := map[uint32]uint64{}
-		if r.cfg.View.Acting() {
-			for i, a := range as {
-				if a.Primary == r.self && !r.cfg.View.Pending(uint32(i), a.Epoch) {
-					active[uint32(i)] = a.Epoch
-				}
-			}
-		}
-		for _, b := range sortedBuckets(told) {
-			if _, ok := active[b]; !ok {
-				if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: told[b], Active: false}); err != nil {
-					return err
-				}
-				delete(told, b)
-			}
+		active := r.activeBuckets()
+		if err := sendDeactivations(st, active, told, nil); err != nil {
+			return err
 		}
 		if err := r.sendActivations(st, active, told); err != nil {
 			return err
@@ -232,6 +226,38 @@ func (r *Replicator) WatchActivations(_ *pb.WatchActivationsRequest, st pb.DataP
 		case <-tick.C:
 		}
 	}
+}
+
+// activeBuckets returns the buckets this member may act as primary for now,
+// with their epochs.
+func (r *Replicator) activeBuckets() map[uint32]uint64 {
+	as, _ := r.cfg.View.Assignments()
+	active := map[uint32]uint64{}
+	if r.cfg.View.Acting() {
+		for i, a := range as {
+			if a.Primary == r.self && !r.cfg.View.Pending(uint32(i), a.Epoch) {
+				active[uint32(i)] = a.Epoch
+			}
+		}
+	}
+	return active
+}
+
+// sendDeactivations tells the firewall of the buckets in told that are not
+// in active, removes them from told and calls then (if not nil) for each.
+func sendDeactivations(st pb.DataPlaneService_WatchActivationsServer, active, told map[uint32]uint64, then func(b uint32)) error {
+	for _, b := range sortedBuckets(told) {
+		if _, ok := active[b]; !ok {
+			if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: told[b], Active: false}); err != nil {
+				return err
+			}
+			delete(told, b)
+			if then != nil {
+				then(b)
+			}
+		}
+	}
+	return nil
 }
 
 // sendActivations tells the firewall of the buckets in active that told
@@ -302,30 +328,9 @@ func appendActivation(dst, scratch []byte, b uint32, epoch uint64, items []connt
 		dst = protowire.AppendTag(dst, 2, protowire.VarintType)
 		dst = protowire.AppendVarint(dst, epoch)
 	}
-	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
-	dst = protowire.AppendVarint(dst, 1)
-	for _, it := range items {
-		// A ConnState: key (1), version (2), then the fields the firewall
-		// sent, which the table holds encoded (see states).
-		scratch = it.Key.AppendProto(scratch[:0], it.Reversed)
-		n := 1 + protowire.SizeBytes(len(scratch)) + len(it.State)
-		if it.Version != 0 {
-			n += 1 + protowire.SizeVarint(it.Version)
-		}
-		dst = protowire.AppendTag(dst, 4, protowire.BytesType)
-		dst = protowire.AppendVarint(dst, uint64(n))
-		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
-		dst = protowire.AppendBytes(dst, scratch)
-		if it.Version != 0 {
-			dst = protowire.AppendTag(dst, 2, protowire.VarintType)
-			dst = protowire.AppendVarint(dst, it.Version)
-		}
-		dst = append(dst, it.State...)
-	}
-	if more {
-		dst = protowire.AppendTag(dst, 5, protowire.VarintType)
-		dst = protowire.AppendVarint(dst, 1)
-	}
+	dst = appendBool(dst, 3, true)
+	dst, scratch = appendStates(dst, scratch, items)
+	dst = appendBool(dst, 5, more)
 	return dst, scratch
 }
 

@@ -335,7 +335,21 @@ func (x *PublishResponse) GetSiteReplicatedThrough() uint64 {
 }
 
 type WatchActivationsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mirror: keep a copy of the connection states this member holds for the
+	// buckets it is not active for (as a local or remote backup) in the
+	// firewall, as they change. The stream then sends mirror messages (mirror
+	// set) for those buckets: a bucket's first one, and the first after it
+	// stops being active, has replace set (replace the copy of the bucket), later
+	// ones carry what changed since the one before (states: add or replace;
+	// closed: forget). When the member becomes primary of a bucket, the stream
+	// first brings the bucket's copy up to date, then sends the activation
+	// with no states: the firewall activates the copy it holds. Mirror messages
+	// for the buckets active when the stream opens come before their
+	// activations. caught_up is sent once, when the copy holds every bucket as
+	// it was when the stream opened. A firewall that cannot keep up slows this
+	// stream only; replication does not wait for it.
+	Mirror        bool `protobuf:"varint,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -370,6 +384,13 @@ func (*WatchActivationsRequest) Descriptor() ([]byte, []int) {
 	return file_connsync_v1_dataplane_proto_rawDescGZIP(), []int{4}
 }
 
+func (x *WatchActivationsRequest) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
+}
+
 type WatchActivationsResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Bucket uint32                 `protobuf:"varint,1,opt,name=bucket,proto3" json:"bucket,omitempty"`
@@ -377,10 +398,23 @@ type WatchActivationsResponse struct {
 	// true: this member is now primary of the bucket at epoch; false: it is not
 	// any more and must stop processing the bucket's connections.
 	Active bool `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
-	// The bucket's connection states (active only). A large bucket is sent in
-	// several messages; more is set on all but the last.
-	States        []*ConnState `protobuf:"bytes,4,rep,name=states,proto3" json:"states,omitempty"`
-	More          bool         `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	// The bucket's connection states (active only, or mirror). A large bucket
+	// is sent in several messages; more is set on all but the last.
+	States []*ConnState `protobuf:"bytes,4,rep,name=states,proto3" json:"states,omitempty"`
+	More   bool         `protobuf:"varint,5,opt,name=more,proto3" json:"more,omitempty"`
+	// Mirror streams only (see WatchActivationsRequest.mirror): a mirror
+	// message of the bucket, not an activation (active and epoch are unset).
+	Mirror bool `protobuf:"varint,6,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// With mirror: drop the copy of the bucket before applying states (set on
+	// the first message of a replacement; with no states it empties the copy).
+	Replace bool `protobuf:"varint,7,opt,name=replace,proto3" json:"replace,omitempty"`
+	// With mirror: keys of the bucket's connections that are gone (closed,
+	// or no longer held), in canonical direction (the lower endpoint first):
+	// match them either way.
+	Closed []*ConnKey `protobuf:"bytes,8,rep,name=closed,proto3" json:"closed,omitempty"`
+	// Mirror streams only: the copy now holds every bucket as it was when the
+	// stream opened (sent once; bucket and the other fields are unset).
+	CaughtUp      bool `protobuf:"varint,9,opt,name=caught_up,json=caughtUp,proto3" json:"caught_up,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +480,34 @@ func (x *WatchActivationsResponse) GetStates() []*ConnState {
 func (x *WatchActivationsResponse) GetMore() bool {
 	if x != nil {
 		return x.More
+	}
+	return false
+}
+
+func (x *WatchActivationsResponse) GetMirror() bool {
+	if x != nil {
+		return x.Mirror
+	}
+	return false
+}
+
+func (x *WatchActivationsResponse) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
+func (x *WatchActivationsResponse) GetClosed() []*ConnKey {
+	if x != nil {
+		return x.Closed
+	}
+	return nil
+}
+
+func (x *WatchActivationsResponse) GetCaughtUp() bool {
+	if x != nil {
+		return x.CaughtUp
 	}
 	return false
 }
@@ -578,14 +640,19 @@ const file_connsync_v1_dataplane_proto_rawDesc = "" +
 	"\arefused\x18\x03 \x01(\rR\arefused\x12/\n" +
 	"\x06errors\x18\x04 \x03(\v2\x17.connsync.v1.EventErrorR\x06errors\x12-\n" +
 	"\x12replicated_through\x18\x05 \x01(\x04R\x11replicatedThrough\x126\n" +
-	"\x17site_replicated_through\x18\x06 \x01(\x04R\x15siteReplicatedThrough\"\x19\n" +
-	"\x17WatchActivationsRequest\"\xa4\x01\n" +
+	"\x17site_replicated_through\x18\x06 \x01(\x04R\x15siteReplicatedThrough\"1\n" +
+	"\x17WatchActivationsRequest\x12\x16\n" +
+	"\x06mirror\x18\x01 \x01(\bR\x06mirror\"\xa1\x02\n" +
 	"\x18WatchActivationsResponse\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06active\x18\x03 \x01(\bR\x06active\x12.\n" +
 	"\x06states\x18\x04 \x03(\v2\x16.connsync.v1.ConnStateR\x06states\x12\x12\n" +
-	"\x04more\x18\x05 \x01(\bR\x04more\"%\n" +
+	"\x04more\x18\x05 \x01(\bR\x04more\x12\x16\n" +
+	"\x06mirror\x18\x06 \x01(\bR\x06mirror\x12\x18\n" +
+	"\areplace\x18\a \x01(\bR\areplace\x12,\n" +
+	"\x06closed\x18\b \x03(\v2\x14.connsync.v1.ConnKeyR\x06closed\x12\x1b\n" +
+	"\tcaught_up\x18\t \x01(\bR\bcaughtUp\"%\n" +
 	"\vDumpRequest\x12\x16\n" +
 	"\x06bucket\x18\x01 \x01(\rR\x06bucket\"r\n" +
 	"\fDumpResponse\x12.\n" +
@@ -629,25 +696,27 @@ var file_connsync_v1_dataplane_proto_goTypes = []any{
 	(*DumpRequest)(nil),              // 7: connsync.v1.DumpRequest
 	(*DumpResponse)(nil),             // 8: connsync.v1.DumpResponse
 	(*ConnState)(nil),                // 9: connsync.v1.ConnState
+	(*ConnKey)(nil),                  // 10: connsync.v1.ConnKey
 }
 var file_connsync_v1_dataplane_proto_depIdxs = []int32{
-	0, // 0: connsync.v1.ConnEvent.type:type_name -> connsync.v1.ConnEventType
-	9, // 1: connsync.v1.ConnEvent.state:type_name -> connsync.v1.ConnState
-	1, // 2: connsync.v1.PublishRequest.events:type_name -> connsync.v1.ConnEvent
-	3, // 3: connsync.v1.PublishResponse.errors:type_name -> connsync.v1.EventError
-	9, // 4: connsync.v1.WatchActivationsResponse.states:type_name -> connsync.v1.ConnState
-	9, // 5: connsync.v1.DumpResponse.states:type_name -> connsync.v1.ConnState
-	2, // 6: connsync.v1.DataPlaneService.Publish:input_type -> connsync.v1.PublishRequest
-	5, // 7: connsync.v1.DataPlaneService.WatchActivations:input_type -> connsync.v1.WatchActivationsRequest
-	7, // 8: connsync.v1.DataPlaneService.Dump:input_type -> connsync.v1.DumpRequest
-	4, // 9: connsync.v1.DataPlaneService.Publish:output_type -> connsync.v1.PublishResponse
-	6, // 10: connsync.v1.DataPlaneService.WatchActivations:output_type -> connsync.v1.WatchActivationsResponse
-	8, // 11: connsync.v1.DataPlaneService.Dump:output_type -> connsync.v1.DumpResponse
-	9, // [9:12] is the sub-list for method output_type
-	6, // [6:9] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: connsync.v1.ConnEvent.type:type_name -> connsync.v1.ConnEventType
+	9,  // 1: connsync.v1.ConnEvent.state:type_name -> connsync.v1.ConnState
+	1,  // 2: connsync.v1.PublishRequest.events:type_name -> connsync.v1.ConnEvent
+	3,  // 3: connsync.v1.PublishResponse.errors:type_name -> connsync.v1.EventError
+	9,  // 4: connsync.v1.WatchActivationsResponse.states:type_name -> connsync.v1.ConnState
+	10, // 5: connsync.v1.WatchActivationsResponse.closed:type_name -> connsync.v1.ConnKey
+	9,  // 6: connsync.v1.DumpResponse.states:type_name -> connsync.v1.ConnState
+	2,  // 7: connsync.v1.DataPlaneService.Publish:input_type -> connsync.v1.PublishRequest
+	5,  // 8: connsync.v1.DataPlaneService.WatchActivations:input_type -> connsync.v1.WatchActivationsRequest
+	7,  // 9: connsync.v1.DataPlaneService.Dump:input_type -> connsync.v1.DumpRequest
+	4,  // 10: connsync.v1.DataPlaneService.Publish:output_type -> connsync.v1.PublishResponse
+	6,  // 11: connsync.v1.DataPlaneService.WatchActivations:output_type -> connsync.v1.WatchActivationsResponse
+	8,  // 12: connsync.v1.DataPlaneService.Dump:output_type -> connsync.v1.DumpResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_connsync_v1_dataplane_proto_init() }

@@ -44,6 +44,11 @@ type DataPlaneServiceClient interface {
 	// bucket it is active for, with the connection states it holds for it, then
 	// each change: a bucket gained (with its states: on failover these are the
 	// backed-up states, handed over at once) or lost (stop processing it).
+	//
+	// With mirror set, the firewall also holds the states of the buckets this
+	// member is not active for (its backups) as they arrive, and an activation
+	// carries none: on failover only the epoch travels. See
+	// WatchActivationsRequest.mirror.
 	WatchActivations(ctx context.Context, in *WatchActivationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchActivationsResponse], error)
 	// Dump returns the connection states this member holds for one bucket (as
 	// primary or backup), for debugging.
@@ -120,6 +125,11 @@ type DataPlaneServiceServer interface {
 	// bucket it is active for, with the connection states it holds for it, then
 	// each change: a bucket gained (with its states: on failover these are the
 	// backed-up states, handed over at once) or lost (stop processing it).
+	//
+	// With mirror set, the firewall also holds the states of the buckets this
+	// member is not active for (its backups) as they arrive, and an activation
+	// carries none: on failover only the epoch travels. See
+	// WatchActivationsRequest.mirror.
 	WatchActivations(*WatchActivationsRequest, grpc.ServerStreamingServer[WatchActivationsResponse]) error
 	// Dump returns the connection states this member holds for one bucket (as
 	// primary or backup), for debugging.

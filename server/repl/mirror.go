@@ -1,0 +1,182 @@
+package repl
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
+	"github.com/connsync/connsync/server/conntable"
+)
+
+// watchMirrored serves a WatchActivations stream with mirror set: the
+// firewall keeps a copy of every bucket this member is not active for, fed
+// from the connection table as it changes (conntable.Feed), and an
+// activation carries no states.
+//
+// Why: handing a bucket's states over at activation makes a failover as
+// slow as the stream that carries them (about 1 µs a connection, so 400 ms
+// for a member's 333k; see docs/BENCHMARKS.md). Fed ahead of time, the
+// firewall holds them already, as a firewall cluster's backup holds its
+// synced connections in its own tables.
+//
+// Order is what makes the copy right at activation: a bucket's last
+// changes are taken from the feed, and it stops following the bucket, in
+// one step under the bucket's lock, then those changes are sent, then the
+// activation, on the one stream. Once this member is the bucket's primary
+// no backup write reaches its table (a record of an older epoch is refused),
+// and from then on the firewall is the source of the bucket's states.
+func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer) error {
+	feed := r.table.NewFeed()
+	defer feed.Close()
+	for b := range r.table.Buckets() {
+		feed.Follow(b)
+	}
+	m := &mirrorSender{st: st, held: make([]bool, r.table.Buckets())}
+	told := map[uint32]uint64{}
+	tick := time.NewTicker(watchTick)
+	defer tick.Stop()
+	caughtUp := false
+	for {
+		_, changed := r.cfg.View.Watch()
+		active := r.activeBuckets()
+		// A bucket no longer active is followed again from scratch: the
+		// firewall's copy becomes the table's.
+		if err := sendDeactivations(st, active, told, feed.Follow); err != nil {
+			return err
+		}
+		for _, b := range sortedBuckets(active) {
+			e := active[b]
+			if old, ok := told[b]; ok {
+				if old != e {
+					if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
+						return err
+					}
+				}
+				told[b] = e
+				continue
+			}
+			if c, ok := feed.Take(b, true); ok { // the bucket's last changes before it is active
+				if err := m.send(b, c); err != nil {
+					return err
+				}
+			}
+			if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
+				return err
+			}
+			told[b] = e
+		}
+		err := feed.Dirty(func(b uint32) error {
+			c, ok := feed.Take(b, false)
+			if !ok {
+				return nil // active: not followed
+			}
+			return m.send(b, c)
+		})
+		if err != nil {
+			return err
+		}
+		if !caughtUp {
+			if err := st.Send(&pb.WatchActivationsResponse{CaughtUp: true}); err != nil {
+				return err
+			}
+			caughtUp = true
+		}
+		select {
+		case <-st.Context().Done():
+			return nil
+		case <-changed:
+		case <-tick.C:
+		case <-feed.Wake():
+		}
+	}
+}
+
+// mirrorSender sends a feed's changes as mirror messages.
+type mirrorSender struct {
+	st           pb.DataPlaneService_WatchActivationsServer
+	held         []bool // bucket -> the firewall may hold some of its states
+	buf, scratch []byte
+}
+
+// send sends c, bucket b's change, in messages of at most activationChunk
+// states and keys.
+func (m *mirrorSender) send(b uint32, c conntable.Change) error {
+	if c.Empty() || (c.Reset && len(c.Live) == 0 && !m.held[b]) {
+		return nil
+	}
+	if c.Reset {
+		m.held[b] = false
+	}
+	m.held[b] = m.held[b] || len(c.Live) > 0
+	live, gone, reset := c.Live, c.Gone, c.Reset
+	for first := true; first || len(live)+len(gone) > 0; first = false {
+		nl := min(len(live), activationChunk)
+		ng := min(len(gone), activationChunk-nl)
+		more := nl+ng < len(live)+len(gone)
+		m.buf, m.scratch = appendMirror(m.buf[:0], m.scratch, b, reset && first, live[:nl], gone[:ng], more)
+		msg := &pb.WatchActivationsResponse{}
+		msg.ProtoReflect().SetUnknown(protoreflect.RawFields(m.buf))
+		if err := m.st.Send(msg); err != nil { // encodes msg (a copy of buf) before it returns
+			return err
+		}
+		live, gone = live[nl:], gone[ng:]
+	}
+	return nil
+}
+
+// appendMirror appends the wire encoding of WatchActivationsResponse{Bucket:
+// b, States: items, More: more, Mirror: true, Reset: reset, Closed: gone},
+// exactly as proto.Marshal writes it (fields in number order).
+func appendMirror(dst, scratch []byte, b uint32, reset bool, items []conntable.Item, gone []fsm.Key, more bool) ([]byte, []byte) {
+	if b != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(b))
+	}
+	dst, scratch = appendStates(dst, scratch, items)
+	dst = appendBool(dst, 5, more)
+	dst = appendBool(dst, 6, true)
+	dst = appendBool(dst, 7, reset)
+	for _, k := range gone {
+		scratch = k.AppendProto(scratch[:0], false)
+		dst = protowire.AppendTag(dst, 8, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, scratch)
+	}
+	return dst, scratch
+}
+
+// appendBool appends field num when v is true (proto3 omits false).
+func appendBool(dst []byte, num protowire.Number, v bool) []byte {
+	if !v {
+		return dst
+	}
+	dst = protowire.AppendTag(dst, num, protowire.VarintType)
+	return protowire.AppendVarint(dst, 1)
+}
+
+// appendStates appends items as field 4 (repeated ConnState) of a
+// WatchActivationsResponse; scratch is a buffer for one key, returned for
+// reuse.
+func appendStates(dst, scratch []byte, items []conntable.Item) ([]byte, []byte) {
+	for _, it := range items {
+		// A ConnState: key (1), version (2), then the fields the firewall
+		// sent, which the table holds encoded (see states).
+		scratch = it.Key.AppendProto(scratch[:0], it.Reversed)
+		n := 1 + protowire.SizeBytes(len(scratch)) + len(it.State)
+		if it.Version != 0 {
+			n += 1 + protowire.SizeVarint(it.Version)
+		}
+		dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(n))
+		dst = protowire.AppendTag(dst, 1, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, scratch)
+		if it.Version != 0 {
+			dst = protowire.AppendTag(dst, 2, protowire.VarintType)
+			dst = protowire.AppendVarint(dst, it.Version)
+		}
+		dst = append(dst, it.State...)
+	}
+	return dst, scratch
+}
