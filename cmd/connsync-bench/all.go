@@ -84,7 +84,7 @@ func allRuns(g *globalOpts) []allRun {
 			return runMemory(ctx, c, pick(quick, 1_000_000, 100_000), rep)
 		}},
 		{"persistence", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			return runPersistence(ctx, c, persistenceFlags{conns: pick(quick, 1_000_000, 100_000), failovers: pick(quick, 3, 1)}, rep)
+			return runPersistence(ctx, c, persistenceFlags{conns: pick(quick, 1_000_000, 100_000), failovers: pick(quick, 3, 1), mirror: true}, rep)
 		}},
 		{"replicate", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			return runReplicate(ctx, c, replicateFlags{rate: 100_000, conns: 200_000, duration: secs(quick, 10, 3)}, rep)
@@ -99,10 +99,10 @@ func allRuns(g *globalOpts) []allRun {
 			return runLocks(ctx, c, loadFlags{clients: 64, duration: secs(quick, 10, 3), batch: 32, via: viaLeader}, rep)
 		}},
 		{"failover-member", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			return runFailover(ctx, c, failoverFlags{kill: "member", trials: pick(quick, 10, 3)}, rep)
+			return runFailover(ctx, c, failoverFlags{kill: "member", trials: pick(quick, 10, 3), mirror: true}, rep)
 		}},
 		{"failover-leader", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			return runFailover(ctx, c, failoverFlags{kill: "leader", trials: pick(quick, 5, 2)}, rep)
+			return runFailover(ctx, c, failoverFlags{kill: "leader", trials: pick(quick, 5, 2), mirror: true}, rep)
 		}},
 		{"lock-takeover", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			return runLockTakeover(ctx, c, lockTakeoverFlags{trials: pick(quick, 5, 2)}, rep)

@@ -146,7 +146,7 @@ func runDemo(ctx context.Context, ts *twoSites, f demoFlags, rep *reporter, out 
 			return err
 		}
 		say("SIGKILL member %s of the active site %s", c.Members()[victim].ID, ts.names[act])
-		tr, err := measureFailover(ctx, c, admin, victim, func(string, ...any) {})
+		tr, err := measureFailover(ctx, c, admin, victim, true, func(string, ...any) {})
 		admin.Close()
 		if err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/client"
+	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/internal/proccluster"
 )
 
@@ -28,6 +29,9 @@ const (
 	// settleTimeout bounds the wait for the site to settle after the
 	// victim restarts.
 	settleTimeout = 2 * time.Minute
+	// mirrorWindow is the HTTP/2 window of a mirror stream (see
+	// measureFailover).
+	mirrorWindow = 256 << 10
 )
 
 // trial is one measured failover.
@@ -39,6 +43,10 @@ type trial struct {
 	first       time.Duration // SIGKILL -> the first of them reported active (the rest is delivery)
 	withoutCopy int           // of them, taken over by a member that held no synced copy
 	settle      time.Duration // restart -> site settled again
+	// atActive, with mirror streams: each of the victim's buckets as the
+	// new primary's firewall held it (its mirror copy) when the activation
+	// came.
+	atActive map[uint32]map[fsm.Key][]byte
 }
 
 // runFailover is the failover scenario.
@@ -69,7 +77,7 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 			}
 			victim = others[i%len(others)]
 		}
-		tr, err := measureFailover(ctx, c, admin, victim, setPhase)
+		tr, err := measureFailover(ctx, c, admin, victim, f.mirror, setPhase)
 		if err != nil {
 			return nil, fmt.Errorf("trial %d (SIGKILL of %s): %w", i+1, c.Members()[victim].ID, err)
 		}
@@ -108,7 +116,7 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 	fig = append(fig, latencyFigures(took)...)
 	return append(fig, field{"min_ms", ms(fastest)}, field{"kill", f.kill}, field{"trials", len(trials)},
 		field{"members", len(c.Members())}, field{"buckets_per_victim", buckets / len(trials)},
-		field{"without_copy", withoutCopy}, field{"observed_by", "WatchActivations"}), nil
+		field{"without_copy", withoutCopy}, field{"observed_by", "WatchActivations"}, field{"mirror", f.mirror}), nil
 }
 
 // trialProgress is the progress line of a scenario run as trials:
@@ -152,7 +160,13 @@ func restartAndSettle(ctx context.Context, c *proccluster.Cluster, i int) (time.
 // bucket the victim was primary of has been reported active (with a newer
 // epoch, all its states delivered) on a surviving member. Each report is
 // stamped when this process receives it.
-func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.Client, victim int, setPhase func(string, ...any)) (trial, error) {
+//
+// With mirror, the streams are mirror streams: this process keeps each
+// member's copy of the buckets it is not active for, as a firewall would,
+// waits until every stream has caught up before the kill, and an activation
+// carries no states (the copy is what the firewall activates; returned in
+// trial.atActive for the victim's buckets).
+func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.Client, victim int, mirror bool, setPhase func(string, ...any)) (trial, error) {
 	ms := c.Members()
 	tr := trial{victim: ms[victim].ID}
 	setPhase("reading the bucket map")
@@ -172,6 +186,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 		return tr, fmt.Errorf("%s is primary of no bucket; nothing to fail over", tr.victim)
 	}
 	tr.buckets = len(want)
+	if mirror {
+		tr.atActive = map[uint32]map[fsm.Key][]byte{}
+	}
 
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -189,21 +206,28 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 		if i == victim {
 			continue
 		}
-		conn, err := grpc.NewClient("passthrough:///"+m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		if mirror {
+			// A fixed window (gRPC's grows up to 16 MiB on its own) bounds
+			// how much mirror data an activation can queue behind.
+			opts = append(opts, grpc.WithInitialWindowSize(mirrorWindow), grpc.WithInitialConnWindowSize(mirrorWindow))
+		}
+		conn, err := grpc.NewClient("passthrough:///"+m.GRPC, opts...)
 		if err != nil {
 			return tr, err
 		}
 		defer conn.Close()
-		st, err := pb.NewDataPlaneServiceClient(conn).WatchActivations(wctx, &pb.WatchActivationsRequest{})
+		st, err := pb.NewDataPlaneServiceClient(conn).WatchActivations(wctx, &pb.WatchActivationsRequest{Mirror: mirror})
 		if err != nil {
 			return tr, fmt.Errorf("WatchActivations on %s: %w", m.ID, err)
 		}
 		expect := primaryOf[m.ID]
-		if expect == 0 {
+		if expect == 0 && !mirror {
 			ready <- struct{}{}
 		}
 		go func(id string) {
-			active, told := map[uint32]bool{}, expect == 0
+			active, told := map[uint32]bool{}, expect == 0 && !mirror
+			copies := map[uint32]map[fsm.Key][]byte{} // mirror: the buckets this member is not active for
 			for {
 				msg, err := st.Recv()
 				now := time.Now()
@@ -213,6 +237,24 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 					}
 					return
 				}
+				if mirror {
+					if msg.CaughtUp {
+						told = true
+						ready <- struct{}{}
+						continue
+					}
+					if msg.Mirror {
+						if err := mirrorApply(copies, msg); err != nil {
+							streamEr <- fmt.Errorf("WatchActivations on %s: %w", id, err)
+							return
+						}
+						continue
+					}
+					if n := len(msg.States); n > 0 {
+						streamEr <- fmt.Errorf("WatchActivations on %s: an activation of bucket %d on a mirror stream carried %d states", id, msg.Bucket, n)
+						return
+					}
+				}
 				if msg.More {
 					continue // a large bucket's states come in chunks; it counts once all have arrived
 				}
@@ -221,7 +263,7 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 					delete(active, b)
 					continue
 				}
-				if active[b] = true; !told && len(active) >= expect {
+				if active[b] = true; !mirror && !told && len(active) >= expect {
 					told = true
 					ready <- struct{}{}
 				}
@@ -229,6 +271,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 					mu.Lock()
 					if _, seen := got[b]; !seen {
 						got[b], by[b] = now, id
+						if mirror {
+							tr.atActive[b] = copies[b] // not changed any more: a bucket's copy is replaced, not cleared
+						}
 						if len(got) == len(want) {
 							doneOnce.Do(func() { close(allDone) })
 						}
@@ -238,6 +283,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 			}
 		}(m.ID)
 	}
+	if mirror {
+		setPhase("waiting for the mirror streams to catch up")
+	}
 	timeout := time.After(readyTimeout)
 	for range len(ms) - 1 {
 		select {
@@ -245,7 +293,7 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 		case err := <-streamEr:
 			return tr, err
 		case <-timeout:
-			return tr, fmt.Errorf("the WatchActivations streams did not report their members' buckets within %v", readyTimeout)
+			return tr, fmt.Errorf("the WatchActivations streams did not report their members' buckets (or, with mirror, catch up) within %v", readyTimeout)
 		case <-ctx.Done():
 			return tr, ctx.Err()
 		case <-c.Died():
@@ -285,4 +333,29 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 		return tr, errors.New("measured a failover time of zero: the clock went wrong")
 	}
 	return tr, nil
+}
+
+// mirrorApply applies a mirror message to copies, a firewall's copy of the
+// buckets its member is not active for (blobs by connection).
+func mirrorApply(copies map[uint32]map[fsm.Key][]byte, msg *pb.WatchActivationsResponse) error {
+	b := msg.Bucket
+	if msg.Replace || copies[b] == nil {
+		copies[b] = make(map[fsm.Key][]byte, len(msg.States))
+	}
+	cp := copies[b]
+	for i, st := range msg.States {
+		k, err := fsm.ParseKey(st.Key, fmt.Sprintf("states[%d].key", i))
+		if err != nil {
+			return fmt.Errorf("mirror of bucket %d: %w", b, err)
+		}
+		cp[k] = st.Blob
+	}
+	for i, ck := range msg.Closed {
+		k, err := fsm.ParseKey(ck, fmt.Sprintf("closed[%d]", i))
+		if err != nil {
+			return fmt.Errorf("mirror of bucket %d: %w", b, err)
+		}
+		delete(cp, k)
+	}
+	return nil
 }

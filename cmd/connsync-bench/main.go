@@ -445,6 +445,7 @@ unit (one cycle, or one batch of cycles; nearest rank).`,
 type failoverFlags struct {
 	kill   string
 	trials int
+	mirror bool
 }
 
 func (f *failoverFlags) validate() error {
@@ -469,6 +470,11 @@ by DataPlaneService.WatchActivations on its new primary (a stream is open on
 every surviving member before the kill). The victim then restarts from its data
 directory and the next trial starts once the site is settled again (every bucket
 with a live primary and a synced backup, no move under way, balanced).
+With -mirror (the default) the streams are mirror streams: this process keeps
+each member's copy of the states it backs up, as a firewall would, every stream
+has caught up before the kill, and an activation carries only the epoch; with
+-mirror=false each activation carries the bucket's states, and the clock stops
+when the last of them has arrived.
 Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 		Args: noArgs,
 		PreRunE: func(*cobra.Command, []string) error {
@@ -485,6 +491,7 @@ Figures: p50_ms, p99_ms, max_ms (nearest rank over the trials).`,
 	}
 	cmd.Flags().StringVar(&f.kill, "kill", "member", "whom to SIGKILL: member (a non-leader) or leader")
 	cmd.Flags().IntVar(&f.trials, "trials", 10, "number of kills")
+	cmd.Flags().BoolVar(&f.mirror, "mirror", true, "keep a mirror of the backed-up states in this process, as a firewall would (WatchActivations mirror): activations carry only the epoch; false: the states travel with each activation")
 	return cmd
 }
 
@@ -621,8 +628,10 @@ func newPersistenceCommand(g *globalOpts, stdout, stderr io.Writer) *cobra.Comma
 one is confirmed replicated, then -failovers times SIGKILLs a non-leader member
 (round robin). Once every bucket it was primary of is active at its new primary,
 each of those buckets is read there (DataPlaneService.Dump) and every connection
-published to it must be there with its state. The member restarts and the site
-settles before the next failover.
+published to it must be there with its state, and with -mirror (the default)
+also in the copy this process held of the bucket, as the new primary's
+firewall, when the activation came (lost_in_copy counts those missing there).
+The member restarts and the site settles before the next failover.
 Figures: synced (connections confirmed), checked (connection checks over all
 failovers), lost, persistence (1 - lost/checked).`,
 		Args: noArgs,
@@ -646,6 +655,7 @@ failovers), lost, persistence (1 - lost/checked).`,
 	}
 	cmd.Flags().IntVar(&f.conns, "conns", 1_000_000, "connections to publish")
 	cmd.Flags().IntVar(&f.failovers, "failovers", 5, "members to kill, one after another")
+	cmd.Flags().BoolVar(&f.mirror, "mirror", true, "keep a mirror of the backed-up states in this process, as a firewall would (WatchActivations mirror): activations carry only the epoch; false: the states travel with each activation")
 	return cmd
 }
 

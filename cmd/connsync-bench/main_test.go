@@ -236,7 +236,7 @@ func TestScenariosOnProcesses(t *testing.T) {
 		t.Errorf("memory: want %d < bytes_per_conn < 5000 (a state is %d bytes): %v", memoryBlobBytes, memoryBlobBytes, mem)
 	}
 
-	per, err := runPersistence(ctx, s.c, persistenceFlags{conns: 20_000, failovers: 1}, rep)
+	per, err := runPersistence(ctx, s.c, persistenceFlags{conns: 20_000, failovers: 1, mirror: true}, rep)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,16 +123,27 @@ func (f *Feed) Take(b uint32, unfollow bool) (c Change, ok bool) {
 	return c, true
 }
 
-// Dirty calls fn for every bucket with changes to Take, in order.
-func (f *Feed) Dirty(fn func(b uint32) error) error {
-	for b := range f.dirty {
+// Dirty calls fn for each bucket with changes to Take, in order from
+// bucket from and around, until fn returns false or every bucket was
+// looked at once. It returns the bucket after the last one fn was called
+// for (from if none), where the next call may start so that every bucket
+// gets its turn.
+func (f *Feed) Dirty(from uint32, fn func(b uint32) (bool, error)) (uint32, error) {
+	n := uint32(len(f.dirty))
+	if n == 0 {
+		return 0, nil
+	}
+	from %= n
+	for i := range n {
+		b := (from + i) % n
 		if f.dirty[b].Load() {
-			if err := fn(uint32(b)); err != nil {
-				return err
+			more, err := fn(b)
+			if err != nil || !more {
+				return (b + 1) % n, err
 			}
 		}
 	}
-	return nil
+	return from, nil
 }
 
 // Close stops following every bucket.

@@ -64,7 +64,7 @@ func TestFeed_ResetThenChangesCoalesced(t *testing.T) {
 	tb.Release(1, key(t, 3))
 	tb.Apply(2, key(t, 4), rec(1, "other bucket"), 0)
 	var dirty []uint32
-	f.Dirty(func(b uint32) error { dirty = append(dirty, b); return nil })
+	f.Dirty(3, func(b uint32) (bool, error) { dirty = append(dirty, b); return true, nil })
 	if len(dirty) != 1 || dirty[0] != 1 {
 		t.Fatalf("dirty buckets %v, want [1] (bucket 2 is not followed)", dirty)
 	}
@@ -145,10 +145,13 @@ func TestFeed_CopyConvergesUnderConcurrentWrites(t *testing.T) {
 	copies := make([]copyOf, 3)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	takeAll := func() {
-		f.Dirty(func(b uint32) error {
+	var next uint32
+	takeAll := func() { // two buckets at a time, taking turns
+		n := 0
+		next, _ = f.Dirty(next, func(b uint32) (bool, error) {
 			copies[b] = copies[b].apply(mustTake(t, f, b, false))
-			return nil
+			n++
+			return n < 2, nil
 		})
 	}
 	for running := true; running; {
@@ -159,7 +162,9 @@ func TestFeed_CopyConvergesUnderConcurrentWrites(t *testing.T) {
 		}
 		takeAll()
 	}
-	takeAll()
+	for range 2 {
+		takeAll()
+	}
 	for b := range uint32(3) {
 		want := copyOf{}.apply(Change{Reset: true, Live: tb.Snapshot(b)})
 		if len(want) != len(copies[b]) {

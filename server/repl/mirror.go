@@ -34,11 +34,12 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 	for b := range r.table.Buckets() {
 		feed.Follow(b)
 	}
-	m := &mirrorSender{st: st, held: make([]bool, r.table.Buckets())}
+	m := &mirrorSender{st: st, held: make([]bool, r.table.Buckets()), taken: make([]bool, r.table.Buckets())}
 	told := map[uint32]uint64{}
 	tick := time.NewTicker(watchTick)
 	defer tick.Stop()
 	caughtUp := false
+	var next uint32 // where the next pass over changed buckets starts
 	for {
 		_, changed := r.cfg.View.Watch()
 		active := r.activeBuckets()
@@ -68,21 +69,34 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 			}
 			told[b] = e
 		}
-		err := feed.Dirty(func(b uint32) error {
+		// The other changes, a bounded share per round: an activation due
+		// meanwhile (a failover brings full syncs, and so changes, to this
+		// member's backups) waits for one share, not for all of them.
+		budget, full := mirrorShare, false
+		var err error
+		next, err = feed.Dirty(next, func(b uint32) (bool, error) {
 			c, ok := feed.Take(b, false)
 			if !ok {
-				return nil // active: not followed
+				return true, nil // active: not followed
 			}
-			return m.send(b, c)
+			budget -= len(c.Live) + len(c.Gone)
+			full = budget <= 0
+			return !full, m.send(b, c)
 		})
 		if err != nil {
 			return err
 		}
-		if !caughtUp {
+		if !caughtUp && m.fresh == len(m.taken) {
 			if err := st.Send(&pb.WatchActivationsResponse{CaughtUp: true}); err != nil {
 				return err
 			}
 			caughtUp = true
+		}
+		if full { // more to send: look at the activations first, without waiting
+			if st.Context().Err() != nil {
+				return nil
+			}
+			continue
 		}
 		select {
 		case <-st.Context().Done():
@@ -94,16 +108,26 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 	}
 }
 
+// mirrorShare is about how many states and keys a mirror stream sends
+// between two looks at the activations due.
+const mirrorShare = 4 * activationChunk
+
 // mirrorSender sends a feed's changes as mirror messages.
 type mirrorSender struct {
 	st           pb.DataPlaneService_WatchActivationsServer
 	held         []bool // bucket -> the firewall may hold some of its states
+	taken        []bool // bucket -> taken from the feed at least once
+	fresh        int    // buckets taken
 	buf, scratch []byte
 }
 
 // send sends c, bucket b's change, in messages of at most activationChunk
 // states and keys.
 func (m *mirrorSender) send(b uint32, c conntable.Change) error {
+	if !m.taken[b] {
+		m.taken[b] = true
+		m.fresh++
+	}
 	if c.Empty() || (c.Reset && len(c.Live) == 0 && !m.held[b]) {
 		return nil
 	}
