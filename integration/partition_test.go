@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,9 +93,8 @@ func TestCluster_FollowerCatchesUpBySnapshot(t *testing.T) {
 	// Raft restores the FSM before it records the installed snapshot in its
 	// stats, so the FSMs can already be equal here: poll for the record.
 	cluster.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		stats := f.Server.Raft().Stats()
-		if idx, _ := strconv.ParseUint(stats["last_snapshot_index"], 10, 64); idx == 0 {
-			return fmt.Errorf("follower has no snapshot (stats %v): InstallSnapshot was not exercised", stats)
+		if f.Server.LastSnapshotIndex() == 0 {
+			return fmt.Errorf("follower has no snapshot (stats %v): InstallSnapshot was not exercised", f.Server.Raft().Stats())
 		}
 		return nil
 	})
@@ -155,10 +153,7 @@ func TestCluster_StaleSnapshotRefused(t *testing.T) {
 			}
 		}
 	}
-	lastSnap := func(m *cluster.Member) uint64 {
-		idx, _ := strconv.ParseUint(m.Server.Raft().Stats()["last_snapshot_index"], 10, 64)
-		return idx
-	}
+	lastSnap := func(m *cluster.Member) uint64 { return m.Server.LastSnapshotIndex() }
 	claims(0, 20)
 	if err := leader.Server.Raft().Snapshot().Error(); err != nil {
 		t.Fatalf("leader snapshot: %v", err)

@@ -62,12 +62,18 @@ func (t *snapshotTaker) want(index uint64) {
 			t.busy = false
 			t.mu.Unlock()
 		}()
-		r := t.s.raft
-		last, _ := strconv.ParseUint(r.Stats()["last_snapshot_index"], 10, 64)
+		last := t.s.LastSnapshotIndex()
 		if last >= index {
 			return
 		}
-		err := r.Snapshot().Error()
+		err := t.s.raft.Snapshot().Error()
 		t.s.logger.Info("took a snapshot a follower asked for", "wanted", index, "previous", last, "error", err)
 	}()
+}
+
+// LastSnapshotIndex is the last log index of this member's latest Raft
+// snapshot (0: none). raft reports it only among its text Stats.
+func (s *Server) LastSnapshotIndex() uint64 {
+	idx, _ := strconv.ParseUint(s.raft.Stats()["last_snapshot_index"], 10, 64)
+	return idx
 }

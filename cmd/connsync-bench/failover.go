@@ -36,13 +36,17 @@ const (
 
 // trial is one measured failover.
 type trial struct {
-	victim      string
-	leader      bool
-	buckets     int           // buckets the victim was primary of
-	took        time.Duration // SIGKILL -> the last of them reported active at its new primary
-	first       time.Duration // SIGKILL -> the first of them reported active (the rest is delivery)
-	withoutCopy int           // of them, taken over by a member that held no synced copy
-	settle      time.Duration // restart -> site settled again
+	victim  string
+	leader  bool
+	buckets int           // buckets the victim was primary of
+	took    time.Duration // SIGKILL -> the last of them reported active at its new primary
+	first   time.Duration // SIGKILL -> the first of them reported active (the rest is delivery)
+	median  time.Duration // SIGKILL -> half of them reported active
+	// mirrorStates: states the mirror streams brought between the kill and
+	// the last activation (full syncs to new backups, mostly).
+	mirrorStates int64
+	withoutCopy  int           // of them, taken over by a member that held no synced copy
+	settle       time.Duration // restart -> site settled again
 	// atActive, with mirror streams: each of the victim's buckets as the
 	// new primary's firewall held it (its mirror copy) when the activation
 	// came.
@@ -88,7 +92,8 @@ func runFailover(ctx context.Context, c *proccluster.Cluster, f failoverFlags, r
 		}
 		trials = append(trials, tr)
 		rep.event("trial", field{"trial", i + 1}, field{"victim", tr.victim}, field{"leader", tr.leader},
-			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"first_ms", ms(tr.first)}, field{"without_copy", tr.withoutCopy},
+			field{"buckets", tr.buckets}, field{"ms", ms(tr.took)}, field{"first_ms", ms(tr.first)}, field{"median_ms", ms(tr.median)},
+			field{"mirror_states", tr.mirrorStates}, field{"without_copy", tr.withoutCopy},
 			field{"settle_s", round(tr.settle.Seconds(), 2)})
 	}
 	stop()
@@ -193,13 +198,15 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		mu       sync.Mutex
-		got      = map[uint32]time.Time{}
-		by       = map[uint32]string{}
-		allDone  = make(chan struct{})
-		doneOnce sync.Once
-		ready    = make(chan struct{}, len(ms))
-		streamEr = make(chan error, len(ms))
+		mu        sync.Mutex
+		got       = map[uint32]time.Time{}
+		by        = map[uint32]string{}
+		allDone   = make(chan struct{})
+		doneOnce  sync.Once
+		ready     = make(chan struct{}, len(ms))
+		killed    atomic.Bool
+		afterKill atomic.Int64 // mirror states received since the kill
+		streamEr  = make(chan error, len(ms))
 	)
 	setPhase("opening WatchActivations streams")
 	for i, m := range ms {
@@ -244,6 +251,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 						continue
 					}
 					if msg.Mirror {
+						if killed.Load() {
+							afterKill.Add(int64(len(msg.States)))
+						}
 						if err := mirrorApply(copies, msg); err != nil {
 							streamEr <- fmt.Errorf("WatchActivations on %s: %w", id, err)
 							return
@@ -304,11 +314,13 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	setPhase("SIGKILL %s, waiting for its %d buckets", tr.victim, len(want))
 	beforeKill(ctx, tr.victim)
 	t0 := time.Now()
+	killed.Store(true)
 	if err := c.Kill(victim); err != nil {
 		return tr, err
 	}
 	select {
 	case <-allDone:
+		tr.mirrorStates = afterKill.Load()
 	case err := <-streamEr:
 		return tr, err
 	case <-time.After(takeoverTimeout):
@@ -323,7 +335,9 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	mu.Lock()
 	defer mu.Unlock()
 	tr.first = takeoverTimeout
+	var each []time.Duration
 	for b, at := range got {
+		each = append(each, at.Sub(t0))
 		tr.took, tr.first = max(tr.took, at.Sub(t0)), min(tr.first, at.Sub(t0))
 		if a, p := want[b], by[b]; !(a.LocalBackup == p && a.BackupSynced) && !(a.Incoming == p && a.IncomingSynced) {
 			tr.withoutCopy++
@@ -332,6 +346,8 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 	if tr.took <= 0 {
 		return tr, errors.New("measured a failover time of zero: the clock went wrong")
 	}
+	slices.Sort(each)
+	tr.median = each[len(each)/2]
 	return tr, nil
 }
 

@@ -93,7 +93,7 @@ func runPersistence(ctx context.Context, c *proccluster.Cluster, f persistenceFl
 			return nil, fmt.Errorf("failover %d: %w", i+1, err)
 		}
 		rep.event("failover", field{"failover", i + 1}, field{"victim", tr.victim}, field{"buckets", len(moved)},
-			field{"failover_ms", ms(tr.took)}, field{"first_ms", ms(tr.first)}, field{"checked", n}, field{"lost", l}, field{"lost_in_copy", lc}, field{"settle_s", round(settle.Seconds(), 2)})
+			field{"failover_ms", ms(tr.took)}, field{"first_ms", ms(tr.first)}, field{"median_ms", ms(tr.median)}, field{"mirror_states", tr.mirrorStates}, field{"checked", n}, field{"lost", l}, field{"lost_in_copy", lc}, field{"settle_s", round(settle.Seconds(), 2)})
 	}
 	stopProg()
 	persistence := 1.0

@@ -63,19 +63,30 @@ func (bk *bucket) find(f *Feed) (int, *follow) {
 
 // Follow starts following bucket b, or restarts it: the next Take returns
 // the whole bucket.
-func (f *Feed) Follow(b uint32) {
+func (f *Feed) Follow(b uint32) { f.follow(b, true) }
+
+// FollowFrom starts following bucket b as it is now, for a follower that
+// holds it: the next Take returns what changes from here on. (Following
+// already, it changes nothing.)
+func (f *Feed) FollowFrom(b uint32) { f.follow(b, false) }
+
+func (f *Feed) follow(b uint32, reset bool) {
 	bk := f.t.bucket(b)
 	if bk == nil {
 		return
 	}
 	bk.mu.Lock()
-	if _, fl := bk.find(f); fl != nil {
+	_, fl := bk.find(f)
+	switch {
+	case fl == nil:
+		bk.follows = append(bk.follows, &follow{f: f, reset: reset})
+	case reset:
 		fl.keys, fl.reset = nil, true
-	} else {
-		bk.follows = append(bk.follows, &follow{f: f, reset: true})
 	}
 	bk.mu.Unlock()
-	f.note(b)
+	if reset {
+		f.note(b)
+	}
 }
 
 // Change is what a Take returns for one bucket.

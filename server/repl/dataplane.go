@@ -212,7 +212,8 @@ func (r *Replicator) WatchActivations(req *pb.WatchActivationsRequest, st pb.Dat
 	defer tick.Stop()
 	for {
 		_, changed := r.cfg.View.Watch()
-		active := r.activeBuckets()
+		as, _ := r.cfg.View.Assignments()
+		active := r.activeBuckets(as)
 		if err := sendDeactivations(st, active, told, nil); err != nil {
 			return err
 		}
@@ -228,10 +229,9 @@ func (r *Replicator) WatchActivations(req *pb.WatchActivationsRequest, st pb.Dat
 	}
 }
 
-// activeBuckets returns the buckets this member may act as primary for now,
-// with their epochs.
-func (r *Replicator) activeBuckets() map[uint32]uint64 {
-	as, _ := r.cfg.View.Assignments()
+// activeBuckets returns the buckets of as this member may act as primary
+// for now, with their epochs.
+func (r *Replicator) activeBuckets(as []fsm.Assignment) map[uint32]uint64 {
 	active := map[uint32]uint64{}
 	if r.cfg.View.Acting() {
 		for i, a := range as {

@@ -36,17 +36,44 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 	}
 	m := &mirrorSender{st: st, held: make([]bool, r.table.Buckets()), taken: make([]bool, r.table.Buckets())}
 	told := map[uint32]uint64{}
+	// lapsed: buckets told inactive, not followed yet, with the index this
+	// member became their primary at (Assignment.Since; see below).
+	lapsed := map[uint32]uint64{}
 	tick := time.NewTicker(watchTick)
 	defer tick.Stop()
 	caughtUp := false
 	var next uint32 // where the next pass over changed buckets starts
 	for {
 		_, changed := r.cfg.View.Watch()
-		active := r.activeBuckets()
-		// A bucket no longer active is followed again from scratch: the
-		// firewall's copy becomes the table's.
-		if err := sendDeactivations(st, active, told, feed.Follow); err != nil {
+		as, _ := r.cfg.View.Assignments()
+		active := r.activeBuckets(as)
+		activated, flushed := 0, 0 // for the debug log
+		// A bucket no longer active is followed from where it is: the
+		// firewall's states stand, as its copy, and what changes in the
+		// table from here on is sent (records of the other site while this
+		// one is standby, say). Once this member is no longer the bucket's
+		// primary since the takeover it was active after, it is followed
+		// again from scratch: the firewall's copy becomes the table's. A
+		// lease that lapses for a moment so costs nothing. (Replacing at
+		// once sent every active bucket's states again after a lapse,
+		// hundreds of thousands of them, ahead of the activations of a
+		// failover on a loaded machine.)
+		for b := range told {
+			if _, ok := active[b]; !ok {
+				lapsed[b] = 0
+				if int(b) < len(as) && as[b].Primary == r.self {
+					lapsed[b] = as[b].Since
+				}
+			}
+		}
+		if err := sendDeactivations(st, active, told, feed.FollowFrom); err != nil {
 			return err
+		}
+		for b, since := range lapsed {
+			if int(b) >= len(as) || as[b].Primary != r.self || as[b].Since != since || since == 0 {
+				feed.Follow(b)
+				delete(lapsed, b)
+			}
 		}
 		for _, b := range sortedBuckets(active) {
 			e := active[b]
@@ -59,15 +86,22 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 				told[b] = e
 				continue
 			}
+			delete(lapsed, b)
 			if c, ok := feed.Take(b, true); ok { // the bucket's last changes before it is active
+				flushed += len(c.Live) + len(c.Gone)
 				if err := m.send(b, c); err != nil {
 					return err
 				}
 			}
+			m.held[b] = true // the firewall processes the bucket: it holds states of it
 			if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
 				return err
 			}
 			told[b] = e
+			activated++
+		}
+		if activated > 0 {
+			r.cfg.Logger.Debug("mirror stream: buckets activated", "buckets", activated, "states_sent_first", flushed)
 		}
 		// The other changes, a bounded share per round: an activation due
 		// meanwhile (a failover brings full syncs, and so changes, to this

@@ -344,11 +344,14 @@ type WatchActivationsRequest struct {
 	// ones carry what changed since the one before (states: add or replace;
 	// closed: forget). When the member becomes primary of a bucket, the stream
 	// first brings the bucket's copy up to date, then sends the activation
-	// with no states: the firewall activates the copy it holds. Mirror messages
-	// for the buckets active when the stream opens come before their
-	// activations. caught_up is sent once, when the copy holds every bucket as
-	// it was when the stream opened. A firewall that cannot keep up slows this
-	// stream only; replication does not wait for it.
+	// with no states: the firewall activates the copy it holds. When a bucket
+	// stops being active, the firewall keeps its states as the copy until the
+	// replace comes; if the bucket is active again at the same epoch first (the
+	// member's lease lapsed for a moment), no replace comes and its states
+	// stand. Mirror messages for the buckets active when the stream opens come
+	// before their activations. caught_up is sent once, when the copy holds
+	// every bucket as it was when the stream opened. A firewall that cannot
+	// keep up slows this stream only; replication does not wait for it.
 	Mirror        bool `protobuf:"varint,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
