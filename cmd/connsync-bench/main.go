@@ -614,6 +614,7 @@ batch (the standby site's remote backups have it too).`,
 	cmd.Flags().IntVar(&f.sites, "sites", 1, "1, or 2: an active and a standby site and a witness, and the lag to the standby site's remote backups too")
 	cmd.Flags().DurationVar(&f.delay, "delay", 50*time.Millisecond, "with -sites 2: one-way delay between the sites")
 	cmd.Flags().IntVar(&f.rate, "rate", 100_000, "deltas per second over the site (0: as fast as possible)")
+	cmd.Flags().BoolVar(&f.mirror, "mirror", false, "keep a mirror stream open on every member while publishing, as a firewall would (what it costs; mirrored_per_sec)")
 	cmd.Flags().IntVar(&f.conns, "conns", 200_000, "connections updated round robin")
 	cmd.Flags().DurationVar(&f.duration, "duration", 10*time.Second, "how long to publish")
 	return cmd

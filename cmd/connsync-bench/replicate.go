@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/fsm"
 	"github.com/connsync/connsync/internal/proccluster"
 )
 
@@ -24,6 +27,7 @@ type replicateFlags struct {
 	remote   bool          // c is the active one of two sites: report the lag to the remote backups too
 	delay    time.Duration // with sites 2: one way between the sites
 	sites    int           // 1, or 2 (active and standby, started by the command)
+	mirror   bool          // a mirror stream open on every member while publishing (its cost)
 }
 
 // replicateWindow is how many batches a stream may have unanswered.
@@ -59,6 +63,14 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 		}
 		byMember[p.primary[b]] = append(byMember[p.primary[b]], st)
 	}
+	var mirrored *atomic.Int64
+	if f.mirror {
+		var stopMirrors func() error
+		if mirrored, stopMirrors, err = openMirrors(ctx, c); err != nil {
+			return nil, err
+		}
+		defer stopMirrors()
+	}
 	var confirmed, refused atomic.Int64
 	var mu sync.Mutex
 	var firstRefusal string
@@ -68,6 +80,10 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 		perTick = max(1, int(float64(f.rate)*replicateTick.Seconds())/max(1, len(byMember)))
 	}
 	began := time.Now()
+	var mirroredBefore int64
+	if mirrored != nil {
+		mirroredBefore = mirrored.Load()
+	}
 	stop := rep.progress(func() string {
 		return fmt.Sprintf("replicate: %s deltas confirmed ... %.0f of %.0fs", thousands(confirmed.Load()),
 			time.Since(began).Seconds(), f.duration.Seconds())
@@ -89,6 +105,10 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 		return err
 	})
 	wall := time.Since(began)
+	var mirroredDuring int64
+	if mirrored != nil {
+		mirroredDuring = mirrored.Load() - mirroredBefore
+	}
 	stop()
 	if err != nil {
 		return nil, err
@@ -103,6 +123,9 @@ func runReplicate(ctx context.Context, c *proccluster.Cluster, f replicateFlags,
 	fig := record{{"scenario", "replicate"}, {"deltas_per_sec", round(float64(confirmed.Load())/wall.Seconds(), 1)},
 		{"lag_p50_ms", ms(percentile(local, 50))}, {"lag_p99_ms", ms(percentile(local, 99))},
 		{"lag_max_ms", ms(local[len(local)-1])}}
+	if f.mirror {
+		fig = append(fig, field{"mirror", true}, field{"mirrored_per_sec", round(float64(mirroredDuring)/wall.Seconds(), 1)})
+	}
 	name := fmt.Sprintf("replicate-%d", f.rate)
 	if err := rep.plot(name, lagPlot(fmt.Sprintf("replication lag to the local backups at %s deltas/s", thousands(int64(f.rate))),
 		lags.local, began, 10*time.Millisecond)); err != nil {
@@ -311,4 +334,74 @@ func replicateTwoSites(cmd *cobra.Command, g *globalOpts, f replicateFlags, stdo
 			return append(fig, field{"sites", 2}, field{"delay_ms", ms(f.delay)}), err
 		})
 	})
+}
+
+// openMirrors opens a mirror stream (WatchActivations with mirror, as a
+// firewall would) on every member of c, keeps each member's copy in this
+// process and waits until every stream has caught up. mirrored counts the
+// states the streams bring; stop closes them.
+func openMirrors(ctx context.Context, c *proccluster.Cluster) (mirrored *atomic.Int64, stop func() error, err error) {
+	mctx, cancel := context.WithCancel(ctx)
+	var conns []*grpc.ClientConn
+	stop = func() error {
+		cancel()
+		for _, cc := range conns {
+			cc.Close()
+		}
+		return nil
+	}
+	mirrored = &atomic.Int64{}
+	caught := make(chan error, len(c.Members()))
+	for _, m := range c.Members() {
+		cc, err := grpc.NewClient("passthrough:///"+m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(mirrorWindow), grpc.WithInitialConnWindowSize(mirrorWindow))
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		conns = append(conns, cc)
+		st, err := pb.NewDataPlaneServiceClient(cc).WatchActivations(mctx, &pb.WatchActivationsRequest{Mirror: true})
+		if err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("WatchActivations on %s: %w", m.ID, err)
+		}
+		go func(id string) {
+			copies := map[uint32]map[fsm.Key][]byte{}
+			told := false
+			for {
+				msg, err := st.Recv()
+				if err != nil {
+					if !told {
+						caught <- fmt.Errorf("mirror stream on %s ended before it caught up: %w", id, err)
+					}
+					return
+				}
+				switch {
+				case msg.CaughtUp:
+					told = true
+					caught <- nil
+				case msg.Mirror:
+					mirrored.Add(int64(len(msg.States)))
+					if err := mirrorApply(copies, msg); err != nil && !told {
+						told = true
+						caught <- fmt.Errorf("mirror stream on %s: %w", id, err)
+					}
+				}
+			}
+		}(m.ID)
+	}
+	timeout := time.After(readyTimeout)
+	for range c.Members() {
+		select {
+		case err := <-caught:
+			if err != nil {
+				stop()
+				return nil, nil, err
+			}
+		case <-timeout:
+			stop()
+			return nil, nil, fmt.Errorf("the mirror streams did not catch up within %v", readyTimeout)
+		}
+	}
+	return mirrored, stop, nil
 }
