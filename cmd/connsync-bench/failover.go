@@ -30,9 +30,20 @@ const (
 	// victim restarts.
 	settleTimeout = 2 * time.Minute
 	// mirrorWindow is the HTTP/2 window of a mirror stream (see
-	// measureFailover).
+	// dialOptions).
 	mirrorWindow = 256 << 10
 )
+
+// dialOptions are the options to dial a member with, for a mirror stream
+// or not. A mirror stream's window is fixed (gRPC's grows up to 16 MiB on
+// its own): it bounds how much mirror data an activation can queue behind.
+func dialOptions(mirror bool) []grpc.DialOption {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if mirror {
+		opts = append(opts, grpc.WithInitialWindowSize(mirrorWindow), grpc.WithInitialConnWindowSize(mirrorWindow))
+	}
+	return opts
+}
 
 // trial is one measured failover.
 type trial struct {
@@ -213,13 +224,7 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 		if i == victim {
 			continue
 		}
-		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-		if mirror {
-			// A fixed window (gRPC's grows up to 16 MiB on its own) bounds
-			// how much mirror data an activation can queue behind.
-			opts = append(opts, grpc.WithInitialWindowSize(mirrorWindow), grpc.WithInitialConnWindowSize(mirrorWindow))
-		}
-		conn, err := grpc.NewClient("passthrough:///"+m.GRPC, opts...)
+		conn, err := grpc.NewClient("passthrough:///"+m.GRPC, dialOptions(mirror)...)
 		if err != nil {
 			return tr, err
 		}
@@ -233,7 +238,8 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 			ready <- struct{}{}
 		}
 		go func(id string) {
-			active, told := map[uint32]bool{}, expect == 0 && !mirror
+			// told: ready was sent, or (mirror) is sent on caught_up.
+			active, told := map[uint32]bool{}, expect == 0 || mirror
 			copies := map[uint32]map[fsm.Key][]byte{} // mirror: the buckets this member is not active for
 			for {
 				msg, err := st.Recv()
@@ -246,7 +252,6 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 				}
 				if mirror {
 					if msg.CaughtUp {
-						told = true
 						ready <- struct{}{}
 						continue
 					}
@@ -273,7 +278,7 @@ func measureFailover(ctx context.Context, c *proccluster.Cluster, admin *client.
 					delete(active, b)
 					continue
 				}
-				if active[b] = true; !mirror && !told && len(active) >= expect {
+				if active[b] = true; !told && len(active) >= expect {
 					told = true
 					ready <- struct{}{}
 				}

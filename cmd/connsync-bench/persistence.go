@@ -147,10 +147,8 @@ func checkBuckets(ctx context.Context, c *proccluster.Cluster, admin *client.Cli
 		}
 		for k, blob := range want[b] {
 			checked++
-			inTable := false
-			if got, ok := have[k]; ok && bytes.Equal(got, blob) {
-				inTable = true
-			}
+			got, ok := have[k]
+			inTable := ok && bytes.Equal(got, blob)
 			inCopy := true
 			if atActive != nil {
 				got, ok := atActive[b][k]

@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
 	"github.com/connsync/connsync/fsm"
@@ -353,8 +352,7 @@ func openMirrors(ctx context.Context, c *proccluster.Cluster) (mirrored *atomic.
 	mirrored = &atomic.Int64{}
 	caught := make(chan error, len(c.Members()))
 	for _, m := range c.Members() {
-		cc, err := grpc.NewClient("passthrough:///"+m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithInitialWindowSize(mirrorWindow), grpc.WithInitialConnWindowSize(mirrorWindow))
+		cc, err := grpc.NewClient("passthrough:///"+m.GRPC, dialOptions(true)...)
 		if err != nil {
 			stop()
 			return nil, nil, err

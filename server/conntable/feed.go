@@ -14,9 +14,9 @@ import (
 // a slow reader costs memory in proportion to the connections that changed,
 // as the replication streams do.
 //
-// A bucket is followed from Follow until Unfollow. The first Take after
-// Follow returns the whole bucket (reset); so does the first Take after the
-// table dropped the bucket. Every change of a followed bucket made before a
+// A bucket is followed from Follow (or FollowFrom) until a Take with
+// unfollow, or Close. The first Take after Follow returns the whole bucket
+// (reset); so does the first Take after the table dropped the bucket. Every change of a followed bucket made before a
 // Take is in that Take or an earlier one: the bucket's lock orders them.
 // A Feed is used by one goroutine at a time; the table's writers only note
 // changes in it.
@@ -60,6 +60,9 @@ func (bk *bucket) find(f *Feed) (int, *follow) {
 	}
 	return -1, nil
 }
+
+// unfollow removes the follow at index i (under bk.mu).
+func (bk *bucket) unfollow(i int) { bk.follows = append(bk.follows[:i], bk.follows[i+1:]...) }
 
 // Follow starts following bucket b, or restarts it: the next Take returns
 // the whole bucket.
@@ -129,7 +132,7 @@ func (f *Feed) Take(b uint32, unfollow bool) (c Change, ok bool) {
 	}
 	fl.keys, fl.reset = nil, false
 	if unfollow {
-		bk.follows = append(bk.follows[:i], bk.follows[i+1:]...)
+		bk.unfollow(i)
 	}
 	return c, true
 }
@@ -163,7 +166,7 @@ func (f *Feed) Close() {
 		bk := &f.t.buckets[b]
 		bk.mu.Lock()
 		if i, fl := bk.find(f); fl != nil {
-			bk.follows = append(bk.follows[:i], bk.follows[i+1:]...)
+			bk.unfollow(i)
 		}
 		bk.mu.Unlock()
 	}

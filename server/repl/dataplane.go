@@ -217,7 +217,18 @@ func (r *Replicator) WatchActivations(req *pb.WatchActivationsRequest, st pb.Dat
 		if err := sendDeactivations(st, active, told, nil); err != nil {
 			return err
 		}
-		if err := r.sendActivations(st, active, told); err != nil {
+		sending := false // full syncs yield while states are sent (syncsYield)
+		err := sendActivations(st, active, told, func(b uint32, e uint64) error {
+			if !sending {
+				sending = true
+				r.activating.Add(1)
+			}
+			return r.sendActivation(st, b, e)
+		})
+		if sending {
+			r.activationSent()
+		}
+		if err != nil {
 			return err
 		}
 		select {
@@ -261,25 +272,15 @@ func sendDeactivations(st pb.DataPlaneService_WatchActivationsServer, active, to
 }
 
 // sendActivations tells the firewall of the buckets in active that told
-// does not have at their epoch, and records them in told. Full syncs yield
-// while it sends states (syncsYield).
-func (r *Replicator) sendActivations(st pb.DataPlaneService_WatchActivationsServer, active, told map[uint32]uint64) error {
-	sending := false
-	defer func() {
-		if sending {
-			r.activationSent()
-		}
-	}()
+// does not have at their epoch, and records them in told: a bucket new to
+// told with activate, one at a new epoch with the epoch alone.
+func sendActivations(st pb.DataPlaneService_WatchActivationsServer, active, told map[uint32]uint64, activate func(b uint32, epoch uint64) error) error {
 	for _, b := range sortedBuckets(active) {
 		e := active[b]
 		old, ok := told[b]
 		switch {
 		case !ok:
-			if !sending {
-				sending = true
-				r.activating.Add(1)
-			}
-			if err := r.sendActivation(st, b, e); err != nil {
+			if err := activate(b, e); err != nil {
 				return err
 			}
 		case old != e:

@@ -47,7 +47,6 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 		_, changed := r.cfg.View.Watch()
 		as, _ := r.cfg.View.Assignments()
 		active := r.activeBuckets(as)
-		activated, flushed := 0, 0 // for the debug log
 		// A bucket no longer active is followed from where it is: the
 		// firewall's states stand, as its copy, and what changes in the
 		// table from here on is sent (records of the other site while this
@@ -58,15 +57,14 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 		// once sent every active bucket's states again after a lapse,
 		// hundreds of thousands of them, ahead of the activations of a
 		// failover on a loaded machine.)
-		for b := range told {
-			if _, ok := active[b]; !ok {
-				lapsed[b] = 0
-				if int(b) < len(as) && as[b].Primary == r.self {
-					lapsed[b] = as[b].Since
-				}
+		err := sendDeactivations(st, active, told, func(b uint32) {
+			feed.FollowFrom(b)
+			lapsed[b] = 0
+			if int(b) < len(as) && as[b].Primary == r.self {
+				lapsed[b] = as[b].Since
 			}
-		}
-		if err := sendDeactivations(st, active, told, feed.FollowFrom); err != nil {
+		})
+		if err != nil {
 			return err
 		}
 		for b, since := range lapsed {
@@ -75,17 +73,8 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 				delete(lapsed, b)
 			}
 		}
-		for _, b := range sortedBuckets(active) {
-			e := active[b]
-			if old, ok := told[b]; ok {
-				if old != e {
-					if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
-						return err
-					}
-				}
-				told[b] = e
-				continue
-			}
+		activated, flushed := 0, 0 // for the debug log
+		err = sendActivations(st, active, told, func(b uint32, e uint64) error {
 			delete(lapsed, b)
 			if c, ok := feed.Take(b, true); ok { // the bucket's last changes before it is active
 				flushed += len(c.Live) + len(c.Gone)
@@ -94,11 +83,11 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 				}
 			}
 			m.held[b] = true // the firewall processes the bucket: it holds states of it
-			if err := st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true}); err != nil {
-				return err
-			}
-			told[b] = e
 			activated++
+			return st.Send(&pb.WatchActivationsResponse{Bucket: b, Epoch: e, Active: true})
+		})
+		if err != nil {
+			return err
 		}
 		if activated > 0 {
 			r.cfg.Logger.Debug("mirror stream: buckets activated", "buckets", activated, "states_sent_first", flushed)
@@ -107,7 +96,6 @@ func (r *Replicator) watchMirrored(st pb.DataPlaneService_WatchActivationsServer
 		// meanwhile (a failover brings full syncs, and so changes, to this
 		// member's backups) waits for one share, not for all of them.
 		budget, full := mirrorShare, false
-		var err error
 		next, err = feed.Dirty(next, func(b uint32) (bool, error) {
 			c, ok := feed.Take(b, false)
 			if !ok {
