@@ -195,7 +195,7 @@ func TestSites_ManualFailoverLosesNothing(t *testing.T) {
 	if err != nil || dry.Buckets != fsm.DefaultBucketCount || dry.BucketsSynced != fsm.DefaultBucketCount || dry.SiteEpoch != 0 {
 		t.Fatalf("dry run: %v, %v", dry, err)
 	}
-	if !b.Leader().Server.FSM().Standby() {
+	if !b.WaitForLeader(10 * time.Second).Server.FSM().Standby() {
 		t.Fatalf("the dry run activated the site")
 	}
 	t0 := time.Now()
@@ -250,7 +250,7 @@ func TestSites_BadSiteFailoverInput(t *testing.T) {
 			t.Errorf("SiteFailover(%v): %v, want %s", tc.req, err, tc.code)
 		}
 	}
-	if st := c.Leader().Server.FSM().Stats(); st.Standby || st.SiteEpoch != 0 {
+	if st := c.WaitForLeader(10 * time.Second).Server.FSM().Stats(); st.Standby || st.SiteEpoch != 0 {
 		t.Fatalf("refused failovers changed the site: %+v", st)
 	}
 }
@@ -630,7 +630,10 @@ func TestSites_HandoverTakenBack(t *testing.T) {
 	}
 	waitActive(t, "a", serversOf(a), fsm.DefaultBucketCount, 20*time.Second)
 	t.Logf("site a took the lease back %v after handing over", time.Since(t0))
-	if l := b.Leader(); l == nil || !l.Server.FSM().Standby() {
+	// Site b's Raft may be between leaders here (its members cannot reach
+	// the witness or site a, and a slow heartbeat steps a leader down), so
+	// wait for one rather than reading b.Leader() once.
+	if !b.WaitForLeader(10 * time.Second).Server.FSM().Standby() {
 		t.Fatalf("site b is not standby after site a took the lease back")
 	}
 	atPublishedVersions(t, a, pa, idx, "at site a after the take-back")
