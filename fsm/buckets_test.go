@@ -199,11 +199,15 @@ func TestFSM_SnapshotKeepsAssignmentFlags(t *testing.T) {
 func TestFSM_WatchWakesOnTopologyChanges(t *testing.T) {
 	f, idx := newSite(t, "m1", "m2")
 	_, ch := f.Watch()
+	gen := f.Generation()
 	apply(t, f, idx, t0, claimOp(tcpKey(t, 1), "m1")) // not a topology change
 	select {
 	case <-ch:
 		t.Fatal("woken by a claim")
 	default:
+	}
+	if f.Generation() != gen {
+		t.Fatal("a claim changed the generation")
 	}
 	idx++
 	expectOK(t, apply1(t, f, idx, t0, reassignOp(nil, &ipb.BucketChange{Bucket: 3, Primary: "m1", LocalBackup: "m2"})))
@@ -211,6 +215,9 @@ func TestFSM_WatchWakesOnTopologyChanges(t *testing.T) {
 	case <-ch:
 	default:
 		t.Fatal("not woken by a reassignment")
+	}
+	if f.Generation() == gen {
+		t.Fatal("a reassignment left the generation as it was")
 	}
 	applied, ch := f.Watch()
 	if applied != idx {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -131,6 +132,8 @@ type FSM struct {
 	// changed is closed (and replaced) after an entry that changed members
 	// or assignments is applied, and after a Restore: see Watch.
 	changed chan struct{}
+	// generation counts the closings of changed (see Generation).
+	generation atomic.Uint64
 	// staleRefused counts snapshots Restore refused as older than the
 	// applied state, and staleAt is the applied index of the last refusal.
 	staleRefused, staleAt uint64
@@ -184,6 +187,7 @@ func (f *FSM) ApplyEntry(index uint64, e *ipb.Entry) []ProposalResult {
 
 // notify wakes the watchers; f.mu must be held for writing.
 func (f *FSM) notify() {
+	f.generation.Add(1)
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
@@ -195,6 +199,13 @@ func (f *FSM) Wake() {
 	f.notify()
 	f.mu.Unlock()
 }
+
+// Generation returns a number that changes whenever Watch's channel is
+// closed (members, assignments or the site mode changed, or a Restore), read
+// without the state machine's lock. It changes under the lock, with the
+// state, so a reader that read it, then the state, then finds it unchanged
+// knows that what it read is still current.
+func (f *FSM) Generation() uint64 { return f.generation.Load() }
 
 // Watch returns the applied index and a channel that is closed once a later
 // entry changes members or assignments, or a snapshot replaces the state.

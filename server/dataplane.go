@@ -15,15 +15,17 @@ import (
 // replView adapts the server to what package repl reads.
 type replView struct{ s *Server }
 
-func (v replView) Self() string                            { return v.s.cfg.MemberID }
-func (v replView) Site() string                            { return v.s.cfg.Site }
-func (v replView) Standby() bool                           { return v.s.fsm.Standby() }
-func (v replView) Peer() (*repl.Peer, <-chan struct{})     { return v.s.siteLink.watch() }
-func (v replView) Incarnation() uint64                     { return v.s.incarnation }
-func (v replView) Assignments() ([]fsm.Assignment, uint64) { return v.s.fsm.Buckets() }
-func (v replView) Watch() (uint64, <-chan struct{})        { return v.s.fsm.Watch() }
-func (v replView) Acting() bool                            { return v.s.lease.acting() }
-func (v replView) Pending(b uint32, epoch uint64) bool     { return v.s.handoff.pending(b, epoch) }
+func (v replView) Self() string                               { return v.s.cfg.MemberID }
+func (v replView) Site() string                               { return v.s.cfg.Site }
+func (v replView) Standby() bool                              { return v.s.fsm.Standby() }
+func (v replView) Peer() (*repl.Peer, <-chan struct{})        { return v.s.siteLink.watch() }
+func (v replView) Incarnation() uint64                        { return v.s.incarnation }
+func (v replView) Assignments() ([]fsm.Assignment, uint64)    { return v.s.fsm.Buckets() }
+func (v replView) Assignment(b uint32) (fsm.Assignment, bool) { return v.s.fsm.Assignment(b) }
+func (v replView) Generation() uint64                         { return v.s.fsm.Generation() }
+func (v replView) Watch() (uint64, <-chan struct{})           { return v.s.fsm.Watch() }
+func (v replView) Acting() bool                               { return v.s.lease.acting() }
+func (v replView) Pending(b uint32, epoch uint64) bool        { return v.s.handoff.pending(b, epoch) }
 func (v replView) Addr(member string) (string, bool) {
 	if m, ok := v.s.fsm.Member(member); ok && m.GRPCAddr != "" {
 		return m.GRPCAddr, true

@@ -182,17 +182,31 @@ func (bk *bucket) current(k fsm.Key) (uint64, bool) {
 // table holds, and reports whether it did. now (Unix nanoseconds) stamps a
 // tombstone.
 func (t *Table) Apply(b uint32, k fsm.Key, r Record, now int64) bool {
+	applied, _ := t.ApplyIf(b, k, r, now, nil)
+	return applied
+}
+
+// ApplyIf is Apply made only if current (if not nil), called under the
+// bucket's lock, reports true; held is what current reported. A caller that
+// decided to apply r on what it read of the state machine passes a check
+// that this is still current: the decision and the apply then come both
+// before, or both after, anything that reads the bucket under its lock once
+// the state machine changed (an activation reading a new primary's states).
+func (t *Table) ApplyIf(b uint32, k fsm.Key, r Record, now int64, current func() bool) (applied, held bool) {
 	bk := t.bucket(b)
 	if bk == nil {
-		return false
+		return false, true
 	}
 	bk.mu.Lock()
 	defer bk.mu.Unlock()
+	if current != nil && !current() {
+		return false, false
+	}
 	if v, ok := bk.current(k); (ok && v >= r.Version) || r.Version > MaxVersion {
-		return false
+		return false, true
 	}
 	bk.put(k, r, now)
-	return true
+	return true, true
 }
 
 func (bk *bucket) put(k fsm.Key, r Record, now int64) {

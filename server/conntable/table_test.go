@@ -43,6 +43,12 @@ func TestTable_AppliesOnlyNewer(t *testing.T) {
 	if tb.Apply(99, k, rec(1, "x"), 0) {
 		t.Fatal("bucket out of range applied")
 	}
+	if applied, held := tb.ApplyIf(3, k, rec(8, "v8"), 0, func() bool { return false }); applied || held {
+		t.Fatalf("ApplyIf with its check failing: applied %v, held %v", applied, held)
+	}
+	if applied, held := tb.ApplyIf(3, k, rec(8, "v8"), 0, func() bool { return true }); !applied || !held {
+		t.Fatalf("ApplyIf with its check holding: applied %v, held %v", applied, held)
+	}
 }
 
 // A delete leaves a tombstone: a late, older upsert cannot resurrect the

@@ -350,8 +350,8 @@ func (r *Replicator) Dump(req *pb.DumpRequest) (*pb.DumpResponse, error) {
 		return nil, status.Errorf(codes.InvalidArgument, "bucket: %d is out of range (the site has %d buckets)", req.Bucket, r.table.Buckets())
 	}
 	role := "none"
-	if as := *r.assign.Load(); int(req.Bucket) < len(as) {
-		switch a := as[req.Bucket]; r.self {
+	if a := r.assign.Load().bucket(req.Bucket); a != nil {
+		switch r.self {
 		case a.Primary:
 			role = "primary"
 		case a.LocalBackup:

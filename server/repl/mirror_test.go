@@ -21,12 +21,31 @@ type changingView struct {
 	*staticView
 	mu     sync.Mutex
 	acting atomic.Bool
+	gen    atomic.Uint64
+	// onGeneration, if set, runs as Generation is called (once cleared).
+	onGeneration func()
 }
 
 func (v *changingView) Assignments() ([]fsm.Assignment, uint64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.as, 10
+}
+
+func (v *changingView) Assignment(b uint32) (fsm.Assignment, bool) {
+	as, _ := v.Assignments()
+	if int(b) < len(as) {
+		return as[b], true
+	}
+	return fsm.Assignment{}, false
+}
+
+func (v *changingView) Generation() uint64 {
+	if f := v.onGeneration; f != nil {
+		v.onGeneration = nil
+		f()
+	}
+	return v.gen.Load()
 }
 
 func (v *changingView) Watch() (uint64, <-chan struct{}) {
@@ -44,6 +63,7 @@ func (v *changingView) set(b uint32, a fsm.Assignment, acting bool) {
 	as[b] = a
 	v.as = as
 	v.acting.Store(acting)
+	v.gen.Add(1)
 	close(v.ch)
 	v.ch = make(chan struct{})
 	v.mu.Unlock()

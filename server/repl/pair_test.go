@@ -40,12 +40,19 @@ func (v *staticView) Self() string                            { return v.self }
 func (v *staticView) Incarnation() uint64                     { return 1 }
 func (v *staticView) Assignments() ([]fsm.Assignment, uint64) { return v.as, 10 }
 func (v *staticView) Watch() (uint64, <-chan struct{})        { return 10, v.ch }
-func (v *staticView) Acting() bool                            { return true }
-func (v *staticView) Pending(uint32, uint64) bool             { return false }
-func (v *staticView) Addr(m string) (string, bool)            { a, ok := v.addrs[m]; return a, ok }
-func (v *staticView) Site() string                            { return "s1" }
-func (v *staticView) Standby() bool                           { return false }
-func (v *staticView) Peer() (*Peer, <-chan struct{})          { return nil, nil }
+func (v *staticView) Generation() uint64                      { return 0 }
+func (v *staticView) Assignment(b uint32) (fsm.Assignment, bool) {
+	if int(b) < len(v.as) {
+		return v.as[b], true
+	}
+	return fsm.Assignment{}, false
+}
+func (v *staticView) Acting() bool                   { return true }
+func (v *staticView) Pending(uint32, uint64) bool    { return false }
+func (v *staticView) Addr(m string) (string, bool)   { a, ok := v.addrs[m]; return a, ok }
+func (v *staticView) Site() string                   { return "s1" }
+func (v *staticView) Standby() bool                  { return false }
+func (v *staticView) Peer() (*Peer, <-chan struct{}) { return nil, nil }
 
 type receiverServer struct {
 	pb.UnimplementedMemberServiceServer

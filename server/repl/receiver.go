@@ -33,7 +33,7 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	if v := md.Get(mdSite); len(v) > 0 && v[0] != "" && v[0] != r.cfg.View.Site() {
 		remote = true
 	}
-	remoteEpochs := len(md.Get(mdRemoteEpochs)) > 0 // the records carry this site's epochs
+	in := inbound{from: from, remote: remote, remoteEpochs: len(md.Get(mdRemoteEpochs)) > 0}
 	var refused, stale uint64
 	for {
 		req, err := st.Recv()
@@ -41,47 +41,14 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 			return nil // the sender went away; it resends what was not acknowledged
 		}
 		now := time.Now().UnixNano()
-		as := *r.assign.Load()
-		standby := remote && r.cfg.View.Standby()
+		at := r.assign.Load()
 		var batchRefused uint64
 		bad, ferr := decodeRecords(req.Records, func(w *wireRecord) {
-			if remote {
-				if !standby { // this site was activated: the sender's site is deposed
-					batchRefused++
-					stale++
-					return
-				}
-				if !r.holdsRemote(as, w, remoteEpochs) {
-					batchRefused++
-					return
-				}
-				if remoteEpochs {
-					r.noteRecvEpoch(w)
-				}
-				if w.marker {
-					r.noteMarker(w.bucket, w.epoch)
-				} else if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
-					r.cfg.OnApply(w.bucket, w.key, w.rec.Version)
-				}
-				return
-			}
-			if ok, deposed := r.accepts(as, w, from); !ok {
+			if ok, deposed := r.receive(at, in, w, now); !ok {
 				batchRefused++
 				if deposed {
 					stale++
 				}
-				return
-			}
-			r.noteRecvEpoch(w)
-			if w.marker {
-				r.noteMarker(w.bucket, w.epoch)
-				return
-			}
-			if sabotage.DropDeltas.Load() {
-				return
-			}
-			if r.table.Apply(w.bucket, w.key, w.rec, now) && r.cfg.OnApply != nil {
-				r.cfg.OnApply(w.bucket, w.key, w.rec.Version)
 			}
 		})
 		if bad > 0 {
@@ -96,6 +63,73 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 	}
 }
 
+// inbound is what a Replicate stream's metadata says of its records.
+type inbound struct {
+	from         string // the sending member
+	remote       bool   // from the other site: remote backups
+	remoteEpochs bool   // the records carry this site's epochs
+}
+
+// receive decides whether this member takes record w, on at (the state
+// machine as replan last read it), and applies it if so; deposed reports a
+// refusal because the sender no longer acts for the bucket. The state
+// machine may have moved on since at: a refusal is decided again on its
+// current state, and the apply is made only if the state machine's
+// generation is still the one the decision was made on, checked under the
+// bucket's lock (conntable.ApplyIf), else decided again. An activation reads
+// the new primary's states under that lock after the state machine changed,
+// so a record of the primary the change deposed, decided on before the
+// change, is either in what the activation reads or not applied at all.
+func (r *Replicator) receive(at *assigned, in inbound, w *wireRecord, now int64) (ok, deposed bool) {
+	gen, a, standby := at.gen, at.bucket(w.bucket), at.standby
+	current := func() bool { return r.cfg.View.Generation() == gen }
+	for {
+		ok, deposed = r.decide(a, standby, in, w)
+		if !ok && current() {
+			return false, deposed
+		}
+		if ok {
+			if in.remoteEpochs || !in.remote {
+				r.noteRecvEpoch(w)
+			}
+			switch {
+			case w.marker:
+				r.noteMarker(w.bucket, w.epoch)
+				return true, false
+			case !in.remote && sabotage.DropDeltas.Load():
+				return true, false
+			}
+			applied, held := r.table.ApplyIf(w.bucket, w.key, w.rec, now, current)
+			if held {
+				if applied && r.cfg.OnApply != nil {
+					r.cfg.OnApply(w.bucket, w.key, w.rec.Version)
+				}
+				return true, false
+			}
+		}
+		// The state machine moved on: decide on what it holds now.
+		gen = r.cfg.View.Generation()
+		a = nil
+		if cur, found := r.cfg.View.Assignment(w.bucket); found {
+			a = &cur
+		}
+		standby = r.cfg.View.Standby()
+	}
+}
+
+// decide reports whether this member takes record w with bucket assignment
+// a (nil: the state machine has no table yet) and the site standby or not,
+// and whether a refusal is because the sender no longer acts for it.
+func (r *Replicator) decide(a *fsm.Assignment, standby bool, in inbound, w *wireRecord) (ok, deposed bool) {
+	if !in.remote {
+		return r.accepts(a, w, in.from)
+	}
+	if !standby { // this site was activated: the sender's site is deposed
+		return false, true
+	}
+	return r.holdsRemote(a, w, in.remoteEpochs), false
+}
+
 // holdsRemote reports whether this member, on a standby site, holds the
 // remote backup of w's bucket: it is the bucket's primary there. On a
 // stream whose records carry this site's epochs (remoteEpochs: the sender
@@ -106,14 +140,13 @@ func (r *Replicator) Receive(st pb.MemberService_ReplicateServer) error {
 // is taken (refusing it would lose it for good: the sender sends a full
 // sync once per (bucket, target, epoch)). Once this site is activated
 // (SetSiteModeOp) the stream is refused whole.
-func (r *Replicator) holdsRemote(as []fsm.Assignment, w *wireRecord, remoteEpochs bool) bool {
+func (r *Replicator) holdsRemote(a *fsm.Assignment, w *wireRecord, remoteEpochs bool) bool {
 	switch {
 	case w.bucket >= r.table.Buckets():
 		return false
-	case int(w.bucket) >= len(as):
+	case a == nil:
 		return remoteEpochs && w.epoch > 0 // this member's state machine has not got the table yet
 	}
-	a := as[w.bucket]
 	return a.Primary == r.self || (remoteEpochs && w.epoch > a.Epoch)
 }
 
@@ -134,14 +167,13 @@ func (r *Replicator) noteRecvEpoch(w *wireRecord) {
 // deposed primary and the record is refused (fencing by epoch): deposed
 // reports that case, as against a record from the primary to a member that
 // is not (or no longer) its target, which the primary still holds.
-func (r *Replicator) accepts(as []fsm.Assignment, w *wireRecord, from string) (ok, deposed bool) {
+func (r *Replicator) accepts(a *fsm.Assignment, w *wireRecord, from string) (ok, deposed bool) {
 	if w.bucket >= r.table.Buckets() {
 		return false, false
 	}
-	if int(w.bucket) >= len(as) {
+	if a == nil {
 		return w.epoch > 0, false // this member's state machine has not got the table yet
 	}
-	a := as[w.bucket]
 	if a.Primary == from && (a.LocalBackup == r.self || a.Incoming == r.self) {
 		return true, false
 	}

@@ -61,8 +61,13 @@ type View interface {
 	// Self is this member's ID; Incarnation its process's incarnation.
 	Self() string
 	Incarnation() uint64
-	// Assignments returns the state machine's bucket table and applied index.
+	// Assignments returns the state machine's bucket table and applied index;
+	// Assignment one bucket's (false: the table has no such bucket yet).
 	Assignments() ([]fsm.Assignment, uint64)
+	Assignment(b uint32) (fsm.Assignment, bool)
+	// Generation changes whenever Watch's channel is closed; it is read
+	// without waiting for the state machine (fsm.FSM.Generation).
+	Generation() uint64
 	// Watch returns a channel closed when members or assignments change.
 	Watch() (uint64, <-chan struct{})
 	// Acting reports whether this member may act as primary (lease held).
@@ -138,8 +143,8 @@ type Replicator struct {
 	self  string
 	table *conntable.Table
 
-	plans  atomic.Pointer[[]plan]           // by bucket
-	assign atomic.Pointer[[]fsm.Assignment] // the state machine's table as last read
+	plans  atomic.Pointer[[]plan]   // by bucket
+	assign atomic.Pointer[assigned] // the state machine as last read
 
 	mu      sync.Mutex
 	senders map[string]*sender
@@ -176,6 +181,22 @@ type Replicator struct {
 	wg         sync.WaitGroup
 }
 
+// assigned is what replan last read of the state machine: its generation
+// (read first), bucket table and site mode.
+type assigned struct {
+	gen     uint64
+	as      []fsm.Assignment
+	standby bool
+}
+
+// bucket returns bucket b's assignment, or nil if the table has none.
+func (a *assigned) bucket(b uint32) *fsm.Assignment {
+	if int(b) < len(a.as) {
+		return &a.as[b]
+	}
+	return nil
+}
+
 type syncKey struct {
 	bucket uint32
 	target string
@@ -192,8 +213,7 @@ func New(cfg Config) *Replicator {
 		recvEpoch: make([]atomic.Uint64, cfg.BucketCount)}
 	empty := make([]plan, cfg.BucketCount)
 	r.plans.Store(&empty)
-	none := []fsm.Assignment{}
-	r.assign.Store(&none)
+	r.assign.Store(&assigned{})
 	return r
 }
 
@@ -249,10 +269,12 @@ func (r *Replicator) Run(ctx context.Context) {
 // replicates: the targets of each bucket it is active primary of, the full
 // syncs they need, and the buckets it holds no role for any more (dropped).
 func (r *Replicator) replan() {
+	gen := r.cfg.View.Generation()
 	as, _ := r.cfg.View.Assignments()
+	standby := r.cfg.View.Standby()
 	acting := r.cfg.View.Acting()
 	peer, _ := r.cfg.View.Peer()
-	if r.cfg.View.Standby() {
+	if standby {
 		peer = nil // a standby site streams to nobody on the other site
 	}
 	r.lastActing = acting
@@ -291,7 +313,7 @@ func (r *Replicator) replan() {
 		}
 		plans[i] = p
 	}
-	r.assign.Store(&as)
+	r.assign.Store(&assigned{gen: gen, as: as, standby: standby})
 	r.plans.Store(&plans)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -451,7 +473,7 @@ func (r *Replicator) Sync(ctx context.Context, b uint32, a fsm.Assignment) error
 		if got >= a.Epoch {
 			return nil
 		}
-		if as := *r.assign.Load(); int(b) < len(as) && as[b].Epoch > a.Epoch {
+		if cur := r.assign.Load().bucket(b); cur != nil && cur.Epoch > a.Epoch {
 			return ErrSuperseded
 		}
 		select {
@@ -466,7 +488,7 @@ func (r *Replicator) Sync(ctx context.Context, b uint32, a fsm.Assignment) error
 // waiting returns the buckets this member is to get a full sync of (as
 // NeedsSync says) and has not had its marker for yet.
 func (r *Replicator) waiting() map[uint32]uint64 {
-	as := *r.assign.Load()
+	as := r.assign.Load().as
 	standby := r.cfg.View.Standby()
 	r.markMu.Lock()
 	defer r.markMu.Unlock()
