@@ -56,10 +56,16 @@ type Config struct {
 
 	// Raft timing. See hashicorp/raft's Config for their meaning. The
 	// defaults (100 ms heartbeat and election timeouts, 100 ms leader lease)
-	// elect a new leader in about 150-300 ms after the old one dies, leaving
-	// room for the fsync and GC pauses of a loaded 2-core machine; raft's own
-	// defaults take 1-2 s.
+	// elect a new leader in about 150-350 ms after the old one dies when it
+	// is left to Raft's timers (a hung or cut-off leader; a crashed one is
+	// usually replaced sooner, see FastElection), leaving room for the fsync
+	// and GC pauses of a loaded 2-core machine; raft's own defaults take 1-2 s.
 	HeartbeatTimeout, ElectionTimeout, LeaderLeaseTimeout, CommitTimeout time.Duration
+	// FastElection: a voter that finds the leader's process gone (its lease
+	// stream broke and the leader's gRPC port refuses connections) starts
+	// an election at once rather than after Raft's timeouts (see
+	// election.go). Every member of a site should use the same value.
+	FastElection bool
 
 	// MemberLease is how long a member may act as primary after the leader
 	// answered its last heartbeat (counted from when the heartbeat was sent).
@@ -163,6 +169,7 @@ func DefaultConfig() Config {
 		ElectionTimeout:    100 * time.Millisecond,
 		LeaderLeaseTimeout: 100 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
+		FastElection:       true,
 		MemberLease:        500 * time.Millisecond,
 		SiteLease:          500 * time.Millisecond,
 		HeartbeatInterval:  50 * time.Millisecond,

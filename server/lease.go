@@ -107,6 +107,7 @@ func (l *leaseKeeper) run() {
 		}
 		if err != nil && !errors.Is(err, context.Canceled) {
 			s.logger.Debug("lease heartbeat stream ended", "error", err)
+			s.election.leaderLost(s.leaderID())
 		}
 		if s.leaderID() != "" {
 			lastLeader = time.Now()

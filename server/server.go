@@ -52,6 +52,7 @@ type Server struct {
 	live        *liveness        // the leader's view of member liveness
 	lease       *leaseKeeper     // this member's own lease
 	handoff     *handoff         // buckets taken over that it may not act for yet
+	election    fastElection     // elections started on proof that the leader is gone
 	snapshots   snapshotTaker    // snapshots followers ask for (stalesnap.go)
 	pool        *membership.Pool // gossip; nil without GossipBind
 	repl        replHolder       // connection-state replication
@@ -91,6 +92,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Syncer = replSyncer{s}
 	}
 	s.live, s.lease, s.handoff = newLiveness(s), newLeaseKeeper(s), newHandoff(s)
+	s.election.s = s
 	s.snapshots.s = s
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.network == nil {

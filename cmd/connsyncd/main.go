@@ -86,6 +86,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.DurationVar(&c.ElectionTimeout, "raft-election-timeout", c.ElectionTimeout, "Raft election timeout")
 	fs.DurationVar(&c.LeaderLeaseTimeout, "raft-leader-lease-timeout", c.LeaderLeaseTimeout, "Raft leader lease timeout")
 	fs.DurationVar(&c.CommitTimeout, "raft-commit-timeout", c.CommitTimeout, "Raft commit timeout")
+	fs.BoolVar(&c.FastElection, "raft-fast-election", c.FastElection, "start a Raft election at once when the leader's process is found gone (its gRPC port refuses connections), instead of after the Raft timeouts")
 	fs.Uint64Var(&c.SnapshotThreshold, "snapshot-threshold", c.SnapshotThreshold, "log entries between snapshots")
 	fs.DurationVar(&c.SnapshotInterval, "snapshot-interval", c.SnapshotInterval, "how often to check whether to snapshot")
 	fs.Uint64Var(&c.TrailingLogs, "trailing-logs", c.TrailingLogs, "log entries kept after a snapshot")
