@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/connsync/connsync/fsm"
 	metrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/hashicorp/raft"
 )
@@ -22,8 +23,8 @@ import (
 //
 // The proof: this member's lease stream to the leader broke and a TCP
 // connection to the leader's gRPC address is refused (Server.probe, the
-// same proof the leader uses to fail a crashed member): no process listens
-// there any more. Raft's own state must still name that leader.
+// same proof the leader uses to fail a crashed member, retried by
+// proveGone): no process listens there any more. Raft's own state must still name that leader.
 //
 // The start: this member sends itself a TimeoutNow, the RPC a leader sends
 // to hand its leadership over. Raft turns candidate at once and its vote
@@ -69,7 +70,7 @@ func (e *fastElection) elect(leader string) {
 	if !ok || s.leaderID() != leader {
 		return
 	}
-	why := s.probe(m)
+	why := e.proveGone(m)
 	if why == "" {
 		return // it may be alive: Raft's timers decide
 	}
@@ -88,15 +89,100 @@ func (e *fastElection) elect(leader string) {
 		return // a new leader, or an election under way
 	}
 	s.logger.Info("leader's process is gone: starting an election now", "leader", leader, "reason", why, "rank", rank)
+	self := raft.ServerID(s.cfg.MemberID)
+	if f := s.raft.GetConfiguration(); f.Error() == nil {
+		freshenPool(s.transport, self, raft.ServerID(leader), f.Configuration().Servers, s.cfg.HeartbeatTimeout/2)
+	}
 	addr := s.transport.LocalAddr()
-	req := &raft.TimeoutNowRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax,
-		ID: []byte(s.cfg.MemberID), Addr: s.transport.EncodePeer(raft.ServerID(s.cfg.MemberID), addr)}}
+	req := &raft.TimeoutNowRequest{RPCHeader: rpcHeader(s.transport, self)}
 	if err := s.transport.TimeoutNow(raft.ServerID(s.cfg.MemberID), addr, req, &raft.TimeoutNowResponse{}); err != nil {
 		s.logger.Warn("could not start an election", "error", err)
 		return
 	}
 	e.started.Add(1)
 	metrics.IncrCounter([]string{"fast_elections"}, 1) // connsync_fast_elections
+}
+
+// poolSize is how many idle connections the Raft transport keeps per
+// member (raft.NetworkTransportConfig.MaxPool).
+const poolSize = 3
+
+// freshenPool makes the next RPC from t to each voter in servers other
+// than self and dead find a live connection, waiting at most wait.
+//
+// The transport pools the connections it opened for earlier RPCs and
+// never checks them: one to a member that has restarted since (or whose
+// old process was killed) is dead, and the next RPC on it fails. Raft
+// does not retry a vote request, so without this a fast election after a
+// member's restart lost that member's vote, and the next voter in line
+// started its own election in the same term: a split vote and a wait of
+// one more election timer (the "bimodal" leader failovers, 2026-11-28).
+//
+// The RPC sent is an AppendEntries of term 0, which every member refuses
+// at once without a change of state or a log line (terms start at 1). A
+// failed RPC drops its connection; a good one goes back on top of the
+// pool, where the next RPC to that member takes it. So each voter gets up
+// to MaxPool+1 tries, the last on a fresh connection.
+func freshenPool(t *raft.NetworkTransport, self, dead raft.ServerID, servers []raft.Server, wait time.Duration) {
+	done := make(chan struct{}, len(servers))
+	n := 0
+	for _, srv := range servers {
+		if srv.Suffrage != raft.Voter || srv.ID == self || srv.ID == dead {
+			continue
+		}
+		n++
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range poolSize + 1 {
+				req := &raft.AppendEntriesRequest{RPCHeader: rpcHeader(t, self)}
+				if t.AppendEntries(srv.ID, srv.Address, req, &raft.AppendEntriesResponse{}) == nil {
+					return
+				}
+			}
+		}()
+	}
+	deadline := time.After(wait)
+	for range n {
+		select {
+		case <-done:
+		case <-deadline:
+			return // a slow voter: its vote request may still go through
+		}
+	}
+}
+
+// rpcHeader is the header of an RPC this member (self) sends on t.
+func rpcHeader(t *raft.NetworkTransport, self raft.ServerID) raft.RPCHeader {
+	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(self),
+		Addr: t.EncodePeer(self, t.LocalAddr())}
+}
+
+// proveGone probes the leader m until the probe proves its process gone
+// (the reason is returned) or for HeartbeatTimeout, by when Raft's own
+// timers take over ("" is returned). One probe is not enough: the lease
+// stream breaks as the kernel tears the killed process's sockets down,
+// and a probe sent at that instant can still be accepted by its listening
+// socket and then reset, which proves nothing. That race left 2 of 20
+// leader kills to Raft's timers (2026-11-28).
+func (e *fastElection) proveGone(m fsm.Member) string {
+	s := e.s
+	deadline := time.Now().Add(s.cfg.HeartbeatTimeout)
+	for {
+		if why := s.probe(m); why != "" {
+			return why
+		}
+		if !time.Now().Before(deadline) {
+			return ""
+		}
+		select {
+		case <-s.stop:
+			return ""
+		case <-time.After(s.cfg.HeartbeatTimeout / 10):
+		}
+		if s.raft.State() != raft.Follower || s.leaderID() != m.ID {
+			return ""
+		}
+	}
 }
 
 // rank returns this member's place among the site's voters other than

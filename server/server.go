@@ -188,7 +188,7 @@ func (s *Server) startRaft() error {
 	// (seed 6, with a delayed link); grafana/pyroscope#5518 describes it.
 	s.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  &streamLayer{Listener: ln, advertise: adv, network: s.network},
-		MaxPool: 3, Timeout: 2 * time.Second, Logger: s.logger.Named("transport"), MaxRPCsInFlight: 1,
+		MaxPool: poolSize, Timeout: 2 * time.Second, Logger: s.logger.Named("transport"), MaxRPCsInFlight: 1,
 	})
 
 	rc := raft.DefaultConfig()
