@@ -5,7 +5,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/connsync/connsync/fsm"
 	metrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/hashicorp/raft"
 )
@@ -23,8 +22,9 @@ import (
 //
 // The proof: this member's lease stream to the leader broke and a TCP
 // connection to the leader's gRPC address is refused (Server.probe, the
-// same proof the leader uses to fail a crashed member, retried by
-// proveGone): no process listens there any more. Raft's own state must still name that leader.
+// same proof the leader uses to fail a crashed member, see proveGone): no
+// process listens there any more. Raft's own state must still name that
+// leader.
 //
 // The start: this member sends itself a TimeoutNow, the RPC a leader sends
 // to hand its leadership over. Raft turns candidate at once and its vote
@@ -70,7 +70,7 @@ func (e *fastElection) elect(leader string) {
 	if !ok || s.leaderID() != leader {
 		return
 	}
-	why := e.proveGone(m)
+	why := s.proveGone(m, func() bool { return s.raft.State() == raft.Follower && s.leaderID() == leader })
 	if why == "" {
 		return // it may be alive: Raft's timers decide
 	}
@@ -155,34 +155,6 @@ func freshenPool(t *raft.NetworkTransport, self, dead raft.ServerID, servers []r
 func rpcHeader(t *raft.NetworkTransport, self raft.ServerID) raft.RPCHeader {
 	return raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(self),
 		Addr: t.EncodePeer(self, t.LocalAddr())}
-}
-
-// proveGone probes the leader m until the probe proves its process gone
-// (the reason is returned) or for HeartbeatTimeout, by when Raft's own
-// timers take over ("" is returned). One probe is not enough: the lease
-// stream breaks as the kernel tears the killed process's sockets down,
-// and a probe sent at that instant can still be accepted by its listening
-// socket and then reset, which proves nothing. That race left 2 of 20
-// leader kills to Raft's timers (2026-11-28).
-func (e *fastElection) proveGone(m fsm.Member) string {
-	s := e.s
-	deadline := time.Now().Add(s.cfg.HeartbeatTimeout)
-	for {
-		if why := s.probe(m); why != "" {
-			return why
-		}
-		if !time.Now().Before(deadline) {
-			return ""
-		}
-		select {
-		case <-s.stop:
-			return ""
-		case <-time.After(s.cfg.HeartbeatTimeout / 10):
-		}
-		if s.raft.State() != raft.Follower || s.leaderID() != m.ID {
-			return ""
-		}
-	}
 }
 
 // rank returns this member's place among the site's voters other than

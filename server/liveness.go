@@ -227,7 +227,8 @@ func (l *liveness) streamClosed(id string) {
 	}
 }
 
-// suspect probes a member once (at most one probe per member at a time).
+// suspect probes a member (see proveGone; one probe per member at a time)
+// while this member leads and the suspect has no heartbeat stream open.
 func (l *liveness) suspect(id, why string) {
 	if id == l.s.cfg.MemberID {
 		return
@@ -248,7 +249,11 @@ func (l *liveness) suspect(id, why string) {
 	l.s.wg.Add(1)
 	go func() {
 		defer l.s.wg.Done()
-		dead := l.s.probe(m)
+		dead := l.s.proveGone(m, func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.leading && p.streams == 0
+		})
 		l.mu.Lock()
 		p.probing = false
 		if dead != "" && p.deadNow(m) == "" {
@@ -373,6 +378,34 @@ func (l *liveness) heartbeatAge(id string) time.Duration {
 		return time.Since(p.heard)
 	}
 	return -1
+}
+
+// proveGone probes m (see probe) until a probe proves its process gone,
+// for which it returns the reason, or until HeartbeatTimeout has passed or
+// still says to stop, for which it returns "". One probe is not enough: a
+// stream to a killed process breaks as the kernel tears the process's
+// sockets down, and a probe sent at that instant can still be accepted by
+// its listening socket and then reset, which proves nothing. That race
+// left 2 of 20 leader kills to Raft's election timers and some member
+// kills to Raft's heartbeat failures (2026-11-28).
+func (s *Server) proveGone(m fsm.Member, still func() bool) string {
+	deadline := time.Now().Add(s.cfg.HeartbeatTimeout)
+	for {
+		if why := s.probe(m); why != "" {
+			return why
+		}
+		if !time.Now().Before(deadline) {
+			return ""
+		}
+		select {
+		case <-s.stop:
+			return ""
+		case <-time.After(s.cfg.HeartbeatTimeout / 10):
+		}
+		if !still() {
+			return ""
+		}
+	}
 }
 
 // probe checks whether the process recorded for member m is gone. It
