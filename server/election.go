@@ -85,14 +85,16 @@ func (e *fastElection) elect(leader string) {
 		case <-time.After(time.Duration(rank) * s.cfg.HeartbeatTimeout / 4):
 		}
 	}
-	if s.raft.State() != raft.Follower || s.leaderID() != leader {
-		return // a new leader, or an election under way
-	}
-	s.logger.Info("leader's process is gone: starting an election now", "leader", leader, "reason", why, "rank", rank)
 	self := raft.ServerID(s.cfg.MemberID)
 	if f := s.raft.GetConfiguration(); f.Error() == nil {
 		freshenPool(s.transport, self, raft.ServerID(leader), f.Configuration().Servers, s.cfg.HeartbeatTimeout/2)
 	}
+	// Checked after freshenPool, which can wait for a slow voter: the
+	// election must not start against a leader elected meanwhile.
+	if s.raft.State() != raft.Follower || s.leaderID() != leader {
+		return // a new leader, or an election under way
+	}
+	s.logger.Info("leader's process is gone: starting an election now", "leader", leader, "reason", why, "rank", rank)
 	addr := s.transport.LocalAddr()
 	req := &raft.TimeoutNowRequest{RPCHeader: rpcHeader(s.transport, self)}
 	if err := s.transport.TimeoutNow(raft.ServerID(s.cfg.MemberID), addr, req, &raft.TimeoutNowResponse{}); err != nil {
