@@ -95,11 +95,14 @@ func allRuns(g *globalOpts) []allRun {
 		{"replicate-max", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			return runReplicate(ctx, c, replicateFlags{rate: 0, conns: 200_000, duration: secs(quick, 10, 3)}, rep)
 		}},
+		// claims and locks: 64 clients over one connection per member, as
+		// each member's firewall holds one (a connection per client cost
+		// the loaded machine ~20% of the claims; docs/BENCHMARKS.md).
 		{"claims", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			return runClaims(ctx, c, loadFlags{clients: 64, duration: secs(quick, 10, 3), batch: 8, via: viaLeader}, rep)
+			return runClaims(ctx, c, loadFlags{clients: 64, grpcConns: len(c.Members()), duration: secs(quick, 10, 3), batch: 8, via: viaLeader}, rep)
 		}},
 		{"locks", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
-			return runLocks(ctx, c, loadFlags{clients: 64, duration: secs(quick, 10, 3), batch: 32, via: viaLeader}, rep)
+			return runLocks(ctx, c, loadFlags{clients: 64, grpcConns: len(c.Members()), duration: secs(quick, 10, 3), batch: 32, via: viaLeader}, rep)
 		}},
 		{"failover-member", func(ctx context.Context, c *proccluster.Cluster, rep *reporter, quick bool) (record, error) {
 			return runFailover(ctx, c, failoverFlags{kill: "member", trials: pick(quick, 10, 3), mirror: true}, rep)

@@ -27,31 +27,32 @@ func nextKey() *pb.ConnKey {
 	return &pb.ConnKey{Protocol: 6, SrcIp: src.String(), SrcPort: uint32(1024 + (n>>24)%64000), DstIp: "192.0.2.1", DstPort: 80}
 }
 
-// worker is one load client: a client.Client of its own (its own gRPC
-// connections, like an independent firewall) and the member it acts for.
+// worker is one load client: a client.Client (its gRPC connections, shared
+// with the workers on the same connection) and the member it acts for.
 type worker struct {
 	cl     *client.Client
 	member string
 }
 
-// newWorkers makes l.clients workers. Worker i acts for member i mod
-// members; its client sends first to the leader (-via leader) or to its
-// member's connsyncd (-via member), which forwards writes to the leader.
-// Every worker is connected before it returns, so dialling is not timed.
+// newWorkers makes l.clients workers over l.connCount() clients. Client k
+// acts for member k mod members and worker i uses client i mod conns; a
+// client sends first to the leader (-via leader) or to its member's
+// connsyncd (-via member), which forwards writes to the leader. Every
+// client is connected before it returns, so dialling is not timed.
 func newWorkers(ctx context.Context, c *proccluster.Cluster, l loadFlags) ([]*worker, func(), error) {
 	leader, err := c.Leader(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	ms := c.Members()
-	var ws []*worker
+	var cls []*client.Client
 	closeAll := func() {
-		for _, w := range ws {
-			w.cl.Close()
+		for _, cl := range cls {
+			cl.Close()
 		}
 	}
-	for i := range l.clients {
-		m := ms[i%len(ms)]
+	for k := range l.connCount() {
+		m := ms[k%len(ms)]
 		first := ms[leader].GRPC
 		if l.via == viaMember {
 			first = m.GRPC
@@ -67,13 +68,18 @@ func newWorkers(ctx context.Context, c *proccluster.Cluster, l loadFlags) ([]*wo
 			closeAll()
 			return nil, nil, err
 		}
-		ws = append(ws, &worker{cl: cl, member: m.ID})
+		cls = append(cls, cl)
 	}
-	for _, w := range ws {
-		if _, err := w.cl.Status(ctx); err != nil {
+	for _, cl := range cls {
+		if _, err := cl.Status(ctx); err != nil {
 			closeAll()
 			return nil, nil, fmt.Errorf("connecting the load clients: %w", err)
 		}
+	}
+	ws := make([]*worker, l.clients)
+	for i := range ws {
+		k := i % len(cls)
+		ws[i] = &worker{cl: cls[k], member: ms[k%len(ms)].ID}
 	}
 	return ws, closeAll, nil
 }
@@ -210,7 +216,7 @@ func runClaims(ctx context.Context, c *proccluster.Cluster, l loadFlags, rep *re
 	fig := record{{"scenario", "claims"}, {"claims_per_sec", round(float64(st.ok)/st.wall.Seconds(), 1)}}
 	fig = append(fig, lat...)
 	return append(fig,
-		field{"clients", l.clients}, field{"batch", l.batch}, field{"members", len(c.Members())}, field{"via", l.via},
+		field{"clients", l.clients}, field{"grpc_conns", l.connCount()}, field{"batch", l.batch}, field{"members", len(c.Members())}, field{"via", l.via},
 		field{"duration_s", l.duration.Seconds()}, field{"wall_s", round(st.wall.Seconds(), 3)},
 		field{"claims", st.ok}, field{"rpcs", st.units}, field{"rpc_errors", st.unitErrs}, field{"claim_errors", st.itemErrs},
 	), nil
@@ -275,7 +281,7 @@ func runLocks(ctx context.Context, c *proccluster.Cluster, l loadFlags, rep *rep
 	fig := record{{"scenario", "locks"}, {"locks_per_sec", round(float64(st.ok)/st.wall.Seconds(), 1)}}
 	fig = append(fig, latencyFigures(st.lat)...)
 	return append(fig,
-		field{"clients", l.clients}, field{"batch", l.batch}, field{"members", len(c.Members())}, field{"via", l.via},
+		field{"clients", l.clients}, field{"grpc_conns", l.connCount()}, field{"batch", l.batch}, field{"members", len(c.Members())}, field{"via", l.via},
 		field{"duration_s", l.duration.Seconds()}, field{"wall_s", round(st.wall.Seconds(), 3)},
 		field{"cycles", st.ok}, field{"rpcs", 2 * st.units}, field{"errors", st.unitErrs}, field{"cycle_errors", st.itemErrs},
 	), nil

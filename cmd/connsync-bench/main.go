@@ -6,9 +6,9 @@
 //
 //	connsync-bench [-members 3] [-json] [-connsyncd PATH] [-keep] [-plot DIR] [-profile DIR] SCENARIO [flags]
 //
-//	claims    -clients 64 -duration 10s -batch 1 -via leader|member
+//	claims    -clients 64 -grpc-conns 0 -duration 10s -batch 1 -via leader|member
 //	          figures: claims_per_sec, p50_ms, p99_ms (per RPC)
-//	locks     -clients 64 -duration 10s -batch 1 -via leader|member
+//	locks     -clients 64 -grpc-conns 0 -duration 10s -batch 1 -via leader|member
 //	          figures: locks_per_sec (acquire+release cycles), p50_ms, p99_ms (per cycle)
 //	failover  -kill member|leader -trials 10
 //	          figures: p50_ms, p99_ms, max_ms (SIGKILL to the last of the
@@ -348,18 +348,28 @@ func interrupted(ctx context.Context, err error) error {
 
 // loadFlags are the flags shared by claims and locks.
 type loadFlags struct {
-	clients  int
-	duration time.Duration
-	batch    int
-	via      string
+	clients   int
+	grpcConns int // gRPC connections the clients share; 0: one per client
+	duration  time.Duration
+	batch     int
+	via       string
+}
+
+// connCount is how many gRPC connections the clients use.
+func (l loadFlags) connCount() int {
+	if l.grpcConns == 0 {
+		return l.clients
+	}
+	return l.grpcConns
 }
 
 func (l *loadFlags) register(cmd *cobra.Command, batchHelp string) {
 	f := cmd.Flags()
-	f.IntVar(&l.clients, "clients", 64, "concurrent clients, each with one RPC outstanding and its own gRPC connection")
+	f.IntVar(&l.clients, "clients", 64, "concurrent clients, each with one RPC outstanding")
+	f.IntVar(&l.grpcConns, "grpc-conns", 0, "gRPC connections the clients share, client i using connection i mod grpc-conns (3 with 3 members: one per member, as each member's firewall holds one); 0: one per client")
 	f.DurationVar(&l.duration, "duration", 10*time.Second, "how long to drive load")
 	f.IntVar(&l.batch, "batch", 1, batchHelp)
-	f.StringVar(&l.via, "via", viaLeader, "where clients send: leader (straight to the Raft leader) or member (each client to one member's connsyncd, which forwards to the leader, as a firewall does)")
+	f.StringVar(&l.via, "via", viaLeader, "where clients send: leader (straight to the Raft leader) or member (each connection to one member's connsyncd, which forwards to the leader, as a firewall does)")
 }
 
 const (
@@ -375,6 +385,8 @@ func (l *loadFlags) validate() error {
 		return fmt.Errorf("-clients must be >= 1 (got %d)", l.clients)
 	case l.clients > 10000:
 		return fmt.Errorf("-clients must be <= 10000 (got %d)", l.clients)
+	case l.grpcConns < 0 || l.grpcConns > l.clients:
+		return fmt.Errorf("-grpc-conns must be between 0 (one per client) and -clients %d (got %d)", l.clients, l.grpcConns)
 	case l.duration <= 0:
 		return fmt.Errorf("-duration must be > 0, e.g. 10s (got %v)", l.duration)
 	case l.batch < 1:

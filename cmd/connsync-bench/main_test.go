@@ -65,6 +65,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"claims", "-batch", "0"}, "-batch must be >= 1"},
 		{[]string{"claims", "-batch", "20000"}, "-batch must be <= 10000"},
 		{[]string{"claims", "-clients", "0"}, "-clients must be >= 1"},
+		{[]string{"claims", "-clients", "4", "-grpc-conns", "5"}, "-grpc-conns must be between 0 (one per client) and -clients 4"},
+		{[]string{"locks", "-grpc-conns", "-1"}, "-grpc-conns must be between 0"},
 		{[]string{"claims", "-duration", "0s"}, "-duration must be > 0"},
 		{[]string{"claims", "-duration", "soon"}, `invalid argument "soon"`},
 		{[]string{"claims", "-via", "nowhere"}, "-via must be"},
@@ -183,7 +185,7 @@ func TestScenariosOnProcesses(t *testing.T) {
 		}
 	}
 
-	claims, err := runClaims(ctx, s.c, loadFlags{clients: 8, duration: time.Second, batch: 4, via: viaLeader}, rep)
+	claims, err := runClaims(ctx, s.c, loadFlags{clients: 8, grpcConns: 3, duration: time.Second, batch: 4, via: viaLeader}, rep)
 	if err != nil {
 		t.Fatal(err)
 	}
