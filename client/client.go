@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/internal/redial"
 )
 
 // mdLeaderAddr is the response header in which members name the leader.
@@ -104,13 +105,18 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
+// reconnectBackoff is the connections' reconnect backoff (package redial:
+// a member that restarted is reached by the next call, not after gRPC's
+// default backoff of up to 2 minutes); tests make it long.
+var reconnectBackoff = redial.Backoff
+
 func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, redial.DialOptions(reconnectBackoff)...)
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
 	}

@@ -6,9 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	pb "github.com/connsync/connsync/api/connsync/v1"
 )
 
 func TestClient_HeaderAckedSeqIsLowestInFlight(t *testing.T) {
@@ -128,4 +132,68 @@ func TestClient_AllRefused(t *testing.T) {
 	if !c.allRefused(map[string]int{"a:1": 2, "b:1": 2, "c:1": 2}) {
 		t.Fatal("did not give up although every address refused twice")
 	}
+}
+
+// A member that restarted is reached by the next calls, not after the
+// connection's reconnect backoff: here a minute long, so only the redial on
+// a failed call explains a call that gets through in seconds.
+func TestClient_RestartedMemberReachedWithoutWaitingOutTheBackoff(t *testing.T) {
+	old := reconnectBackoff
+	reconnectBackoff = backoff.Config{BaseDelay: time.Minute, Multiplier: 1, MaxDelay: time.Minute}
+	t.Cleanup(func() { reconnectBackoff = old })
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	serve := func(ln net.Listener) *grpc.Server {
+		srv := grpc.NewServer()
+		pb.RegisterOperatorServiceServer(srv, statusServer{})
+		go func() { _ = srv.Serve(ln) }()
+		return srv
+	}
+	srv := serve(ln)
+	t.Cleanup(func() { srv.Stop() })
+	c, err := New(Config{Addrs: []string{addr}, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Fatalf("first call: %v", err)
+	}
+
+	srv.Stop()
+	// Every dial is refused now, which the client reports early: the
+	// connection is then in its backoff.
+	if _, err := c.Status(context.Background()); !connError(err) {
+		t.Fatalf("call to the stopped member: %v, want a connection error", err)
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = serve(ln)
+	// The first calls may still fail: gRPC reports the last dial's error
+	// until the new connection is ready.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := c.Status(context.Background())
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls to the restarted member fail for 5 s (the connection's backoff is a minute): %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type statusServer struct {
+	pb.UnimplementedOperatorServiceServer
+}
+
+func (statusServer) Status(context.Context, *pb.StatusRequest) (*pb.StatusResponse, error) {
+	return &pb.StatusResponse{MemberId: "m1"}, nil
 }

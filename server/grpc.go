@@ -5,18 +5,16 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/internal/redial"
 )
 
 func (s *Server) startGRPC() error {
@@ -54,28 +52,18 @@ func (s *Server) startGRPC() error {
 }
 
 // peerConns caches gRPC connections to other members, dialled through the
-// member's Network so fault injection covers forwarding too.
-//
-// A connection whose peer went away waits out a reconnect backoff before it
-// dials again, and a call meanwhile fails at once (UNAVAILABLE). gRPC's
-// default backoff starts at 1 s and grows to 2 minutes: a member that
-// restarted was then unreachable from the others for up to that long (a
-// failover's handoff gate waited ~0.1-0.7 s for one, asking it every 5 ms;
-// docs/BENCHMARKS.md). So the backoff is peerBackoff, and a call that fails
-// with UNAVAILABLE cuts the connection's backoff short: the next call dials
-// again. Every caller paces its own retries.
+// member's Network so fault injection covers forwarding too, with the
+// reconnect policy of package redial: a member that restarted is reached by
+// the next call, not after gRPC's reconnect backoff.
 type peerConns struct {
 	network Network
-	backoff backoff.Config
+	backoff backoff.Config // redial.Backoff; tests make it long
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
 }
 
-// peerBackoff is the reconnect backoff of connections to other members.
-var peerBackoff = backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}
-
 func newPeerConns(n Network) *peerConns {
-	return &peerConns{network: n, backoff: peerBackoff, conns: map[string]*grpc.ClientConn{}}
+	return &peerConns{network: n, backoff: redial.Backoff, conns: map[string]*grpc.ClientConn{}}
 }
 
 func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
@@ -84,37 +72,18 @@ func (p *peerConns) get(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient("passthrough:///"+addr,
+	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			return p.network.Dial(ctx, a)
 		}),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: p.backoff, MinConnectTimeout: 20 * time.Second}),
-		grpc.WithChainUnaryInterceptor(redialUnary),
-		grpc.WithChainStreamInterceptor(redialStream))
+	}, redial.DialOptions(p.backoff)...)
+	c, err := grpc.NewClient("passthrough:///"+addr, opts...)
 	if err != nil {
 		return nil, err
 	}
 	p.conns[addr] = c
 	return c, nil
-}
-
-// redialUnary and redialStream end the reconnect backoff of a connection a
-// call failed on as UNAVAILABLE (see peerConns).
-func redialUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	err := invoker(ctx, method, req, reply, cc, opts...)
-	if status.Code(err) == codes.Unavailable {
-		cc.ResetConnectBackoff()
-	}
-	return err
-}
-
-func redialStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	st, err := streamer(ctx, desc, cc, method, opts...)
-	if status.Code(err) == codes.Unavailable {
-		cc.ResetConnectBackoff()
-	}
-	return st, err
 }
 
 func (p *peerConns) close() {
