@@ -2,17 +2,19 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/connsync/connsync/api/connsync/v1"
+	"github.com/connsync/connsync/integration/testkit"
+	"github.com/connsync/connsync/internal/redial/redialtest"
 )
 
 func TestClient_HeaderAckedSeqIsLowestInFlight(t *testing.T) {
@@ -139,23 +141,11 @@ func TestClient_AllRefused(t *testing.T) {
 // a failed call explains a call that gets through in seconds.
 func TestClient_RestartedMemberReachedWithoutWaitingOutTheBackoff(t *testing.T) {
 	old := reconnectBackoff
-	reconnectBackoff = backoff.Config{BaseDelay: time.Minute, Multiplier: 1, MaxDelay: time.Minute}
+	reconnectBackoff = redialtest.LongBackoff
 	t.Cleanup(func() { reconnectBackoff = old })
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	serve := func(ln net.Listener) *grpc.Server {
-		srv := grpc.NewServer()
-		pb.RegisterOperatorServiceServer(srv, statusServer{})
-		go func() { _ = srv.Serve(ln) }()
-		return srv
-	}
-	srv := serve(ln)
-	t.Cleanup(func() { srv.Stop() })
-	c, err := New(Config{Addrs: []string{addr}, Timeout: 5 * time.Second})
+	peer := redialtest.Start(t, func(s *grpc.Server) { pb.RegisterOperatorServiceServer(s, statusServer{}) })
+	c, err := New(Config{Addrs: []string{peer.Addr()}, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,30 +154,21 @@ func TestClient_RestartedMemberReachedWithoutWaitingOutTheBackoff(t *testing.T) 
 		t.Fatalf("first call: %v", err)
 	}
 
-	srv.Stop()
+	peer.Stop()
 	// Every dial is refused now, which the client reports early: the
 	// connection is then in its backoff.
 	if _, err := c.Status(context.Background()); !connError(err) {
 		t.Fatalf("call to the stopped member: %v, want a connection error", err)
 	}
-	ln, err = net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv = serve(ln)
+	peer.Restart()
 	// The first calls may still fail: gRPC reports the last dial's error
 	// until the new connection is ready.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, err := c.Status(context.Background())
-		if err == nil {
-			break
+	testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if _, err := c.Status(context.Background()); err != nil {
+			return fmt.Errorf("call to the restarted member (the connection's backoff is a minute): %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("calls to the restarted member fail for 5 s (the connection's backoff is a minute): %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 type statusServer struct {

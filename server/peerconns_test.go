@@ -2,41 +2,30 @@ package server
 
 import (
 	"context"
-	"net"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/connsync/connsync/integration/testkit"
+	"github.com/connsync/connsync/internal/redial/redialtest"
 )
 
 // A member that restarted is reached by the next calls, not after the
 // connection's reconnect backoff: here a minute long, so only the redial on
 // a failed call can explain a call that gets through in seconds.
 func TestPeerConns_RestartedPeerReachedWithoutWaitingOutTheBackoff(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	serve := func(ln net.Listener) *grpc.Server {
-		srv := grpc.NewServer()
-		healthpb.RegisterHealthServer(srv, health.NewServer())
-		go func() { _ = srv.Serve(ln) }()
-		return srv
-	}
-	srv := serve(ln)
-	t.Cleanup(func() { srv.Stop() })
-
+	peer := redialtest.Start(t, func(s *grpc.Server) { healthpb.RegisterHealthServer(s, health.NewServer()) })
 	p := newPeerConns(TCPNetwork{})
-	p.backoff = backoff.Config{BaseDelay: time.Minute, Multiplier: 1, MaxDelay: time.Minute}
+	p.backoff = redialtest.LongBackoff
 	t.Cleanup(p.close)
-	cc, err := p.get(addr)
+	cc, err := p.get(peer.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,22 +46,6 @@ func TestPeerConns_RestartedPeerReachedWithoutWaitingOutTheBackoff(t *testing.T)
 		_, err = st.Recv()
 		return err
 	}
-	// restart stops the peer, waits until a call to it fails on a refused
-	// dial (the connection is then in its backoff), and starts it again on
-	// the same address.
-	restart := func(call func() error) {
-		t.Helper()
-		srv.Stop()
-		waitUntil(t, 5*time.Second, "a call failing on a refused dial", func() bool {
-			st := status.Convert(call())
-			return st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused")
-		})
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv = serve(ln)
-	}
 
 	if err := check(); err != nil {
 		t.Fatalf("first call: %v", err)
@@ -81,20 +54,23 @@ func TestPeerConns_RestartedPeerReachedWithoutWaitingOutTheBackoff(t *testing.T)
 		name string
 		call func() error
 	}{{"unary", check}, {"stream", watch}} {
-		restart(c.call)
-		waitUntil(t, 5*time.Second, c.name+" call answered by the restarted peer (the connection's backoff is a minute)", func() bool { return c.call() == nil })
+		// Stop the peer until a call fails on a refused dial: the
+		// connection is then in its backoff.
+		peer.Stop()
+		testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			st := status.Convert(c.call())
+			if st.Code() == codes.Unavailable && strings.Contains(st.Message(), "connection refused") {
+				return nil
+			}
+			return fmt.Errorf("%s call to the stopped peer: %v, want a refused dial", c.name, st.Err())
+		})
+		peer.Restart()
+		testkit.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+			if err := c.call(); err != nil {
+				return fmt.Errorf("%s call to the restarted peer (the connection's backoff is a minute): %w", c.name, err)
+			}
+			return nil
+		})
 		t.Logf("%s: the restarted peer answers", c.name)
-	}
-}
-
-// waitUntil polls cond every 10 ms until it holds, or fails t after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
