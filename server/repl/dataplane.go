@@ -100,11 +100,12 @@ func (r *Replicator) publishBatch(req *pb.PublishRequest) *pb.PublishResponse {
 		return resp
 	}
 	now := time.Now()
+	acting := r.cfg.View.Acting()
 	var buf []byte // reused to encode each state
 	for i, ev := range req.Events {
 		var code codes.Code
 		var msg string
-		if code, msg, buf = r.publishOne(i, ev, now, buf); code != codes.OK {
+		if code, msg, buf = r.publishOne(i, ev, acting, now, buf); code != codes.OK {
 			refuse(resp, i, code, "%s", msg)
 			continue
 		}
@@ -114,9 +115,17 @@ func (r *Replicator) publishBatch(req *pb.PublishRequest) *pb.PublishResponse {
 	return resp
 }
 
-// publishOne applies one event; buf is a scratch buffer, returned for reuse.
-// Field names in errors are built only when there is an error.
-func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []byte) (codes.Code, string, []byte) {
+// publishOne applies one event, if this member (acting: it holds a lease)
+// acts as the primary of its bucket; buf is a scratch buffer, returned for
+// reuse. Field names in errors are built only when there is an error.
+//
+// The decision is made on the state machine's current generation
+// (primaryPlan) and the event applied only if that still holds under the
+// bucket's lock, as a backup does with a record (receive): a flip applied
+// in between is decided on again. So no event is taken after this member
+// has applied an entry that hands its bucket over, which the new primary's
+// handoff gate waits for.
+func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, acting bool, now time.Time, buf []byte) (codes.Code, string, []byte) {
 	field := func() string { return fmt.Sprintf("events[%d]", i) }
 	if ev == nil || ev.State == nil || ev.State.Key == nil {
 		return codes.InvalidArgument, field() + ".state.key: is required", buf
@@ -125,13 +134,8 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 	if err != nil {
 		return codes.InvalidArgument, field() + "." + err.Error(), buf
 	}
-	b := key.Bucket(r.table.Buckets())
-	p := r.planOf(b)
-	floor := conntable.VersionFloor(p.epoch)
-	if !p.primary {
-		return codes.FailedPrecondition, fmt.Sprintf("%s: bucket %d of %s is not active on %s (its primary is another member, or this member holds no lease)",
-			field(), b, key, r.self), buf
-	}
+	var update func(prev conntable.Record, existed bool) (conntable.Record, bool)
+	var delay time.Duration
 	switch ev.Type {
 	case pb.ConnEventType_CONN_EVENT_TYPE_CREATED, pb.ConnEventType_CONN_EVENT_TYPE_UPDATED:
 		st := ev.State
@@ -149,32 +153,53 @@ func (r *Replicator) publishOne(i int, ev *pb.ConnEvent, now time.Time, buf []by
 			return codes.InvalidArgument, fmt.Sprintf("%s.state: %d bytes encoded, at most %d", field(), len(buf), MaxStateBytes), buf
 		}
 		data := buf
-		var delay time.Duration
-		cur, _, _ := r.table.UpdateFunc(b, key, now.UnixNano(), floor, func(prev conntable.Record, existed bool) (conntable.Record, bool) {
+		update = func(prev conntable.Record, existed bool) (conntable.Record, bool) {
 			pending := existed && prev.Pending
 			if !existed { // a new connection: its service's delay class applies
 				delay = classify(r.cfg.Delays, key.Protocol(), uint16(k.SrcPort), uint16(k.DstPort))
 				pending = delay != 0
 			}
 			return conntable.Record{State: string(data), Reversed: reversed, Pending: pending}, true
-		})
-		if delay > 0 {
-			r.delayer.add(b, key, now.Add(delay))
-		}
-		if !cur.Pending {
-			r.mark(b, key)
 		}
 	case pb.ConnEventType_CONN_EVENT_TYPE_CLOSED:
-		_, prev, existed := r.table.UpdateFunc(b, key, now.UnixNano(), floor, func(_ conntable.Record, existed bool) (conntable.Record, bool) {
+		update = func(_ conntable.Record, existed bool) (conntable.Record, bool) {
 			return conntable.Record{Deleted: true}, existed // closing twice, or a connection never published: nothing to do
-		})
-		if existed && !prev.Pending { // the backups have it: tell them it is gone
-			r.mark(b, key)
 		}
 	default:
 		return codes.InvalidArgument, fmt.Sprintf("%s.type: %v is not CREATED, UPDATED or CLOSED", field(), ev.Type), buf
 	}
-	return codes.OK, "", buf
+	b := key.Bucket(r.table.Buckets())
+	for {
+		p, gen := r.primaryPlan(b, acting)
+		if !p.primary {
+			return codes.FailedPrecondition, fmt.Sprintf("%s: bucket %d of %s is not active on %s (its primary is another member, or this member holds no lease)",
+				field(), b, key, r.self), buf
+		}
+		stale := false
+		cur, prev, existed := r.table.UpdateFunc(b, key, now.UnixNano(), conntable.VersionFloor(p.epoch), func(prev conntable.Record, existed bool) (conntable.Record, bool) {
+			if r.cfg.View.Generation() != gen {
+				stale = true
+				return prev, false
+			}
+			return update(prev, existed)
+		})
+		switch {
+		case stale:
+			continue // the state machine moved on: decide on what it holds now
+		case ev.Type == pb.ConnEventType_CONN_EVENT_TYPE_CLOSED:
+			if existed && !prev.Pending { // the backups have it: tell them it is gone
+				r.mark(b, key)
+			}
+		default:
+			if delay > 0 {
+				r.delayer.add(b, key, now.Add(delay))
+			}
+			if !cur.Pending {
+				r.mark(b, key)
+			}
+		}
+		return codes.OK, "", buf
+	}
 }
 
 // states returns a bucket's records as the firewall's ConnStates.

@@ -143,7 +143,7 @@ type Replicator struct {
 	self  string
 	table *conntable.Table
 
-	plans  atomic.Pointer[[]plan]   // by bucket
+	plans  atomic.Pointer[planSet]  // what replan made
 	assign atomic.Pointer[assigned] // the state machine as last read
 
 	mu      sync.Mutex
@@ -181,6 +181,14 @@ type Replicator struct {
 	wg         sync.WaitGroup
 }
 
+// planSet is what replan made: a plan per bucket, and the state machine's
+// generation (read first) and the lease state it was made at.
+type planSet struct {
+	gen    uint64
+	acting bool
+	plans  []plan // by bucket
+}
+
 // assigned is what replan last read of the state machine: its generation
 // (read first), bucket table and site mode.
 type assigned struct {
@@ -211,8 +219,7 @@ func New(cfg Config) *Replicator {
 		senders: map[string]*sender{}, started: map[syncKey]bool{}, markers: map[uint32]uint64{},
 		markCh: make(chan struct{}), delayer: newDelayer(50 * time.Millisecond), wake: make(chan struct{}, 1),
 		recvEpoch: make([]atomic.Uint64, cfg.BucketCount)}
-	empty := make([]plan, cfg.BucketCount)
-	r.plans.Store(&empty)
+	r.plans.Store(&planSet{plans: make([]plan, cfg.BucketCount)})
 	r.assign.Store(&assigned{})
 	return r
 }
@@ -314,7 +321,7 @@ func (r *Replicator) replan() {
 		plans[i] = p
 	}
 	r.assign.Store(&assigned{gen: gen, as: as, standby: standby})
-	r.plans.Store(&plans)
+	r.plans.Store(&planSet{gen: gen, acting: acting, plans: plans})
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for t, remote := range need {
@@ -362,11 +369,47 @@ func (r *Replicator) kick() {
 
 // planOf returns this member's plan for bucket b.
 func (r *Replicator) planOf(b uint32) plan {
-	ps := *r.plans.Load()
-	if int(b) >= len(ps) {
+	return r.plans.Load().of(b)
+}
+
+func (ps *planSet) of(b uint32) plan {
+	if int(b) >= len(ps.plans) {
 		return plan{}
 	}
-	return ps[b]
+	return ps.plans[b]
+}
+
+// primaryPlan returns the plan to decide on whether this member, acting or
+// not (the lease, read once per batch), accepts an event of bucket b, and
+// the state machine's generation it holds for. That is replan's plan while
+// the generation and the lease are still those replan saw. Otherwise the
+// plan may only refuse more: it lets this member accept only if the state
+// machine still makes it the bucket's primary at the plan's epoch, past its
+// handoff gate, and it holds the lease; and Run is asked to replan.
+//
+// replan runs on Run's goroutine after a change and can lag a flip for as
+// long as that goroutine waits to run, while the bucket's new primary acts
+// as soon as this member has applied the flip (its handoff gate asks
+// GetActive, which reads the state machine); and a lease ends with no
+// change in the state machine at all (Run notices on its next tick).
+// Accepting on a stale plan, a member acted beside the new primary
+// (TestCluster_BadEventsRefusedOneByOne on a loaded machine: it took an
+// event of a bucket it had handed over at start-up). A stale plan never
+// accepts what replan's would refuse: its targets are those the accepted
+// event is queued to.
+func (r *Replicator) primaryPlan(b uint32, acting bool) (plan, uint64) {
+	gen := r.cfg.View.Generation()
+	ps := r.plans.Load()
+	p := ps.of(b)
+	if ps.gen == gen && ps.acting == acting {
+		return p, gen
+	}
+	r.kick()
+	if p.primary {
+		a, ok := r.cfg.View.Assignment(b)
+		p.primary = ok && acting && a.Primary == r.self && a.Epoch == p.epoch && !r.cfg.View.Pending(b, a.Epoch)
+	}
+	return p, gen
 }
 
 // mark queues (bucket, key) on the stream of every target of the bucket.
