@@ -185,7 +185,11 @@ func (x *PublishRequest) GetEvents() []*ConnEvent {
 type EventError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	// A google.rpc.Code value.
+	// A google.rpc.Code value: INVALID_ARGUMENT (3) for a malformed or
+	// oversized event (the message names the field; sending it again fails
+	// again), FAILED_PRECONDITION (9) when this member is not the active
+	// primary of the event's bucket at the moment the event is decided on
+	// (send it to the primary of the moment).
 	Code          int32  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -249,7 +253,8 @@ type PublishResponse struct {
 	Accepted uint32                 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	Refused  uint32                 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
 	// Every refused event, in batch order (refused entries): send each one
-	// again, to the primary of the moment. Only the first 16 carry a message.
+	// refused as FAILED_PRECONDITION again, to the primary of the moment, and
+	// fix those refused as INVALID_ARGUMENT. Only the first 16 carry a message.
 	Errors []*EventError `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
 	// Every event of the batches up to this seq that was due for replication
 	// has been acknowledged by the backups of its bucket (events held back by
