@@ -66,6 +66,38 @@ func TestPublish_DecidesOnTheCurrentStateMachine(t *testing.T) {
 	}
 }
 
+// lapsingView is a member whose lease ends after its first reads.
+type lapsingView struct {
+	*changingView
+	reads, lapseAfter int
+}
+
+func (v *lapsingView) Acting() bool {
+	v.reads++
+	return v.reads <= v.lapseAfter
+}
+
+// A long batch reads the lease again as it goes: one that ends while the
+// batch is applied stops this member taking its events.
+func TestPublish_LongBatchReadsTheLeaseAgain(t *testing.T) {
+	const buckets = 16
+	v := &lapsingView{changingView: &changingView{staticView: newStaticView("a", nil, buckets)}}
+	v.ch = make(chan struct{})
+	v.lapseAfter = 2 // replan's read, then the batch's first
+	r := New(Config{View: v, BucketCount: buckets})
+	r.replan()
+	evs := make([]*pb.ConnEvent, leaseReadEvery+1)
+	for i := range evs {
+		evs[i] = &pb.ConnEvent{Type: pb.ConnEventType_CONN_EVENT_TYPE_CREATED, State: &pb.ConnState{Key: testKey(t, i).Proto()}}
+	}
+	resp := r.publishBatch(&pb.PublishRequest{Seq: 1, Events: evs})
+	if resp.Accepted != leaseReadEvery || resp.Refused != 1 || resp.Errors[0].Index != leaseReadEvery ||
+		resp.Errors[0].Code != int32(codes.FailedPrecondition) {
+		t.Fatalf("lease ended after the batch's first read: answer accepted %d, refused %d (%v); want the first %d taken and the last refused",
+			resp.Accepted, resp.Refused, resp.Errors, leaseReadEvery)
+	}
+}
+
 // distinctBuckets returns n test keys of n different buckets.
 func distinctBuckets(t *testing.T, n int, buckets uint32) []fsm.Key {
 	t.Helper()
