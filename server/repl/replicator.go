@@ -143,8 +143,7 @@ type Replicator struct {
 	self  string
 	table *conntable.Table
 
-	plans  atomic.Pointer[planSet]  // what replan made
-	assign atomic.Pointer[assigned] // the state machine as last read
+	assign atomic.Pointer[assigned] // the state machine as replan last read it, and its plans
 
 	mu      sync.Mutex
 	senders map[string]*sender
@@ -181,20 +180,15 @@ type Replicator struct {
 	wg         sync.WaitGroup
 }
 
-// planSet is what replan made: a plan per bucket, and the state machine's
-// generation (read first) and the lease state it was made at.
-type planSet struct {
-	gen    uint64
-	acting bool
-	plans  []plan // by bucket
-}
-
 // assigned is what replan last read of the state machine: its generation
-// (read first), bucket table and site mode.
+// (read first), bucket table and site mode, with the lease as it read it,
+// and the plan it made from them for each bucket.
 type assigned struct {
 	gen     uint64
 	as      []fsm.Assignment
 	standby bool
+	acting  bool
+	plans   []plan // by bucket
 }
 
 // bucket returns bucket b's assignment, or nil if the table has none.
@@ -219,8 +213,7 @@ func New(cfg Config) *Replicator {
 		senders: map[string]*sender{}, started: map[syncKey]bool{}, markers: map[uint32]uint64{},
 		markCh: make(chan struct{}), delayer: newDelayer(50 * time.Millisecond), wake: make(chan struct{}, 1),
 		recvEpoch: make([]atomic.Uint64, cfg.BucketCount)}
-	r.plans.Store(&planSet{plans: make([]plan, cfg.BucketCount)})
-	r.assign.Store(&assigned{})
+	r.assign.Store(&assigned{plans: make([]plan, cfg.BucketCount)})
 	return r
 }
 
@@ -320,8 +313,7 @@ func (r *Replicator) replan() {
 		}
 		plans[i] = p
 	}
-	r.assign.Store(&assigned{gen: gen, as: as, standby: standby})
-	r.plans.Store(&planSet{gen: gen, acting: acting, plans: plans})
+	r.assign.Store(&assigned{gen: gen, as: as, standby: standby, acting: acting, plans: plans})
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for t, remote := range need {
@@ -369,18 +361,19 @@ func (r *Replicator) kick() {
 
 // planOf returns this member's plan for bucket b.
 func (r *Replicator) planOf(b uint32) plan {
-	return r.plans.Load().of(b)
+	return r.assign.Load().plan(b)
 }
 
-func (ps *planSet) of(b uint32) plan {
-	if int(b) >= len(ps.plans) {
+// plan returns the plan replan made for bucket b.
+func (a *assigned) plan(b uint32) plan {
+	if int(b) >= len(a.plans) {
 		return plan{}
 	}
-	return ps.plans[b]
+	return a.plans[b]
 }
 
 // primaryPlan returns the plan to decide on whether this member, acting or
-// not (the lease, read once per batch), accepts an event of bucket b, and
+// not (the lease as publishBatch last read it), accepts an event of bucket b, and
 // the state machine's generation it holds for. That is replan's plan while
 // the generation and the lease are still those replan saw. Otherwise the
 // plan may only refuse more: it lets this member accept only if the state
@@ -399,9 +392,9 @@ func (ps *planSet) of(b uint32) plan {
 // event is queued to.
 func (r *Replicator) primaryPlan(b uint32, acting bool) (plan, uint64) {
 	gen := r.cfg.View.Generation()
-	ps := r.plans.Load()
-	p := ps.of(b)
-	if ps.gen == gen && ps.acting == acting {
+	at := r.assign.Load()
+	p := at.plan(b)
+	if at.gen == gen && at.acting == acting {
 		return p, gen
 	}
 	r.kick()
